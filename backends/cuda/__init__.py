@@ -1,0 +1,1 @@
+"""wanport's CUDA backend plugin (entry point ``wanport.backends: cuda``)."""

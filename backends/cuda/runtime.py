@@ -1,0 +1,59 @@
+"""The CUDA device runtime: torch.cuda behind wanport's DeviceRuntime interface."""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+
+
+class CudaEvent:
+    def __init__(self) -> None:
+        self._event = torch.cuda.Event(enable_timing=True)
+
+    def record(self) -> None:
+        self._event.record()
+
+    def elapsed_ms(self, end: "CudaEvent") -> float:
+        end._event.synchronize()
+        return float(self._event.elapsed_time(end._event))
+
+
+class CudaRuntime:
+    device_type = "cuda"
+    peak_memory_kind = "CUDA peak allocated (torch caching allocator)"
+
+    def device(self, index: Optional[int] = None) -> torch.device:
+        return torch.device("cuda", torch.cuda.current_device() if index is None else index)
+
+    def device_count(self) -> int:
+        return torch.cuda.device_count()
+
+    def set_device(self, index: int) -> None:
+        torch.cuda.set_device(index)
+
+    def synchronize(self) -> None:
+        torch.cuda.synchronize()
+
+    def event(self) -> CudaEvent:
+        return CudaEvent()
+
+    def manual_seed(self, seed: int) -> None:
+        torch.cuda.manual_seed_all(seed)
+
+    def peak_memory_bytes(self) -> Optional[int]:
+        return int(torch.cuda.max_memory_allocated())
+
+    def reset_peak_memory(self) -> None:
+        torch.cuda.reset_peak_memory_stats()
+
+    def memory_info(self) -> Optional[Tuple[int, int]]:
+        free, total = torch.cuda.mem_get_info()
+        return int(free), int(total)
+
+    def empty_cache(self) -> None:
+        torch.cuda.empty_cache()
+
+    def describe(self) -> str:
+        props = torch.cuda.get_device_properties(torch.cuda.current_device())
+        return "%s (%d MiB, sm_%d%d)" % (props.name, props.total_memory // 2**20, props.major, props.minor)

@@ -1,0 +1,64 @@
+"""The DiT folder of an official checkpoint: ``config.json`` + (sharded) safetensors."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from typing import Dict, Optional
+
+import torch
+
+from ..errors import CheckpointError
+from ..models.dit import DiTConfig, WanDiT, param_dtype
+from ..precision import PrecisionPolicy
+from .safetensors_files import TensorEntry, check_against, index_weights, iter_tensors
+
+CONFIG_NAME = "config.json"
+WEIGHTS_STEM = "diffusion_pytorch_model"
+
+
+@dataclass(frozen=True)
+class DiTCheckpoint:
+    """A validated DiT folder: its config and the location of every tensor (nothing loaded)."""
+
+    directory: str
+    config: DiTConfig
+    entries: Dict[str, TensorEntry]
+
+
+def read_dit_config(directory: str) -> Dict:
+    path = os.path.join(directory, CONFIG_NAME)
+    if not os.path.isfile(path):
+        raise CheckpointError("%s: missing (the DiT folder needs the official config.json)" % path)
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError) as exc:
+        raise CheckpointError("%s: not valid JSON (%s)" % (path, exc)) from None
+
+
+def inspect_dit(directory: str, policy: PrecisionPolicy) -> DiTCheckpoint:
+    """Read config + safetensors headers and check every key and shape. Loads no weights."""
+    data = read_dit_config(directory)
+    entries = index_weights(directory, WEIGHTS_STEM)
+    text = entries.get("text_embedding.0.weight")
+    text_dim = text.shape[1] if text is not None and len(text.shape) == 2 else None
+    cfg = DiTConfig.from_json(data, os.path.join(directory, CONFIG_NAME), text_dim=text_dim)
+    expected = WanDiT.on_meta(cfg, policy).expected_shapes()
+    check_against(entries, expected, "DiT weights in %s" % directory)
+    return DiTCheckpoint(directory, cfg, entries)
+
+
+def load_dit(ckpt: DiTCheckpoint, policy: PrecisionPolicy, device: torch.device,
+             progress: Optional[callable] = None) -> WanDiT:
+    """Materialise the DiT on ``device``, each tensor cast to its policy dtype as it is read."""
+    model = WanDiT.on_meta(ckpt.config, policy)
+    state = {}
+    total = len(ckpt.entries)
+    for i, (key, tensor) in enumerate(iter_tensors(ckpt.entries)):
+        state[key] = tensor.to(device=device, dtype=param_dtype(key, policy))
+        if progress is not None:
+            progress(i + 1, total)
+    model.load_state_dict(state, strict=True, assign=True)
+    return model.eval().requires_grad_(False)

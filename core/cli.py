@@ -1,0 +1,182 @@
+"""The ``wanport`` command line.
+
+    wanport run [RECIPE] [key.path=value ...]   run a recipe (no recipe: the embedded tiny one)
+    wanport check RECIPE [key.path=value ...]   validate recipe, backend, ops and checkpoint files; load nothing
+    wanport backends                            discovered backends, availability, implementations per op
+    wanport models                              known model presets and their official defaults
+    wanport make-tiny DIR --model wan2.1-t2v    tiny random checkpoint in the official layout
+    wanport nproc [RECIPE] [overrides]          processes the recipe needs (used by run.sh)
+
+A user error prints one message (no traceback) and exits non-zero: 2 recipe, 3 checkpoint,
+4 backend, 5 input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import List, Optional
+
+from .errors import WanportError
+
+
+def _split_recipe(args) -> None:
+    """``run a=b`` (no recipe, only overrides) vs ``run recipe.yaml a=b``."""
+    if args.recipe is not None and "=" in args.recipe and not args.recipe.endswith((".yaml", ".yml")):
+        args.overrides.insert(0, args.recipe)
+        args.recipe = None
+    args.overrides = list(args.overrides) + list(args.set or [])
+
+
+def _load(args):
+    from .config import load_recipe
+
+    _split_recipe(args)
+    cfg, raw = load_recipe(args.recipe, args.overrides)
+    source = "recipe %s" % args.recipe if args.recipe else "the embedded tiny recipe"
+    return cfg, raw, source
+
+
+def cmd_run(args) -> int:
+    from .pipeline.t2v import run_t2v
+
+    cfg, raw, source = _load(args)
+    report = run_t2v(cfg, raw, progress=not args.no_progress, source=source)
+    st = report["stages"]
+    print("wrote %s (%d frames %dx%d) in %.2f s [load %.2f, text %.2f, denoise %.2f, decode %.2f]; report %s"
+          % (report["output"]["video"], report["size"]["frames"], report["size"]["width"],
+             report["size"]["height"], st["total_s"], st.get("load_s", 0), st.get("text_encode_s", 0),
+             st.get("denoise_s", 0), st.get("vae_decode_s", 0), report["output"]["report"]))
+    return 0
+
+
+def cmd_check(args) -> int:
+    from .checkpoints.layout import inspect_checkpoint
+    from .config.validate import plan_run
+    from .models.dit.requirements import dit_requirements
+    from .pipeline.session import choose_backend, start_session
+    from .registry import resolve_ops
+
+    cfg, raw, source = _load(args)
+    plan = plan_run(cfg, source)
+    registry, spec = choose_backend(cfg.backend)
+    ckpts = inspect_checkpoint(plan.checkpoint_dir, plan.preset, plan.policy)
+    session = start_session(registry, spec, cfg.env)
+    ops = resolve_ops(registry, spec, dit_requirements(ckpts.dit.config, plan.policy, spec.device_type), cfg.ops)
+    print("ok: %s on backend %s (%s), %dx%d x %d frames, %d steps; ops: %s"
+          % (plan.preset.name, spec.name, session.device, plan.width, plan.height, plan.frame_num,
+             plan.num_steps, json.dumps(ops.describe())))
+    return 0
+
+
+def cmd_backends(args) -> int:
+    from .ops.contracts import OP_KINDS
+    from .registry import discover
+
+    registry = discover()
+    for name, spec in sorted(registry.backends.items(), key=lambda kv: (kv[0] != "reference", kv[0])):
+        ok, why = spec.availability()
+        print("%s  [%s]  device=%s dist=%s plugin=%s" % (
+            name, "available" if ok else "unavailable: " + why, spec.device_type, spec.dist_backend,
+            registry.plugin_of.get(name)))
+        if spec.description:
+            print("    %s" % spec.description)
+        for kind in OP_KINDS:
+            impls = sorted(registry.impls_for(name, kind), key=lambda i: -i.priority)
+            if not impls:
+                print("    %-20s (reference fallback)" % kind)
+                continue
+            cells = []
+            for impl in impls:
+                iok, iwhy = impl.available()
+                tag = "" if iok else " (unavailable: %s)" % iwhy
+                if not impl.exact:
+                    tag += " (lossy, opt-in)"
+                cells.append(impl.name + tag)
+            print("    %-20s %s" % (kind, ", ".join(cells)))
+    orphans = [i for i in registry.impls if i.backend not in registry.backends]
+    for impl in orphans:
+        print("note: %s implements %s for unknown backend %r" % (impl.name, impl.kind, impl.backend))
+    for f in registry.failures:
+        print("plugin %s (%s) failed to load: %s" % (f.plugin, f.target, f.error))
+    return 0
+
+
+def cmd_models(args) -> int:
+    from .config import MODELS
+
+    for name, p in sorted(MODELS.items()):
+        print("%-18s %s %s: %s, steps %d, shift %g, guide %g, %d frames @ %d fps%s" % (
+            name, p.family, p.task, p.size, p.steps, p.shift, p.guide_scale, p.frame_num, p.fps,
+            ("; " + p.notes) if p.notes else ""))
+    return 0
+
+
+def cmd_make_tiny(args) -> int:
+    from .checkpoints.tiny import make_tiny
+
+    wrote = make_tiny(args.dir, args.model, seed=args.seed, if_missing=args.if_missing)
+    print("%s tiny %s checkpoint in %s" % ("wrote" if wrote else "kept existing", args.model, args.dir))
+    return 0
+
+
+def cmd_nproc(args) -> int:
+    cfg, raw, source = _load(args)
+    print(1)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="wanport", description="Wan video diffusion on any accelerator.")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    def recipe_args(sp, optional: bool):
+        sp.add_argument("recipe", nargs="?" if optional else None, default=None,
+                        help="YAML recipe (default: the embedded tiny recipe)" if optional else "YAML recipe")
+        sp.add_argument("overrides", nargs="*", help="dotted overrides, e.g. sample.steps=4")
+        sp.add_argument("--set", action="append", metavar="KEY=VALUE", help="dotted override (repeatable)")
+
+    sp = sub.add_parser("run", help="run a recipe end to end")
+    recipe_args(sp, optional=True)
+    sp.add_argument("--no-progress", action="store_true", help="no progress bar")
+    sp.set_defaults(func=cmd_run)
+
+    sp = sub.add_parser("check", help="validate a recipe, its backend, ops and checkpoint files (loads no weights)")
+    recipe_args(sp, optional=True)
+    sp.set_defaults(func=cmd_check)
+
+    sp = sub.add_parser("backends", help="list discovered backends and their op implementations")
+    sp.set_defaults(func=cmd_backends)
+
+    sp = sub.add_parser("models", help="list known model presets")
+    sp.set_defaults(func=cmd_models)
+
+    sp = sub.add_parser("make-tiny", help="write a tiny random checkpoint in the official layout")
+    sp.add_argument("dir")
+    sp.add_argument("--model", default="wan2.1-t2v", help="layout (default wan2.1-t2v)")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--if-missing", action="store_true", help="do nothing if DIR already holds it")
+    sp.set_defaults(func=cmd_make_tiny)
+
+    sp = sub.add_parser("nproc", help="number of processes the recipe needs")
+    recipe_args(sp, optional=True)
+    sp.set_defaults(func=cmd_nproc)
+    return p
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except WanportError as exc:
+        print("wanport: error: %s" % exc, file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("wanport: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,188 @@
+"""YAML recipe + dotted overrides -> a type-checked :class:`RunConfig`.
+
+Structural problems (unknown keys, wrong types) are reported here with the closest known key;
+semantic checks live in :mod:`wanport.config.validate`. Nothing heavy is imported.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import os
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import yaml
+
+from ..errors import ConfigError
+from .schema import REQUIRED, TINY_RECIPE, RunConfig
+
+
+def read_yaml(path: str) -> Dict[str, Any]:
+    if not os.path.isfile(path):
+        hint = ""
+        candidate = os.path.join("recipes", path)
+        if os.path.isfile(candidate) or os.path.isfile(candidate + ".yaml"):
+            hint = " (did you mean %s?)" % (candidate if os.path.isfile(candidate) else candidate + ".yaml")
+        raise ConfigError("recipe %s not found%s" % (path, hint))
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    except yaml.YAMLError as exc:
+        raise ConfigError("recipe %s is not valid YAML: %s" % (path, exc)) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError("recipe %s must be a mapping of keys to values, got %s" % (path, type(data).__name__))
+    return data
+
+
+def _known_paths(cls=RunConfig, prefix: str = "") -> List[str]:
+    out = []
+    for f in dataclasses.fields(cls):
+        path = prefix + f.name
+        out.append(path)
+        if f.metadata.get("type") == "section":
+            out.extend(_known_paths(f.default_factory, path + "."))  # type: ignore[misc]
+    return out
+
+
+def _suggest(path: str) -> str:
+    close = difflib.get_close_matches(path, _known_paths(), n=1, cutoff=0.6)
+    if not close:  # a typo in the last component only
+        leaf = path.rsplit(".", 1)[-1]
+        close = [p for p in _known_paths() if p.rsplit(".", 1)[-1] in difflib.get_close_matches(
+            leaf, [q.rsplit(".", 1)[-1] for q in _known_paths()], n=1, cutoff=0.75)]
+    return " (did you mean %r?)" % close[0] if close else ""
+
+
+def apply_overrides(raw: Dict[str, Any], overrides: Sequence[str]) -> Dict[str, Any]:
+    """``sample.steps=4``-style assignments; values parse as YAML scalars/lists/maps."""
+    data = copy.deepcopy(raw)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError("override %r must look like key.path=value (e.g. sample.steps=4)" % item)
+        path, _, text = item.partition("=")
+        path = path.strip()
+        if path.startswith("--"):
+            path = path[2:]
+        try:
+            value = yaml.safe_load(text) if text.strip() else ""
+        except yaml.YAMLError as exc:
+            raise ConfigError("override %s: value %r is not valid YAML (%s)" % (path, text, exc)) from None
+        if path not in _known_paths():
+            raise ConfigError("override: unknown key %r%s" % (path, _suggest(path)))
+        node = data
+        parts = path.split(".")
+        for part in parts[:-1]:
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node = node[part]
+        node[parts[-1]] = value
+    return data
+
+
+def _check_type(path: str, kind: str, value: Any, choices, problems: List[str]) -> Any:
+    optional = kind.endswith("?")
+    base = kind.rstrip("?")
+    if value is None:
+        if optional:
+            return None
+        problems.append("%s: must be set (got null)" % path)
+        return None
+    if base == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            problems.append("%s: expected an integer, got %r" % (path, value))
+            return None
+    elif base == "float":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            problems.append("%s: expected a number, got %r" % (path, value))
+            return None
+        value = float(value)
+    elif base in ("str", "size"):
+        if base == "size" and isinstance(value, (list, tuple)) and len(value) == 2:
+            value = "%s*%s" % tuple(value)
+        if not isinstance(value, str):
+            problems.append("%s: expected a string, got %r" % (path, value))
+            return None
+    elif base == "bool":
+        if not isinstance(value, bool):
+            problems.append("%s: expected true or false, got %r" % (path, value))
+            return None
+    elif base == "int_list":
+        if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            problems.append("%s: expected a list of integers, got %r" % (path, value))
+            return None
+    elif base == "str_map":
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            problems.append("%s: expected a mapping of names to values, got %r" % (path, value))
+            return None
+        bad = [k for k, v in value.items() if not isinstance(v, (str, int, float, bool))]
+        if bad:
+            problems.append("%s.%s: expected a plain value, got %r" % (path, bad[0], value[bad[0]]))
+            return None
+        value = {k: str(v) for k, v in value.items()}
+    elif base == "precision":
+        if not isinstance(value, (str, dict)):
+            problems.append("%s: expected a preset name or a mapping, got %r" % (path, value))
+            return None
+    if choices and value not in choices:
+        close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
+        hint = " (did you mean %r?)" % close[0] if close else ""
+        problems.append("%s: %r is not one of %s%s" % (path, value, ", ".join(map(str, choices)), hint))
+    return value
+
+
+def _build(cls, data: Mapping[str, Any], prefix: str, problems: List[str]):
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in names:
+            problems.append("unknown key %r%s" % (prefix + str(key), _suggest(prefix + str(key))))
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        path = prefix + f.name
+        kind = f.metadata["type"]
+        if kind == "section":
+            sub = data.get(f.name, {})
+            if sub is None:
+                sub = {}
+            if not isinstance(sub, dict):
+                problems.append("%s: expected a mapping, got %r" % (path, sub))
+                sub = {}
+            kwargs[f.name] = _build(f.default_factory, sub, path + ".", problems)
+            continue
+        if f.name in data:
+            kwargs[f.name] = _check_type(path, kind, data[f.name], f.metadata.get("choices"), problems)
+        elif f.default is REQUIRED:
+            problems.append("%s: required" % path)
+            kwargs[f.name] = None
+    try:
+        return cls(**{k: v for k, v in kwargs.items() if v is not None or k in data})
+    except TypeError:  # a required field left unset; already reported
+        return None
+
+
+def build_config(raw: Mapping[str, Any], source: str = "recipe") -> RunConfig:
+    problems: List[str] = []
+    cfg = _build(RunConfig, raw, "", problems)
+    if problems:
+        raise ConfigError(_format(source, problems))
+    return cfg
+
+
+def _format(source: str, problems: List[str]) -> str:
+    if len(problems) == 1:
+        return "%s: %s" % (source, problems[0])
+    return "%s has %d problems:\n  - %s" % (source, len(problems), "\n  - ".join(problems))
+
+
+def load_recipe(path: Optional[str], overrides: Sequence[str] = ()) -> Tuple[RunConfig, Dict[str, Any]]:
+    """(config, raw dict after overrides). ``path`` None: the embedded tiny recipe."""
+    raw = copy.deepcopy(TINY_RECIPE) if path is None else read_yaml(path)
+    raw = apply_overrides(raw, overrides)
+    source = "recipe %s" % path if path else "the embedded tiny recipe"
+    return build_config(raw, source), raw
+
+
+def config_to_dict(cfg: RunConfig) -> Dict[str, Any]:
+    return dataclasses.asdict(cfg)

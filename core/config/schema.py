@@ -1,0 +1,76 @@
+"""The recipe as dataclasses, and the embedded tiny default recipe.
+
+Every field carries its type and help text in ``metadata``; :mod:`wanport.config.loader`
+builds and validates instances from YAML + command-line overrides before anything loads.
+Sampling fields left null take the model preset's official defaults.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+REQUIRED = "<required>"
+
+#: The main job when no recipe is given; ``recipes/tiny-t2v.yaml`` holds the same (a test checks).
+TINY_RECIPE = {
+    "model": "wan2.1-t2v-tiny",
+    "checkpoint_dir": "ckpts/tiny-wan2.1-t2v",
+    "task": "t2v",
+    "prompt": "A red panda rides a skateboard through a rainy neon city at night, cinematic lighting",
+    "negative_prompt": "",
+    "sample": {"size": "256*256", "frame_num": 17, "steps": 8, "shift": 5.0, "guide_scale": 5.0,
+               "solver": "unipc", "seed": 42, "noise": "cpu"},
+    "backend": "reference",
+    "ops": {},
+    "precision": "official",
+    "output": {"dir": "out", "name": "tiny-t2v"},
+}
+
+
+def _f(default=None, *, type, help, factory=None, choices=None):
+    meta = {"type": type, "help": help, "choices": choices}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class SampleConfig:
+    size: Optional[str] = _f(None, type="size?", help="W*H (or WxH) in pixels, multiple of VAE stride x patch (model default when null)")
+    frame_num: Optional[int] = _f(None, type="int?", help="frames, 4n+1 (model default when null)")
+    steps: Optional[int] = _f(None, type="int?", help="denoising steps (model default when null)")
+    shift: Optional[float] = _f(None, type="float?", help="flow shift of the sigma schedule (model default when null)")
+    guide_scale: Optional[float] = _f(None, type="float?",
+                                      help="classifier-free guidance scale; 1.0 skips the unconditional pass")
+    solver: str = _f("unipc", type="str", help="unipc (official default) or euler", choices=("unipc", "euler"))
+    timesteps: Optional[List[int]] = _f(None, type="int_list?",
+                                        help="euler only: explicit decreasing timesteps in (0, 1000]")
+    seed: int = _f(42, type="int", help="seed of the initial noise")
+    noise: str = _f("cpu", type="str", choices=("cpu", "device"),
+                    help="cpu: drawn on the host from the seed, same video on every backend; "
+                         "device: drawn on the compute device as the official code does")
+
+
+@dataclass
+class OutputConfig:
+    dir: str = _f("out", type="str", help="output folder (created if missing)")
+    name: Optional[str] = _f(None, type="str?", help="file stem; default <model>_<task>_seed<seed>")
+    fps: Optional[int] = _f(None, type="int?", help="frames per second of the mp4 (model default when null)")
+
+
+@dataclass
+class RunConfig:
+    model: str = _f(REQUIRED, type="str", help="model preset (see `wanport models`)")
+    checkpoint_dir: str = _f(REQUIRED, type="str",
+                             help="official checkpoint folder (relative paths: from the working directory)")
+    task: str = _f("t2v", type="str", help="t2v", choices=("t2v",))
+    prompt: str = _f(REQUIRED, type="str", help="text prompt")
+    negative_prompt: str = _f("", type="str", help="negative prompt; empty: the official default")
+    sample: SampleConfig = _f(type="section", help="sampling", factory=SampleConfig)
+    backend: str = _f("auto", type="str", help="auto | reference | cuda | ascend | <plugin>")
+    ops: Dict[str, str] = _f(type="str_map", help="per-op overrides, e.g. {attention: reference.math}", factory=dict)
+    precision: Any = _f("official", type="precision", help="official | bf16 | fp32, or {preset: ..., <part>: dtype}")
+    env: Dict[str, str] = _f(type="str_map", help="environment for the backend runtime (wins over plugin defaults)",
+                             factory=dict)
+    output: OutputConfig = _f(type="section", help="where the video and report go", factory=OutputConfig)

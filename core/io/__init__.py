@@ -1,0 +1,1 @@
+"""Output files: atomic writes, mp4 video."""

@@ -1,0 +1,1 @@
+"""Model components: the Wan DiT, the VAEs, the text encoder."""

@@ -1,0 +1,75 @@
+"""One Wan DiT block (spec §2.3 step 6) and the output head (step 7)."""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .attention import CrossAttention, SelfAttention
+from .layers import LayerNormParams, linear
+
+
+def _modulation_chunks(table: torch.Tensor, e: torch.Tensor, n: int):
+    """(table + e) split into n tensors of shape [B, 1 or L, C].
+
+    table: [1, n, C]; e: [B, 1 or L, n or 1, C] (one timestep per sample, or per token).
+    """
+    summed = table.unsqueeze(0).to(e.dtype) + e  # [B, 1|L, n, C]
+    return [c.squeeze(2) for c in summed.chunk(n, dim=2)]
+
+
+class WanBlock(nn.Module):
+    def __init__(self, dim: int, ffn_dim: int, num_heads: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.self_attn = SelfAttention(dim, num_heads, eps)
+        self.norm3 = LayerNormParams(dim)  # cross-attention pre-norm (affine)
+        self.cross_attn = CrossAttention(dim, num_heads, eps)
+        self.ffn = nn.Sequential(nn.Linear(dim, ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(ffn_dim, dim))
+        self.modulation = nn.Parameter(torch.zeros(1, 6, dim))
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        e0: torch.Tensor,
+        context: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        ops,
+        attn_dtype: torch.dtype,
+        kv_lens: Optional[Sequence[int]] = None,
+    ) -> torch.Tensor:
+        # e0: [B, 6, C] (Wan2.1) or [B, L, 6, C] (per-token timesteps)
+        e0 = e0.unsqueeze(1) if e0.dim() == 3 else e0
+        shift_sa, scale_sa, gate_sa, shift_ff, scale_ff, gate_ff = _modulation_chunks(self.modulation, e0, 6)
+
+        h = ops.layer_norm_modulate.fn(x, shift_sa, scale_sa, self.eps)
+        y = self.self_attn(h, cos, sin, ops, attn_dtype, kv_lens)
+        x = x + y * gate_sa  # promotes to the modulation dtype: the float32 residual stream
+
+        x = x + self.cross_attn(ops.layer_norm.fn(x, self.norm3.weight, self.norm3.bias, self.eps),
+                                context, ops, attn_dtype)
+
+        h = ops.layer_norm_modulate.fn(x, shift_ff, scale_ff, self.eps)
+        y = linear(F.gelu(linear(h, self.ffn[0]), approximate="tanh"), self.ffn[2])
+        return x + y * gate_ff
+
+
+class Head(nn.Module):
+    """``head.modulation`` [1, 2, C] and ``head.head`` Linear(C, prod(patch) * out_dim)."""
+
+    def __init__(self, dim: int, out_dim: int, patch_size, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.modulation = nn.Parameter(torch.zeros(1, 2, dim))
+        self.head = nn.Linear(dim, out_dim * patch_size[0] * patch_size[1] * patch_size[2])
+
+    def forward(self, x: torch.Tensor, e: torch.Tensor, ops) -> torch.Tensor:
+        """e: [B, C] (one timestep per sample) or [B, L, C] (per token). The head uses e, not e0."""
+        e = e.unsqueeze(1) if e.dim() == 2 else e
+        shift, scale = _modulation_chunks(self.modulation, e.unsqueeze(2), 2)
+        h = ops.layer_norm_modulate.fn(x, shift, scale, self.eps)
+        return linear(h, self.head)

@@ -1,0 +1,141 @@
+"""The Wan DiT (``WanModel``), written from the math of spec §2, official state-dict keys.
+
+All fused math goes through the op table bound with :meth:`WanDiT.bind_ops`; the precision
+policy decides each parameter's stored dtype (:func:`param_dtype`) and therefore the dtype
+each Linear computes in.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ...ops.table import OpTable
+from ...precision import PrecisionPolicy
+from .block import Head, WanBlock
+from .config import DiTConfig
+from .layers import init_random_, linear, sinusoid
+from .rope import rope_tables
+
+_MODULATION_PREFIXES = ("time_embedding.", "time_projection.", "head.")
+_NORM_SUFFIXES = (".norm_q.weight", ".norm_k.weight", ".norm3.weight", ".norm3.bias")
+
+
+def param_dtype(name: str, policy: PrecisionPolicy) -> torch.dtype:
+    """Stored dtype of one parameter under a precision policy."""
+    if name.startswith(_MODULATION_PREFIXES) or name.endswith(".modulation"):
+        return policy.modulation
+    if name.endswith(_NORM_SUFFIXES):
+        return policy.norm_params
+    return policy.matmul
+
+
+class WanDiT(nn.Module):
+    def __init__(self, cfg: DiTConfig, policy: PrecisionPolicy):
+        super().__init__()
+        self.cfg = cfg
+        self.policy = policy
+        dim = cfg.dim
+        self.patch_embedding = nn.Conv3d(cfg.in_dim, dim, kernel_size=cfg.patch_size, stride=cfg.patch_size)
+        self.text_embedding = nn.Sequential(nn.Linear(cfg.text_dim, dim), nn.GELU(approximate="tanh"),
+                                            nn.Linear(dim, dim))
+        self.time_embedding = nn.Sequential(nn.Linear(cfg.freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+        self.time_projection = nn.Sequential(nn.SiLU(), nn.Linear(dim, dim * 6))
+        self.blocks = nn.ModuleList(
+            [WanBlock(dim, cfg.ffn_dim, cfg.num_heads, cfg.eps) for _ in range(cfg.num_layers)]
+        )
+        self.head = Head(dim, cfg.out_dim, cfg.patch_size, cfg.eps)
+        self.ops: Optional[OpTable] = None
+        self._rope_cache: Dict[Tuple, Tuple[torch.Tensor, torch.Tensor]] = {}
+
+    # ---------------------------------------------------------------- construction helpers
+    @classmethod
+    def on_meta(cls, cfg: DiTConfig, policy: PrecisionPolicy) -> "WanDiT":
+        """Structure only, no memory: for key/shape checks and for loading with assign."""
+        with torch.device("meta"):
+            model = cls(cfg, policy)
+        return model.eval().requires_grad_(False)
+
+    @classmethod
+    def random(cls, cfg: DiTConfig, policy: PrecisionPolicy, device: torch.device, seed: int = 0) -> "WanDiT":
+        """Real structure, random weights of sensible scale, stored per the policy (benchmarks, tests)."""
+        model = cls.on_meta(cfg, policy)
+        model.to_empty(device=device)
+        model.apply_policy_dtypes()
+        gen = torch.Generator(device=device)
+        gen.manual_seed(seed)
+        init_random_(model, gen)
+        return model
+
+    def apply_policy_dtypes(self) -> None:
+        for name, p in self.named_parameters():
+            want = param_dtype(name, self.policy)
+            if p.dtype != want:
+                p.data = p.data.to(want)
+
+    def expected_shapes(self) -> Dict[str, Tuple[int, ...]]:
+        return {k: tuple(v.shape) for k, v in self.state_dict().items()}
+
+    def bind_ops(self, ops: OpTable) -> "WanDiT":
+        self.ops = ops
+        return self
+
+    # ---------------------------------------------------------------- forward pieces
+    def rope(self, grid: Tuple[int, int, int], total_len: int, device: torch.device):
+        key = (tuple(grid), total_len, str(device))
+        if key not in self._rope_cache:
+            cos, sin = rope_tables(grid, self.cfg.head_dim, total_len)
+            self._rope_cache[key] = (cos.to(device), sin.to(device))
+        return self._rope_cache[key]
+
+    def embed_time(self, t: torch.Tensor, device: torch.device):
+        """t: [B] or [B, L] (per token) -> e [B, C] / [B, L, C], e0 [B, 6, C] / [B, L, 6, C]."""
+        dt = self.policy.modulation
+        sin_emb = sinusoid(t, self.cfg.freq_dim).to(device=device, dtype=dt)
+        e = linear(F.silu(linear(sin_emb, self.time_embedding[0])), self.time_embedding[2])
+        e0 = linear(F.silu(e), self.time_projection[1])
+        return e, e0.unflatten(-1, (6, self.cfg.dim))
+
+    def embed_text(self, context: torch.Tensor) -> torch.Tensor:
+        """[B, text_len, text_dim] zero-padded T5 states -> [B, text_len, C]."""
+        h = F.gelu(linear(context, self.text_embedding[0]), approximate="tanh")
+        return linear(h, self.text_embedding[2])
+
+    def unpatchify(self, x: torch.Tensor, grid: Tuple[int, int, int]) -> torch.Tensor:
+        b = x.shape[0]
+        f, h, w = grid
+        pt, ph, pw = self.cfg.patch_size
+        c = self.cfg.out_dim
+        x = x[:, : f * h * w].reshape(b, f, h, w, pt, ph, pw, c)
+        x = x.permute(0, 7, 1, 4, 2, 5, 3, 6)
+        return x.reshape(b, c, f * pt, h * ph, w * pw)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        context: torch.Tensor,
+        kv_lens: Optional[Sequence[int]] = None,
+    ) -> torch.Tensor:
+        """x: [B, in_dim, F, H, W] latents; t: [B] or [B, L] timesteps (host tensor is fine);
+        context: [B, text_len, text_dim]. Returns the flow prediction [B, out_dim, F, H, W] in
+        float32."""
+        if self.ops is None:
+            raise RuntimeError("WanDiT.forward before bind_ops(): resolve an op table first")
+        ops = self.ops
+        device = x.device
+        pe = self.patch_embedding
+        h = F.conv3d(x.to(pe.weight.dtype), pe.weight, pe.bias, stride=pe.stride)
+        grid = tuple(h.shape[2:])
+        h = h.flatten(2).transpose(1, 2)
+        e, e0 = self.embed_time(t, device)
+        ctx = self.embed_text(context)
+        cos, sin = self.rope(grid, h.shape[1], device)
+        attn_dtype = self.policy.attention
+        for block in self.blocks:
+            h = block(h, e0, ctx, cos, sin, ops, attn_dtype, kv_lens)
+        out = self.head(h, e, ops)
+        return self.unpatchify(out, grid).float()

@@ -1,0 +1,39 @@
+"""What each call site of the DiT asks of its op implementation (input to the resolver)."""
+
+from __future__ import annotations
+
+from typing import Dict
+
+import torch
+
+from ...ops.impl import Requirements
+from ...precision import PrecisionPolicy
+from .config import DiTConfig
+
+
+def dit_requirements(
+    cfg: DiTConfig,
+    policy: PrecisionPolicy,
+    device_type: str,
+    *,
+    padded_keys: bool = False,
+    ring_lse: bool = False,
+    per_token_timesteps: bool = False,
+    batch_gt1: bool = False,
+) -> Dict[str, Requirements]:
+    """Dtypes follow the precision policy: q/k/v reach attention in ``policy.attention``; the
+    q/k RMSNorm sees Linear outputs (``policy.matmul``); RoPE sees the norm's promoted output;
+    the residual stream is ``promote(matmul, modulation)`` after the first gated add."""
+    residual = torch.promote_types(policy.matmul, policy.modulation)
+    rope_in = torch.promote_types(policy.matmul, policy.norm_params)
+    common = dict(device_type=device_type, batch_gt1=batch_gt1)
+    return {
+        "self_attention": Requirements(dtypes=frozenset({policy.attention}), head_dim=cfg.head_dim,
+                                       lse=ring_lse, kv_lens=padded_keys, **common),
+        "cross_attention": Requirements(dtypes=frozenset({policy.attention}), head_dim=cfg.head_dim, **common),
+        "rotary": Requirements(dtypes=frozenset({rope_in}), head_dim=cfg.head_dim, **common),
+        "rms_norm": Requirements(dtypes=frozenset({policy.matmul}), **common),
+        "layer_norm": Requirements(dtypes=frozenset({residual}), **common),
+        "layer_norm_modulate": Requirements(dtypes=frozenset({policy.matmul, residual}),
+                                            per_token_modulation=per_token_timesteps, **common),
+    }

@@ -1,0 +1,124 @@
+"""The op contracts: the typed signature and the exact semantics every backend honours.
+
+Each op kind below is a ``Protocol``. An implementation is a plain callable with that
+signature; the reference backend (``wanport.reference``) is the executable form of each
+contract and the numerical ground truth. Tensors may live on any device; an implementation
+must not move them.
+
+Notation: B batch, S sequence (tokens), N heads, D head dim, C = N*D model dim.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence, Tuple, Union
+
+import torch
+
+try:  # typing.Protocol is 3.8+; kept explicit for readers of older stacks
+    from typing import Protocol
+except ImportError:  # pragma: no cover
+    Protocol = object  # type: ignore
+
+
+class AttentionFn(Protocol):
+    def __call__(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        *,
+        scale: float,
+        kv_lens: Optional[Sequence[int]] = None,
+        return_lse: bool = False,
+    ) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
+        """Scaled dot-product attention, no causal mask, no dropout.
+
+        q: [B, Sq, N, D]; k, v: [B, Skv, N, D]; q, k, v share one dtype (the caller casts).
+        scale: multiplies q·k (always passed explicitly; Wan uses D**-0.5).
+        kv_lens: host-side ints, one per sample; keys at positions >= kv_lens[b] are masked out
+            for every query of sample b (padding). ``None`` means all keys are valid. Host ints
+            (not a tensor) so no implementation needs a device->host sync per call.
+        return_lse: also return the natural-log sum-exp of the scaled, masked scores,
+            shape [B, N, Sq], float32 (used to merge partial results in ring attention).
+
+        Returns out [B, Sq, N, D] in q's dtype (and lse when asked). Softmax statistics are
+        accumulated in at least float32.
+        """
+
+
+class RotaryFn(Protocol):
+    def __call__(
+        self, q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Wan's 3D rotary embedding on q and k, interleaved-pair convention, real tables.
+
+        q, k: [B, S, N, D]. cos, sin: [S, D] float32 with each angle repeated for both members
+        of a pair (cos[s, 2i] == cos[s, 2i+1] == cos(theta_{s,i})). For every pair i:
+            out[..., 2i]   = x[2i] * cos - x[2i+1] * sin
+            out[..., 2i+1] = x[2i] * sin + x[2i+1] * cos
+        which equals Wan's complex product (x[2i] + j x[2i+1]) * e^{j theta}. Rows for padding
+        tokens carry cos=1, sin=0 (identity). Math in at least float32; each output keeps its
+        input's dtype. No complex dtypes.
+        """
+
+
+class RMSNormFn(Protocol):
+    def __call__(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+        """Wan's RMSNorm over the last dim (the q/k norm spans the full model dim C).
+
+        y = (x_f32 * rsqrt(mean(x_f32**2, -1) + eps)) rounded to x.dtype, then * weight.
+        Output dtype: torch.promote_types(x.dtype, weight.dtype) (bf16 x with float32 weight
+        gives float32, as in the official code). Fused kernels may skip the intermediate
+        rounding within their declared tolerance.
+        """
+
+
+class LayerNormFn(Protocol):
+    def __call__(
+        self,
+        x: torch.Tensor,
+        weight: Optional[torch.Tensor],
+        bias: Optional[torch.Tensor],
+        eps: float,
+    ) -> torch.Tensor:
+        """LayerNorm over the last dim, statistics in float32, with or without affine.
+
+        y = layer_norm(x_f32, weight_f32, bias_f32, eps), returned in x.dtype (Wan's
+        ``WanLayerNorm``: ``F.layer_norm(x.float()).type_as(x)``). weight/bias may be None.
+        """
+
+
+class LayerNormModulateFn(Protocol):
+    def __call__(
+        self, x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float
+    ) -> torch.Tensor:
+        """Affine-free LayerNorm fused with adaLN modulation: norm(x) * (1 + scale) + shift.
+
+        x: [B, S, C]; shift, scale broadcast against x ([B, 1, C] for one timestep per sample,
+        [B, S, C] for per-token timesteps). norm(x) is computed in float32 and rounded to
+        x.dtype (as the official code does), then the modulation is computed in
+        promote_types(x.dtype, scale.dtype), which is also the output dtype.
+        """
+
+
+#: Op kinds in the order the registry reports them.
+OP_KINDS = ("attention", "rotary", "rms_norm", "layer_norm", "layer_norm_modulate")
+
+#: Call sites of the DiT and the op kind each one uses. Recipes override by kind
+#: (``ops: {attention: ...}`` sets both attention sites) or by site.
+CALL_SITES = {
+    "self_attention": "attention",
+    "cross_attention": "attention",
+    "rotary": "rotary",
+    "rms_norm": "rms_norm",
+    "layer_norm": "layer_norm",
+    "layer_norm_modulate": "layer_norm_modulate",
+}
+
+CONTRACTS = {
+    "attention": AttentionFn,
+    "rotary": RotaryFn,
+    "rms_norm": RMSNormFn,
+    "layer_norm": LayerNormFn,
+    "layer_norm_modulate": LayerNormModulateFn,
+}

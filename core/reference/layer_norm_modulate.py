@@ -1,0 +1,13 @@
+"""Reference LayerNorm·modulate: norm(x) * (1 + scale) + shift, Wan's adaLN."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def layer_norm_modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float) -> torch.Tensor:
+    stat = torch.promote_types(x.dtype, torch.float32)
+    normed = F.layer_norm(x.to(stat), (x.shape[-1],), None, None, eps).to(x.dtype)
+    dt = torch.promote_types(torch.promote_types(x.dtype, scale.dtype), shift.dtype)
+    return normed.to(dt) * (1 + scale.to(dt)) + shift.to(dt)

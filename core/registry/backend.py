@@ -1,0 +1,87 @@
+"""What a backend declares: identity, availability, environment and device runtime."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Mapping, Optional, Tuple
+
+import torch
+
+try:
+    from typing import Protocol
+except ImportError:  # pragma: no cover
+    Protocol = object  # type: ignore
+
+
+class TimingEvent(Protocol):
+    def record(self) -> None: ...
+
+    def elapsed_ms(self, end: "TimingEvent") -> float:
+        """Milliseconds from this event to ``end`` (both recorded; synchronizes as needed)."""
+
+
+class DeviceRuntime(Protocol):
+    """Device utilities the core needs; the only way the core touches a device runtime."""
+
+    device_type: str
+
+    def device(self, index: Optional[int] = None) -> torch.device:
+        """The torch.device to compute on (``index`` None: the current one)."""
+
+    def device_count(self) -> int: ...
+
+    def set_device(self, index: int) -> None: ...
+
+    def synchronize(self) -> None: ...
+
+    def event(self) -> TimingEvent: ...
+
+    def manual_seed(self, seed: int) -> None:
+        """Seed the device's default generator(s)."""
+
+    def peak_memory_bytes(self) -> Optional[int]:
+        """Peak memory of this process on the device since the last reset (None if unknown)."""
+
+    def reset_peak_memory(self) -> None: ...
+
+    def memory_info(self) -> Optional[Tuple[int, int]]:
+        """(free, total) bytes on the current device, or None if unknown."""
+
+    def empty_cache(self) -> None: ...
+
+    def describe(self) -> str:
+        """Human-readable device name (e.g. the GPU model) for reports."""
+
+
+def _unavailable_reason() -> Tuple[bool, str]:
+    return True, ""
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    """A backend as a plugin declares it through the ``wanport_backends`` hook.
+
+    Nothing here may import a vendor package at construction: ``is_available`` uses
+    ``importlib.util.find_spec`` or equivalent and never raises; ``start`` is called once,
+    after ``env_defaults`` (and recipe overrides) are in ``os.environ``, and returns the
+    device runtime; it is the first place a vendor package may be imported.
+    """
+
+    name: str
+    device_type: str
+    dist_backend: str  # torch.distributed process-group backend: nccl / hccl / gloo
+    start: Callable[[], DeviceRuntime]
+    is_available: Callable[[], Tuple[bool, str]] = _unavailable_reason
+    env_defaults: Mapping[str, str] = field(default_factory=dict)
+    priority: int = 0  # `backend: auto` takes the available backend with the highest priority
+    accelerator: bool = True  # False only for backends that run on the host CPU
+    description: str = ""
+    versions: Callable[[], Dict[str, str]] = dict  # extra version strings for reports
+
+    def availability(self) -> Tuple[bool, str]:
+        """``is_available()`` made safe: an exception counts as unavailable, with its text."""
+        try:
+            ok, why = self.is_available()
+        except Exception as exc:  # a plugin's check must never take the run down
+            return False, "availability check raised %s: %s" % (type(exc).__name__, exc)
+        return bool(ok), str(why or "")
