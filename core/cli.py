@@ -121,6 +121,26 @@ def cmd_make_tiny(args) -> int:
     return 0
 
 
+def cmd_bench_dit(args) -> int:
+    from .bench.dit import bench_dit, markdown
+    from .io.atomic import write_json_atomic
+
+    ops = {}
+    for item in args.ops or []:
+        if "=" not in item:
+            raise WanportError("--ops %r must look like kind=impl (e.g. attention=sdpa_cudnn)" % item)
+        k, _, v = item.partition("=")
+        ops[k.strip()] = v.strip()
+    result = bench_dit(args.model, args.size, args.frames, backend=args.backend, ops=ops,
+                       precision=args.precision, peer=args.peer, warmup=args.warmup, repeats=args.repeats,
+                       layers=args.layers)
+    print(markdown(result))
+    if args.out:
+        write_json_atomic(args.out, result)
+        print("wrote %s" % args.out)
+    return 0
+
+
 def cmd_nproc(args) -> int:
     cfg, raw, source = _load(args)
     print(1)
@@ -160,6 +180,23 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--if-missing", action="store_true", help="do nothing if DIR already holds it")
     sp.set_defaults(func=cmd_make_tiny)
 
+    sp = sub.add_parser("bench", help="benchmarks")
+    bench = sp.add_subparsers(dest="bench", metavar="BENCH")
+    bench.required = True
+    bp = bench.add_parser("dit", help="one real-size DiT forward with random weights (optionally beside diffusers)")
+    bp.add_argument("--model", default="wan2.1-t2v-14b")
+    bp.add_argument("--size", default="832*480", help="W*H")
+    bp.add_argument("--frames", type=int, default=81)
+    bp.add_argument("--backend", default="auto")
+    bp.add_argument("--ops", action="append", metavar="KIND=IMPL", help="op override (repeatable)")
+    bp.add_argument("--precision", default="official")
+    bp.add_argument("--peer", choices=["diffusers"], default=None)
+    bp.add_argument("--warmup", type=int, default=1)
+    bp.add_argument("--repeats", type=int, default=3)
+    bp.add_argument("--layers", type=int, default=None, help="fewer layers (quick checks)")
+    bp.add_argument("--out", default=None, help="JSON result file")
+    bp.set_defaults(func=cmd_bench_dit)
+
     sp = sub.add_parser("nproc", help="number of processes the recipe needs")
     recipe_args(sp, optional=True)
     sp.set_defaults(func=cmd_nproc)
@@ -167,7 +204,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # overrides may come after options too: `wanport run recipe.yaml --no-progress sample.steps=4`
+    stray = [a for a in extra if a.startswith("-") or "=" not in a or not hasattr(args, "overrides")]
+    if stray:
+        parser.error("unrecognized arguments: %s" % " ".join(stray))
+    if extra:
+        args.overrides = list(args.overrides) + extra
     try:
         return args.func(args)
     except WanportError as exc:

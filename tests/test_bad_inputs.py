@@ -248,3 +248,11 @@ def test_count_of_distinct_bad_inputs():
     assert len(RECIPE_CASES) + len(CKPT_CASES) + 4 >= 15
     fragments = [c[3] for c in RECIPE_CASES] + [" ".join(c[1]) for c in CKPT_CASES]
     assert len(set(fragments)) == len(fragments)
+
+
+def test_overrides_after_options_are_applied(tmp_path, tiny_ckpt, capsys, no_weight_loading):
+    recipe = write_recipe(tmp_path, tiny_ckpt)
+    got, err = run_cli(capsys, ["run", recipe, "--no-progress", "sample.steps=0"])
+    assert got == 2 and "sample.steps: must be > 0" in err
+    with pytest.raises(SystemExit):
+        cli.main(["run", recipe, "--bogus"])

@@ -97,7 +97,8 @@ def run_t2v(cfg: RunConfig, raw: Mapping[str, Any], registry: Optional[Registry]
         del text_encoder
         runtime.empty_cache()
 
-        latent = initial_noise((1,) + plan.latent_shape, plan.seed, plan.noise, device)
+        # drawn in the official shape (no batch dim), so `noise: device` matches the official draw
+        latent = initial_noise(plan.latent_shape, plan.seed, plan.noise, device)[None]
         with clock.stage("denoise"):
             latent = denoise(dit, scheduler, latent, ctx_cond, ctx_uncond, plan.guide_scale, clock, progress)
         del dit

@@ -63,8 +63,8 @@ class WanDiT(nn.Module):
     def random(cls, cfg: DiTConfig, policy: PrecisionPolicy, device: torch.device, seed: int = 0) -> "WanDiT":
         """Real structure, random weights of sensible scale, stored per the policy (benchmarks, tests)."""
         model = cls.on_meta(cfg, policy)
+        model.apply_policy_dtypes()  # on meta: free, so each parameter is allocated once, in its dtype
         model.to_empty(device=device)
-        model.apply_policy_dtypes()
         gen = torch.Generator(device=device)
         gen.manual_seed(seed)
         init_random_(model, gen)

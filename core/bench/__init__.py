@@ -1,0 +1,1 @@
+"""Benchmarks (``wanport bench ...``): timings through the backend runtime, JSON + markdown out."""
