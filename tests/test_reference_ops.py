@@ -164,3 +164,20 @@ def test_layer_norm_modulate(per_token, xdt):
     ref = normed * (1 + scale.double()) + shift.double()
     assert y.dtype == torch.float32  # promote(x, fp32 modulation)
     assert rel(y, ref) < (1e-6 if xdt == torch.float32 else 1e-2)
+
+
+def test_gated_residual_and_out_dtype():
+    from wanport.reference.gated_residual import gated_residual
+
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(2, 5, 32, generator=g).bfloat16()
+    y = torch.randn(2, 5, 32, generator=g).bfloat16()
+    gate = torch.randn(2, 1, 32, generator=g)
+    out = gated_residual(x, y, gate)
+    assert out.dtype == torch.float32
+    assert rel(out, x.double() + y.double() * gate.double()) < 1e-6
+    w = torch.ones(32)
+    assert rms_norm(x, w, 1e-6, out_dtype=torch.bfloat16).dtype == torch.bfloat16
+    assert torch.equal(rms_norm(x, w, 1e-6, out_dtype=torch.bfloat16), rms_norm(x, w, 1e-6).bfloat16())
+    assert layer_norm(out, None, None, 1e-6, out_dtype=torch.bfloat16).dtype == torch.bfloat16
+    assert layer_norm_modulate(x, gate, gate, 1e-6, out_dtype=torch.bfloat16).dtype == torch.bfloat16

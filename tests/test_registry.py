@@ -66,6 +66,8 @@ def test_resolves_reference_table_once_and_frozen(registry):
         "rms_norm": "reference.torch",
         "layer_norm": "reference.torch",
         "layer_norm_modulate": "reference.torch",
+        "qk_norm_rope": "composed(reference.torch, reference.real_tables)",
+        "gated_residual": "reference.torch",
     }
     with pytest.raises(dataclasses.FrozenInstanceError):
         table.rotary = table.rms_norm
@@ -94,6 +96,28 @@ def test_override_errors_explain(registry):
         resolve_ops(registry, ref, reqs(), {"atention": "math"})
     with pytest.raises(BackendError, match="runs on cuda"):
         resolve_ops(registry, ref, reqs(), {"attention": "cuda.sdpa_cudnn"})
+
+
+def test_composed_and_cast_wrapped_ops(registry):
+    """A kind a backend lacks is composed from its parts; an impl without out_dtype gets a cast."""
+    from wanport.ops.composites import compose_qk_norm_rope, with_out_dtype
+    from wanport.reference.rms_norm import rms_norm
+    from wanport.reference.rotary import rotary
+    from wanport.models.dit.rope import rope_tables
+
+    g = torch.Generator().manual_seed(0)
+    q, k = (torch.randn(2, 12, 256, generator=g).bfloat16() for _ in range(2))
+    wq, wk = (1 + 0.1 * torch.randn(256, generator=g) for _ in range(2))
+    cos, sin = rope_tables((1, 3, 4), 128)
+    table = resolve_ops(registry, registry.backends["reference"], reqs())
+    qo, ko = table.qk_norm_rope.fn(q, k, wq, wk, 1e-6, cos, sin, 2, torch.bfloat16)
+    rq, rk = rotary(rms_norm(q, wq, 1e-6).view(2, 12, 2, 128), rms_norm(k, wk, 1e-6).view(2, 12, 2, 128), cos, sin)
+    assert qo.dtype == torch.bfloat16 and qo.shape == (2, 12, 2, 128)
+    assert torch.equal(qo, rq.bfloat16()) and torch.equal(ko, rk.bfloat16())
+    assert "composed" in table.qk_norm_rope.why
+    cast = with_out_dtype(lambda x, w, eps: x * w)
+    assert cast(torch.ones(2), torch.ones(2), 0.0, out_dtype=torch.bfloat16).dtype == torch.bfloat16
+    assert cast(torch.ones(2), torch.ones(2), 0.0).dtype == torch.float32
 
 
 def test_requirements_drive_the_choice(registry):

@@ -63,13 +63,16 @@ class RotaryFn(Protocol):
 
 
 class RMSNormFn(Protocol):
-    def __call__(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    def __call__(
+        self, x: torch.Tensor, weight: torch.Tensor, eps: float, *, out_dtype: Optional[torch.dtype] = None
+    ) -> torch.Tensor:
         """Wan's RMSNorm over the last dim (the q/k norm spans the full model dim C).
 
         y = (x_f32 * rsqrt(mean(x_f32**2, -1) + eps)) rounded to x.dtype, then * weight.
         Output dtype: torch.promote_types(x.dtype, weight.dtype) (bf16 x with float32 weight
-        gives float32, as in the official code). Fused kernels may skip the intermediate
-        rounding within their declared tolerance.
+        gives float32, as in the official code), or ``out_dtype`` when given: the result is
+        then rounded once to ``out_dtype`` (what the consumer would cast it to anyway).
+        Fused kernels may skip the intermediate rounding within their declared tolerance.
         """
 
 
@@ -80,29 +83,76 @@ class LayerNormFn(Protocol):
         weight: Optional[torch.Tensor],
         bias: Optional[torch.Tensor],
         eps: float,
+        *,
+        out_dtype: Optional[torch.dtype] = None,
     ) -> torch.Tensor:
         """LayerNorm over the last dim, statistics in float32, with or without affine.
 
         y = layer_norm(x_f32, weight_f32, bias_f32, eps), returned in x.dtype (Wan's
-        ``WanLayerNorm``: ``F.layer_norm(x.float()).type_as(x)``). weight/bias may be None.
+        ``WanLayerNorm``: ``F.layer_norm(x.float()).type_as(x)``), then rounded to
+        ``out_dtype`` when given. weight/bias may be None.
         """
 
 
 class LayerNormModulateFn(Protocol):
     def __call__(
-        self, x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float
+        self, x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float, *,
+        out_dtype: Optional[torch.dtype] = None,
     ) -> torch.Tensor:
         """Affine-free LayerNorm fused with adaLN modulation: norm(x) * (1 + scale) + shift.
 
         x: [B, S, C]; shift, scale broadcast against x ([B, 1, C] for one timestep per sample,
         [B, S, C] for per-token timesteps). norm(x) is computed in float32 and rounded to
         x.dtype (as the official code does), then the modulation is computed in
-        promote_types(x.dtype, scale.dtype), which is also the output dtype.
+        promote_types(x.dtype, scale.dtype), which is also the output dtype unless
+        ``out_dtype`` is given (the result is then rounded once to it).
+        """
+
+
+class QKNormRopeFn(Protocol):
+    def __call__(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        q_weight: torch.Tensor,
+        k_weight: torch.Tensor,
+        eps: float,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        num_heads: int,
+        out_dtype: torch.dtype,
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Self-attention's q/k path: RMSNorm over the full dim C, split heads, rotary, cast.
+
+        q, k: [B, S, C] (Linear outputs); weights [C]. Equals
+        ``rotary(rms_norm(q, q_weight, eps).view(B, S, N, D), ..., cos, sin)`` (same for k)
+        rounded to ``out_dtype``: returns two [B, S, N, D] tensors in ``out_dtype``. A backend
+        without a fused kernel gets this composed from its rms_norm and rotary.
+        """
+
+
+class GatedResidualFn(Protocol):
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+        """The gated residual add of a Wan block: x + y * gate.
+
+        x: [B, S, C] residual stream; y: [B, S, C] branch output; gate [B, 1 or S, C].
+        Computed and returned in promote_types(x, y, gate) (float32 under the official
+        policy: the residual stream becomes float32 at the first block). An implementation
+        may write the result into x's storage when the dtypes allow; the caller never reads
+        x afterwards.
         """
 
 
 #: Op kinds in the order the registry reports them.
-OP_KINDS = ("attention", "rotary", "rms_norm", "layer_norm", "layer_norm_modulate")
+OP_KINDS = ("attention", "rotary", "rms_norm", "layer_norm", "layer_norm_modulate", "qk_norm_rope",
+            "gated_residual")
+
+#: Op kinds that a backend need not implement: the resolver composes them from other kinds.
+COMPOSABLE = {"qk_norm_rope": ("rms_norm", "rotary")}
+
+#: Op kinds with an optional ``out_dtype`` keyword; implementations that don't declare
+#: ``Constraints(out_dtype=True)`` are wrapped with a cast.
+OUT_DTYPE_KINDS = ("rms_norm", "layer_norm", "layer_norm_modulate")
 
 #: Call sites of the DiT and the op kind each one uses. Recipes override by kind
 #: (``ops: {attention: ...}`` sets both attention sites) or by site.
@@ -113,6 +163,8 @@ CALL_SITES = {
     "rms_norm": "rms_norm",
     "layer_norm": "layer_norm",
     "layer_norm_modulate": "layer_norm_modulate",
+    "qk_norm_rope": "qk_norm_rope",
+    "gated_residual": "gated_residual",
 }
 
 CONTRACTS = {
@@ -121,4 +173,6 @@ CONTRACTS = {
     "rms_norm": RMSNormFn,
     "layer_norm": LayerNormFn,
     "layer_norm_modulate": LayerNormModulateFn,
+    "qk_norm_rope": QKNormRopeFn,
+    "gated_residual": GatedResidualFn,
 }

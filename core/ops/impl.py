@@ -25,6 +25,7 @@ class Constraints:
     kv_lens: bool = True  # attention: honours per-sample kv lengths
     per_token_modulation: bool = True  # layer_norm_modulate: shift/scale of shape [B, S, C]
     batch_gt1: bool = True  # works for batch size > 1
+    out_dtype: bool = False  # accepts the optional out_dtype keyword (else wrapped with a cast)
     device_types: Optional[FrozenSet[str]] = None  # None: any device (pure PyTorch)
 
     def check(self, req: "Requirements") -> Tuple[bool, str]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Callable, Dict
 
 
@@ -28,17 +28,9 @@ class OpTable:
     rms_norm: ResolvedOp
     layer_norm: ResolvedOp
     layer_norm_modulate: ResolvedOp
+    qk_norm_rope: ResolvedOp
+    gated_residual: ResolvedOp
 
     def describe(self) -> Dict[str, str]:
         """Call site -> qualified implementation name (for reports)."""
-        return {
-            name: getattr(self, name).impl
-            for name in (
-                "self_attention",
-                "cross_attention",
-                "rotary",
-                "rms_norm",
-                "layer_norm",
-                "layer_norm_modulate",
-            )
-        }
+        return {f.name: getattr(self, f.name).impl for f in fields(self)}

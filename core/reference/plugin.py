@@ -63,6 +63,12 @@ def _load_layer_norm():
     return layer_norm
 
 
+def _load_gated_residual():
+    from .gated_residual import gated_residual
+
+    return gated_residual
+
+
 def _load_layer_norm_modulate():
     from .layer_norm_modulate import layer_norm_modulate
 
@@ -72,6 +78,7 @@ def _load_layer_norm_modulate():
 @hookimpl
 def wanport_op_impls():
     any_float = Constraints(dtypes=_FLOATS, lse=True)
+    norm = Constraints(dtypes=_FLOATS, out_dtype=True)
     return [
         OpImpl("attention", "math", NAME, _load_attention_math, any_float, priority=10,
                description="explicit softmax, query-chunked, float32 statistics, returns LSE"),
@@ -80,10 +87,12 @@ def wanport_op_impls():
                description="torch scaled_dot_product_attention (kernel chosen by torch)"),
         OpImpl("rotary", "real_tables", NAME, _load_rotary, any_float, priority=10,
                description="interleaved-pair rotation from real cos/sin tables"),
-        OpImpl("rms_norm", "torch", NAME, _load_rms_norm, any_float, priority=10,
+        OpImpl("rms_norm", "torch", NAME, _load_rms_norm, norm, priority=10,
                description="float32 statistics, rounded to x.dtype, times weight"),
-        OpImpl("layer_norm", "torch", NAME, _load_layer_norm, any_float, priority=10,
+        OpImpl("layer_norm", "torch", NAME, _load_layer_norm, norm, priority=10,
                description="F.layer_norm in float32, output in x.dtype"),
-        OpImpl("layer_norm_modulate", "torch", NAME, _load_layer_norm_modulate, any_float, priority=10,
+        OpImpl("layer_norm_modulate", "torch", NAME, _load_layer_norm_modulate, norm, priority=10,
                description="float32 LayerNorm then (1 + scale) * x + shift"),
+        OpImpl("gated_residual", "torch", NAME, _load_gated_residual, any_float, priority=10,
+               description="x + y * gate in the promoted dtype"),
     ]

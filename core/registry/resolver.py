@@ -11,7 +11,8 @@ import os
 from typing import Dict, List, Mapping, Optional, Tuple
 
 from ..errors import BackendError
-from ..ops.contracts import CALL_SITES, OP_KINDS
+from ..ops.composites import COMPOSERS, with_out_dtype
+from ..ops.contracts import CALL_SITES, COMPOSABLE, OP_KINDS, OUT_DTYPE_KINDS
 from ..ops.impl import OpImpl, Requirements
 from ..ops.table import OpTable, ResolvedOp
 from .backend import BackendSpec
@@ -169,6 +170,13 @@ def resolve_ops(
                     chosen = impl
                     reason = "default" if impl.backend == backend.name else "fallback (no %s implementation of %s fits)" % (backend.name, kind)
                     break
+            if chosen is None and kind in COMPOSABLE:
+                parts = [resolved[p] for p in COMPOSABLE[kind]]
+                fn = COMPOSERS[kind](*(p.fn for p in parts))
+                name = "composed(%s)" % ", ".join(p.impl for p in parts)
+                resolved[site] = ResolvedOp(site=site, kind=kind, impl=name, fn=fn,
+                                            why="no fused %s implementation fits; composed" % kind)
+                continue
             if chosen is None:
                 raise BackendError(
                     "no implementation of %s fits call site %s on backend %r.\nCandidates:\n%s"
@@ -176,7 +184,10 @@ def resolve_ops(
                 )
         key = (kind, chosen.qualified_name)
         if key not in loaded:
-            loaded[key] = _load(chosen)
+            fn = _load(chosen)
+            if kind in OUT_DTYPE_KINDS and not chosen.constraints.out_dtype:
+                fn = with_out_dtype(fn)
+            loaded[key] = fn
         resolved[site] = ResolvedOp(site=site, kind=kind, impl=chosen.qualified_name, fn=loaded[key], why=reason)
     return OpTable(**resolved)
 

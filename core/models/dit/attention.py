@@ -39,14 +39,10 @@ class SelfAttention(_Projections):
         attn_dtype: torch.dtype,
         kv_lens: Optional[Sequence[int]] = None,
     ) -> torch.Tensor:
-        q = self._heads(ops.rms_norm.fn(linear(x, self.q), self.norm_q.weight, self.eps))
-        k = self._heads(ops.rms_norm.fn(linear(x, self.k), self.norm_k.weight, self.eps))
+        q, k = ops.qk_norm_rope.fn(linear(x, self.q), linear(x, self.k), self.norm_q.weight,
+                                   self.norm_k.weight, self.eps, cos, sin, self.num_heads, attn_dtype)
         v = self._heads(linear(x, self.v))
-        q, k = ops.rotary.fn(q, k, cos, sin)
-        out = ops.self_attention.fn(
-            q.to(attn_dtype), k.to(attn_dtype), v.to(attn_dtype),
-            scale=self.head_dim ** -0.5, kv_lens=kv_lens,
-        )
+        out = ops.self_attention.fn(q, k, v.to(attn_dtype), scale=self.head_dim ** -0.5, kv_lens=kv_lens)
         return linear(out.flatten(2), self.o)
 
 
@@ -54,10 +50,9 @@ class CrossAttention(_Projections):
     """Text cross-attention (t2v). The image-context variant (Wan2.1 i2v) extends this."""
 
     def forward(self, x: torch.Tensor, context: torch.Tensor, ops, attn_dtype: torch.dtype) -> torch.Tensor:
-        q = self._heads(ops.rms_norm.fn(linear(x, self.q), self.norm_q.weight, self.eps))
-        k = self._heads(ops.rms_norm.fn(linear(context, self.k), self.norm_k.weight, self.eps))
+        q = self._heads(ops.rms_norm.fn(linear(x, self.q), self.norm_q.weight, self.eps, out_dtype=attn_dtype))
+        k = self._heads(ops.rms_norm.fn(linear(context, self.k), self.norm_k.weight, self.eps,
+                                        out_dtype=attn_dtype))
         v = self._heads(linear(context, self.v))
-        out = ops.cross_attention.fn(
-            q.to(attn_dtype), k.to(attn_dtype), v.to(attn_dtype), scale=self.head_dim ** -0.5
-        )
+        out = ops.cross_attention.fn(q, k, v.to(attn_dtype), scale=self.head_dim ** -0.5)
         return linear(out.flatten(2), self.o)

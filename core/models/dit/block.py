@@ -46,16 +46,19 @@ class WanBlock(nn.Module):
         e0 = e0.unsqueeze(1) if e0.dim() == 3 else e0
         shift_sa, scale_sa, gate_sa, shift_ff, scale_ff, gate_ff = _modulation_chunks(self.modulation, e0, 6)
 
-        h = ops.layer_norm_modulate.fn(x, shift_sa, scale_sa, self.eps)
+        # norm outputs are rounded once to the dtype of the Linear that consumes them (what
+        # autocast does to the official float32 result)
+        mm = self.ffn[0].weight.dtype
+        h = ops.layer_norm_modulate.fn(x, shift_sa, scale_sa, self.eps, out_dtype=mm)
         y = self.self_attn(h, cos, sin, ops, attn_dtype, kv_lens)
-        x = x + y * gate_sa  # promotes to the modulation dtype: the float32 residual stream
+        x = ops.gated_residual.fn(x, y, gate_sa)  # promotes to the modulation dtype: the float32 residual stream
 
-        x = x + self.cross_attn(ops.layer_norm.fn(x, self.norm3.weight, self.norm3.bias, self.eps),
+        x = x + self.cross_attn(ops.layer_norm.fn(x, self.norm3.weight, self.norm3.bias, self.eps, out_dtype=mm),
                                 context, ops, attn_dtype)
 
-        h = ops.layer_norm_modulate.fn(x, shift_ff, scale_ff, self.eps)
+        h = ops.layer_norm_modulate.fn(x, shift_ff, scale_ff, self.eps, out_dtype=mm)
         y = linear(F.gelu(linear(h, self.ffn[0]), approximate="tanh"), self.ffn[2])
-        return x + y * gate_ff
+        return ops.gated_residual.fn(x, y, gate_ff)
 
 
 class Head(nn.Module):

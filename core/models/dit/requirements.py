@@ -36,4 +36,7 @@ def dit_requirements(
         "layer_norm": Requirements(dtypes=frozenset({residual}), **common),
         "layer_norm_modulate": Requirements(dtypes=frozenset({policy.matmul, residual}),
                                             per_token_modulation=per_token_timesteps, **common),
+        "qk_norm_rope": Requirements(dtypes=frozenset({policy.matmul}), head_dim=cfg.head_dim, **common),
+        "gated_residual": Requirements(dtypes=frozenset({policy.matmul, residual}),
+                                       per_token_modulation=per_token_timesteps, **common),
     }
