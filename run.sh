@@ -17,9 +17,17 @@ if [ $# -eq 0 ] || [[ "$1" == *=* ]]; then
 else
   recipe=$1
   shift
+  # recipes/tiny-<layout>.yaml runs a tiny checkpoint of that make-tiny layout: write it if missing
+  case "$(basename "$recipe")" in
+    tiny-wan*.yaml)
+      layout=$(basename "$recipe" .yaml); layout=${layout#tiny-}
+      [ -f "ckpts/tiny-$layout/.wanport-tiny.json" ] || wanport make-tiny "ckpts/tiny-$layout" --model "$layout" ;;
+  esac
 fi
 
-nproc=$(wanport nproc "$recipe" "$@")
+overrides=()
+for a in "$@"; do [[ "$a" == *=* && "$a" != -* ]] && overrides+=("$a"); done
+nproc=$(wanport nproc "$recipe" ${overrides[@]+"${overrides[@]}"})
 if [ "$nproc" -gt 1 ]; then
   exec torchrun --standalone --nproc_per_node="$nproc" -m wanport run "$recipe" "$@"
 fi

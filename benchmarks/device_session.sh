@@ -14,15 +14,25 @@ python3 -m pip install -q --no-deps --no-build-isolation -e . >"$OUT/pip.log" 2>
 export PYTHONUNBUFFERED=1
 gpu=$(python3 -c "import torch; print(torch.cuda.get_device_name(0).replace(' ', '-'))")
 day=$(date -u +%Y-%m-%d)
-what=${*:-tests tiny bench13 bench14}
+what=${*:-tests tiny ops bench13 bench14}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
 for w in $what; do
   case $w in
-    tests) python3 -m pytest -q -x tests 2>&1 | tail -25 | tee "$OUT/tests.txt" ;;
+    tests) python3 -m pytest -q tests 2>&1 | tail -25 | tee "$OUT/tests.txt" ;;
+    gputests) python3 -m pytest -q -rs tests/test_cuda_backend.py 2>&1 | tail -25 | tee "$OUT/gputests.txt" ;;
+    ops)
+      python3 -m wanport bench ops --backend cuda --out "$OUT/$day-$gpu-ops.json" > "$OUT/ops.md" 2>&1
+      tail -60 "$OUT/ops.md" ;;
     tiny)
       python3 -m wanport make-tiny /tmp/tiny --model wan2.1-t2v --if-missing
       python3 -m wanport run recipes/tiny-t2v.yaml --no-progress checkpoint_dir=/tmp/tiny backend=cuda \
         output.dir="$OUT" output.name=tiny-cuda 2>&1 | tail -5 ;;
+    ops2)
+      python3 -m wanport bench ops --backend cuda --kinds linear_gelu gated_residual qk_norm_rope \
+        --out "$OUT/$day-$gpu-ops2.json" > "$OUT/ops2.md" 2>&1
+      tail -40 "$OUT/ops2.md" ;;
+    profile14)
+      python3 benchmarks/profile_dit.py --model wan2.1-t2v-14b --out "$OUT/profile-14b.json" 2>&1 | tail -30 ;;
     bench13)
       python3 -m wanport bench dit --model wan2.1-t2v-1.3b --size 832*480 --frames 81 --backend cuda \
         --peer diffusers --repeats 5 --out "$OUT/$day-$gpu-dit-1.3b.json" 2>&1 | tail -12 ;;

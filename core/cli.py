@@ -4,7 +4,8 @@
     wanport check RECIPE [key.path=value ...]   validate recipe, backend, ops and checkpoint files; load nothing
     wanport backends                            discovered backends, availability, implementations per op
     wanport models                              known model presets and their official defaults
-    wanport make-tiny DIR --model wan2.1-t2v    tiny random checkpoint in the official layout
+    wanport make-tiny DIR --model LAYOUT        tiny random checkpoint in the official layout (wan2.1-t2v,
+                                                wan2.1-i2v, wan2.2-t2v-a14b, wan2.2-i2v-a14b, wan2.2-ti2v-5b)
     wanport nproc [RECIPE] [overrides]          processes the recipe needs (used by run.sh)
 
 A user error prints one message (no traceback) and exits non-zero: 2 recipe, 3 checkpoint,
@@ -39,10 +40,10 @@ def _load(args):
 
 
 def cmd_run(args) -> int:
-    from .pipeline.t2v import run_t2v
+    from .pipeline.run import run
 
     cfg, raw, source = _load(args)
-    report = run_t2v(cfg, raw, progress=not args.no_progress, source=source)
+    report = run(cfg, raw, progress=not args.no_progress, source=source)
     st = report["stages"]
     print("wrote %s (%d frames %dx%d) in %.2f s [load %.2f, text %.2f, denoise %.2f, decode %.2f]; report %s"
           % (report["output"]["video"], report["size"]["frames"], report["size"]["width"],
@@ -52,21 +53,21 @@ def cmd_run(args) -> int:
 
 
 def cmd_check(args) -> int:
-    from .checkpoints.layout import inspect_checkpoint
-    from .config.validate import plan_run
-    from .models.dit.requirements import dit_requirements
-    from .pipeline.session import choose_backend, start_session
-    from .registry import resolve_ops
+    from .pipeline.common import check_run, resolve_dit_ops
+    from .pipeline.session import start_session
 
     cfg, raw, source = _load(args)
-    plan = plan_run(cfg, source)
-    registry, spec = choose_backend(cfg.backend)
-    ckpts = inspect_checkpoint(plan.checkpoint_dir, plan.preset, plan.policy)
+    plan, image, size, registry, spec, ckpts = check_run(cfg, source)
     session = start_session(registry, spec, cfg.env)
-    ops = resolve_ops(registry, spec, dit_requirements(ckpts.dit.config, plan.policy, spec.device_type), cfg.ops)
-    print("ok: %s on backend %s (%s), %dx%d x %d frames, %d steps; ops: %s"
+    ops = resolve_dit_ops(registry, spec, ckpts, plan, cfg.ops)
+    extra = ""
+    if image is not None:
+        extra += ", image %s (%dx%d) -> video %dx%d" % (plan.image_path, image.width, image.height, size[0], size[1])
+    if ckpts.experts:
+        extra += ", experts %s (boundary %g)" % ("+".join(ckpts.experts), plan.boundary)
+    print("ok: %s on backend %s (%s), %dx%d x %d frames, %d steps%s; ops: %s"
           % (plan.preset.name, spec.name, session.device, plan.width, plan.height, plan.frame_num,
-             plan.num_steps, json.dumps(ops.describe())))
+             plan.num_steps, extra, json.dumps(ops.describe())))
     return 0
 
 
@@ -85,7 +86,11 @@ def cmd_backends(args) -> int:
         for kind in OP_KINDS:
             impls = sorted(registry.impls_for(name, kind), key=lambda i: -i.priority)
             if not impls:
-                print("    %-20s (reference fallback)" % kind)
+                from .ops.contracts import COMPOSABLE
+
+                how = ("composed from %s" % " + ".join(COMPOSABLE[kind])) if kind in COMPOSABLE \
+                    else "reference fallback"
+                print("    %-20s (%s)" % (kind, how))
                 continue
             cells = []
             for impl in impls:
@@ -107,8 +112,15 @@ def cmd_models(args) -> int:
     from .config import MODELS
 
     for name, p in sorted(MODELS.items()):
-        print("%-18s %s %s: %s, steps %d, shift %g, guide %g, %d frames @ %d fps%s" % (
-            name, p.family, p.task, p.size, p.steps, p.shift, p.guide_scale, p.frame_num, p.fps,
+        extra = ""
+        if p.shift_by_size:
+            extra += " (%s)" % ", ".join("%g at %s" % (v, k) for k, v in sorted(p.shift_by_size.items()))
+        if p.experts:
+            extra += ", boundary %g" % p.boundary
+        if p.image != "none":
+            extra += ", image %s" % p.image
+        print("%-21s %s %s: %s, steps %d, shift %g%s, guide %s, %d frames @ %d fps%s" % (
+            name, p.family, p.task, p.size, p.steps, p.shift, extra, p.describe_guide(), p.frame_num, p.fps,
             ("; " + p.notes) if p.notes else ""))
     return 0
 
@@ -134,6 +146,19 @@ def cmd_bench_dit(args) -> int:
     result = bench_dit(args.model, args.size, args.frames, backend=args.backend, ops=ops,
                        precision=args.precision, peer=args.peer, warmup=args.warmup, repeats=args.repeats,
                        layers=args.layers)
+    print(markdown(result))
+    if args.out:
+        write_json_atomic(args.out, result)
+        print("wrote %s" % args.out)
+    return 0
+
+
+def cmd_bench_ops(args) -> int:
+    from .bench.ops import bench_ops, markdown
+    from .io.atomic import write_json_atomic
+
+    result = bench_ops(backend=args.backend, models=args.models, sizes=args.sizes, kinds=args.kinds,
+                       warmup=args.warmup, repeats=args.repeats, quick=args.quick)
     print(markdown(result))
     if args.out:
         write_json_atomic(args.out, result)
@@ -175,7 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("make-tiny", help="write a tiny random checkpoint in the official layout")
     sp.add_argument("dir")
-    sp.add_argument("--model", default="wan2.1-t2v", help="layout (default wan2.1-t2v)")
+    sp.add_argument("--model", default="wan2.1-t2v",
+                    help="layout: wan2.1-t2v (default), wan2.1-i2v, wan2.2-t2v-a14b, wan2.2-i2v-a14b, wan2.2-ti2v-5b")
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--if-missing", action="store_true", help="do nothing if DIR already holds it")
     sp.set_defaults(func=cmd_make_tiny)
@@ -196,6 +222,16 @@ def build_parser() -> argparse.ArgumentParser:
     bp.add_argument("--layers", type=int, default=None, help="fewer layers (quick checks)")
     bp.add_argument("--out", default=None, help="JSON result file")
     bp.set_defaults(func=cmd_bench_dit)
+    bp = bench.add_parser("ops", help="every op kind x implementation at Wan shapes: latency, throughput, error")
+    bp.add_argument("--backend", default="auto")
+    bp.add_argument("--models", nargs="+", default=["wan2.1-t2v-1.3b", "wan2.1-t2v-14b"])
+    bp.add_argument("--sizes", nargs="+", default=["480p", "720p"])
+    bp.add_argument("--kinds", nargs="+", default=None, help="only these op kinds")
+    bp.add_argument("--warmup", type=int, default=2)
+    bp.add_argument("--repeats", type=int, default=10)
+    bp.add_argument("--quick", action="store_true", help="tiny shapes (CI smoke run)")
+    bp.add_argument("--out", default=None, help="JSON result file")
+    bp.set_defaults(func=cmd_bench_ops)
 
     sp = sub.add_parser("nproc", help="number of processes the recipe needs")
     recipe_args(sp, optional=True)

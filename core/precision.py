@@ -41,6 +41,8 @@ class PrecisionPolicy:
     vae: torch.dtype
     #: text encoder weights and activations
     text_encoder: torch.dtype
+    #: CLIP image encoder (Wan2.1 I2V) weights and activations; official: fp16 (``clip_dtype``)
+    image_encoder: torch.dtype = torch.float16
 
     def to_dict(self) -> Dict[str, str]:
         out = {"name": self.name}
@@ -59,6 +61,7 @@ PRESETS: Dict[str, PrecisionPolicy] = {
         norm_params=torch.float32,
         vae=torch.float32,
         text_encoder=torch.bfloat16,
+        image_encoder=torch.float16,
     ),
     "bf16": PrecisionPolicy(
         name="bf16",
@@ -68,6 +71,7 @@ PRESETS: Dict[str, PrecisionPolicy] = {
         norm_params=torch.bfloat16,
         vae=torch.bfloat16,
         text_encoder=torch.bfloat16,
+        image_encoder=torch.bfloat16,
     ),
     "fp32": PrecisionPolicy(
         name="fp32",
@@ -77,6 +81,7 @@ PRESETS: Dict[str, PrecisionPolicy] = {
         norm_params=torch.float32,
         vae=torch.float32,
         text_encoder=torch.float32,
+        image_encoder=torch.float32,
     ),
 }
 

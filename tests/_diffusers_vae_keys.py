@@ -50,3 +50,23 @@ def vae21_official_to_diffusers(key: str, num_res_blocks: int = 2) -> str:
             return "decoder.up_blocks.%d.upsamplers.0.%s" % (blk, tail)
         return "decoder.up_blocks.%d.resnets.%d.%s" % (blk, j, _res_tail(tail))
     raise KeyError(key)
+
+
+def vae22_official_to_diffusers(key: str, num_res_blocks: int = 2) -> str:
+    """Official Wan2.2 VAE key -> diffusers ``AutoencoderKLWan(is_residual=True)`` key (spec §7.2,
+    ``convert_vae_22``): the nested stage layout ``{en,de}coder.{down,up}samples.X.{down,up}samples.Y``
+    becomes ``{down,up}_blocks.X.resnets.Y`` or, for the trailing Resample, ``.downsampler`` /
+    ``.upsampler``; everything else maps as in Wan2.1."""
+    m = re.match(r"^encoder\.downsamples\.(\d+)\.downsamples\.(\d+)\.(.*)$", key)
+    if m:
+        x, y, tail = m.group(1), int(m.group(2)), m.group(3)
+        if y == num_res_blocks:
+            return "encoder.down_blocks.%s.downsampler.%s" % (x, tail)
+        return "encoder.down_blocks.%s.resnets.%d.%s" % (x, y, _res_tail(tail))
+    m = re.match(r"^decoder\.upsamples\.(\d+)\.upsamples\.(\d+)\.(.*)$", key)
+    if m:
+        x, y, tail = m.group(1), int(m.group(2)), m.group(3)
+        if y == num_res_blocks + 1:
+            return "decoder.up_blocks.%s.upsampler.%s" % (x, tail)
+        return "decoder.up_blocks.%s.resnets.%d.%s" % (x, y, _res_tail(tail))
+    return vae21_official_to_diffusers(key, num_res_blocks)

@@ -15,13 +15,17 @@ from wanport.config import TINY_RECIPE
 
 @pytest.fixture
 def no_weight_loading(monkeypatch):
+    import wanport.pipeline.i2v as i2v
     import wanport.pipeline.t2v as t2v
+    import wanport.pipeline.ti2v as ti2v
 
     def trap(*a, **k):
         raise AssertionError("a weight loader ran before the error was raised")
 
-    monkeypatch.setattr(t2v, "load_dit", trap)
-    monkeypatch.setattr(t2v, "load_vae", trap)
+    for module in (t2v, i2v, ti2v):
+        monkeypatch.setattr(module, "load_dit", trap)
+        monkeypatch.setattr(module, "load_vae", trap)
+    monkeypatch.setattr(i2v, "load_clip", trap)
     monkeypatch.setattr(t2v.WanTextEncoder, "load", trap)
 
 
@@ -73,7 +77,13 @@ RECIPE_CASES = [
      "strictly decreasing"),
     ("empty-prompt", {"prompt": "  "}, 2, "prompt: must not be empty"),
     ("missing-prompt", {"prompt": _DELETE}, 2, "prompt: required"),
-    ("task-mismatch", {"task": "i2v"}, 2, "'i2v' is not one of t2v"),
+    ("task-mismatch", {"task": "i2v"}, 2, "task: 'i2v' does not match model wan2.1-t2v-tiny"),
+    ("task-unknown", {"task": "v2v"}, 2, "'v2v' is not one of t2v, i2v, ti2v"),
+    ("image-for-t2v", {"image": "cat.png"}, 2, "is text-to-video and takes no image"),
+    ("guide-pair-one-expert", {"sample__guide_scale": [3.0, 4.0]}, 2, "has one expert; give one number"),
+    ("guide-malformed", {"sample__guide_scale": [1, 2, 3]}, 2, "expected a number or a pair [low_noise, high_noise]"),
+    ("boundary-one-expert", {"sample__boundary": 0.5}, 2, "the boundary is for two-expert (A14B) models"),
+    ("park-bad-value", {"offload": {"park_inactive_expert": "sometimes"}}, 2, "expected auto, true or false"),
     ("output-name-is-path", {"output__name": "a/b"}, 2, "must be a file stem"),
     ("bad-env-name", {"env": {"1BAD": "x"}}, 2, "not a valid environment variable name"),
     ("unknown-backend", {"backend": "cdua"}, 4, "unknown backend 'cdua'"),
@@ -156,6 +166,10 @@ def corrupt(kind, ckpt):
         json.dump(cfg, open(j("config.json"), "w"))
     elif kind == "config-model-type":
         cfg = json.load(open(j("config.json")))
+        cfg["model_type"] = "flf2v"
+        json.dump(cfg, open(j("config.json"), "w"))
+    elif kind == "config-i2v-in-dim":
+        cfg = json.load(open(j("config.json")))
         cfg["model_type"] = "i2v"
         json.dump(cfg, open(j("config.json"), "w"))
     elif kind == "config-heads-indivisible":
@@ -209,7 +223,8 @@ CKPT_CASES = [
     ("config-missing", ["config.json: missing"]),
     ("config-invalid-json", ["config.json: not valid JSON"]),
     ("config-missing-key", ["config.json: missing key(s) num_heads"]),
-    ("config-model-type", ["model_type 'i2v' is not supported yet"]),
+    ("config-model-type", ["model_type 'flf2v' is not supported yet"]),
+    ("config-i2v-in-dim", ["model_type 'i2v' needs in_dim = 2*out_dim + 4", "got in_dim 16"]),
     ("config-heads-indivisible", ["not divisible by num_heads 3"]),
     ("shard-missing", ["00002-of-00002.safetensors", "is missing"]),
     ("index-corrupt", ["index.json", "unreadable shard index"]),
@@ -256,3 +271,185 @@ def test_overrides_after_options_are_applied(tmp_path, tiny_ckpt, capsys, no_wei
     assert got == 2 and "sample.steps: must be > 0" in err
     with pytest.raises(SystemExit):
         cli.main(["run", recipe, "--bogus"])
+
+
+# ------------------------------------------------------------------------------------------
+# image-conditioned models and the Wan2.2 layouts
+
+
+def _family_recipe(tmp_path, ckpt, name, **changes):
+    """The tiny recipe of a family (recipes/tiny-<name>.yaml) pointed at ``ckpt``, with changes."""
+    data = yaml.safe_load(open(os.path.join(os.path.dirname(__file__), os.pardir, "recipes", "tiny-%s.yaml" % name)))
+    data["checkpoint_dir"] = ckpt
+    data["output"] = {"dir": str(tmp_path / "out")}
+    for path, value in changes.items():
+        node = data
+        parts = path.split("__")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        if value is _DELETE:
+            node.pop(parts[-1], None)
+        else:
+            node[parts[-1]] = value
+    p = tmp_path / "recipe.yaml"
+    p.write_text(yaml.safe_dump(data, allow_unicode=True))
+    return str(p)
+
+
+def _image(tmp_path, kind):
+    from PIL import Image
+
+    path = tmp_path / "input.png"
+    if kind == "missing":
+        return str(tmp_path / "nowhere.png")
+    if kind == "unreadable":
+        path.write_bytes(b"\x89PNG\r\n\x1a\n" + os.urandom(64))
+    elif kind == "too-small":
+        Image.new("RGB", (10, 300)).save(path)
+    elif kind == "text":
+        path = tmp_path / "notes.jpg"
+        path.write_text("hello")
+    elif kind == "url":
+        return "http://example.com/a.png"
+    elif kind == "folder":
+        return str(tmp_path)
+    elif kind == "extreme-aspect":
+        Image.new("RGB", (8000, 16)).save(path)
+    return str(path)
+
+
+# (image problem, family, expected exit code, message fragment)
+IMAGE_CASES = [
+    ("missing", "wan2.1-i2v", 5, "nowhere.png: file not found"),
+    ("unreadable", "wan2.1-i2v", 5, "not an image file PIL can read"),
+    ("text", "wan2.2-ti2v-5b", 5, "notes.jpg: not an image file"),
+    ("too-small", "wan2.2-i2v-a14b", 5, "10x300 is too small; each side needs at least 16 pixels"),
+    ("url", "wan2.1-i2v", 5, "only local files are read (no URLs)"),
+    ("folder", "wan2.1-i2v", 5, "is a folder, not an image file"),
+    ("extreme-aspect", "wan2.1-i2v", 5, "aspect ratio 8000x16 is too extreme"),
+]
+
+
+@pytest.mark.parametrize("kind,family,code,fragment", IMAGE_CASES, ids=[c[0] for c in IMAGE_CASES])
+def test_bad_image(kind, family, code, fragment, tmp_path, tiny_layout, capsys, no_weight_loading):
+    recipe = _family_recipe(tmp_path, tiny_layout(family), family, image=_image(tmp_path, kind))
+    got, err = run_cli(capsys, ["run", recipe, "--no-progress"])
+    assert got == code, err
+    assert fragment in err
+    assert "Traceback" not in err and err.startswith("wanport: error: ")
+
+
+def test_i2v_needs_an_image(tmp_path, tiny_layout, capsys, no_weight_loading):
+    recipe = _family_recipe(tmp_path, tiny_layout("wan2.1-i2v"), "wan2.1-i2v", image=_DELETE)
+    got, err = run_cli(capsys, ["check", recipe])
+    assert got == 2 and "is image-to-video and needs an input image" in err
+
+
+def _drop_tensor(folder, key):
+    from safetensors.torch import load_file, save_file
+
+    index_path = os.path.join(folder, "diffusion_pytorch_model.safetensors.index.json")
+    index = json.load(open(index_path))
+    shard = index["weight_map"].pop(key)
+    tensors = load_file(os.path.join(folder, shard))
+    del tensors[key]
+    save_file(tensors, os.path.join(folder, shard))
+    json.dump(index, open(index_path, "w"))
+
+
+def _copy(tiny_layout, layout, tmp_path):
+    import shutil
+
+    dst = str(tmp_path / "ckpt")
+    shutil.copytree(tiny_layout(layout), dst)
+    return dst
+
+
+def _layout_corrupt(kind, ckpt):
+    import shutil
+
+    import torch
+
+    j = lambda *p: os.path.join(ckpt, *p)  # noqa: E731
+    if kind == "expert-folder-missing":
+        shutil.rmtree(j("low_noise_model"))
+    elif kind == "expert-tensor-missing":
+        _drop_tensor(j("high_noise_model"), "blocks.1.ffn.2.bias")
+    elif kind == "expert-config-missing":
+        os.remove(j("low_noise_model", "config.json"))
+    elif kind == "experts-differ":
+        cfg = json.load(open(j("low_noise_model", "config.json")))
+        cfg["eps"] = 1e-5
+        json.dump(cfg, open(j("low_noise_model", "config.json"), "w"))
+    elif kind == "clip-missing":
+        os.remove(j("models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth"))
+    elif kind == "clip-key-missing":
+        path = j("models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth")
+        sd = torch.load(path, weights_only=True)
+        del sd["visual.transformer.2.attn.to_qkv.bias"]
+        torch.save(sd, path)
+    elif kind == "clip-truncated":
+        path = j("models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth")
+        data = open(path, "rb").read()
+        open(path, "wb").write(data[: len(data) // 3])
+    elif kind == "image-attention-missing":
+        _drop_tensor(ckpt, "blocks.0.cross_attn.k_img.weight")
+    elif kind == "vae22-missing-vae21-present":
+        os.replace(j("Wan2.2_VAE.pth"), j("Wan2.1_VAE.pth"))
+    elif kind == "vae22-key-missing":
+        path = j("Wan2.2_VAE.pth")
+        sd = torch.load(path, weights_only=True)
+        del sd["decoder.upsamples.1.upsamples.3.time_conv.weight"]
+        torch.save(sd, path)
+
+
+# (layout, corruption, model to run (None: the layout's tiny model), message fragments)
+LAYOUT_CASES = [
+    ("wan2.2-t2v-a14b", "expert-folder-missing", None, ["low_noise_model: expert folder missing", "high_noise_model/"]),
+    ("wan2.2-i2v-a14b", "expert-tensor-missing", None, ["missing tensor(s) 'blocks.1.ffn.2.bias'", "high_noise_model"]),
+    ("wan2.2-t2v-a14b", "expert-config-missing", None, ["low_noise_model/config.json: missing"]),
+    ("wan2.2-t2v-a14b", "experts-differ", None, ["the two experts differ (eps 1e-06 vs 1e-05)"]),
+    ("wan2.2-t2v-a14b", "none", "wan2.1-t2v-tiny", ["holds high_noise_model/ expert folders", "single DiT"]),
+    ("wan2.1-t2v", "none", "wan2.2-t2v-a14b-tiny", ["high_noise_model: expert folder missing"]),
+    ("wan2.1-i2v", "clip-missing", None, ["models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth: file not found"]),
+    ("wan2.1-i2v", "clip-key-missing", None, ["missing key 'visual.transformer.2.attn.to_qkv.bias'"]),
+    ("wan2.1-i2v", "clip-truncated", None, ["vit-huge-14.pth: corrupt or truncated checkpoint"]),
+    ("wan2.1-i2v", "image-attention-missing", None, ["missing tensor(s) 'blocks.0.cross_attn.k_img.weight'"]),
+    ("wan2.2-ti2v-5b", "vae22-missing-vae21-present", None, ["Wan2.2_VAE.pth: file not found (found Wan2.1_VAE.pth"]),
+    ("wan2.2-ti2v-5b", "vae22-key-missing", None, ["Wan2.2_VAE.pth", "decoder.upsamples.1.upsamples.3.time_conv.weight"]),
+]
+
+
+@pytest.mark.parametrize("layout,kind,model,fragments", LAYOUT_CASES, ids=["%s-%s" % (c[0], c[1]) for c in LAYOUT_CASES])
+def test_bad_layout(layout, kind, model, fragments, tmp_path, tiny_layout, tiny_ckpt, capsys, no_weight_loading,
+                    input_image):
+    from wanport.config import MODELS, TINY_LAYOUTS
+
+    source = _copy(tiny_layout, layout, tmp_path) if layout != "wan2.1-t2v" else tiny_ckpt
+    _layout_corrupt(kind, source)
+    model = model or TINY_LAYOUTS[layout]
+    family = next(k for k, v in TINY_LAYOUTS.items() if v == model)
+    recipe_name = "t2v" if family == "wan2.1-t2v" else family
+    if recipe_name == "t2v":
+        recipe = write_recipe(tmp_path, source)
+    else:
+        changes = {"image": input_image} if MODELS[model].image != "none" else {}
+        recipe = _family_recipe(tmp_path, source, recipe_name, **changes)
+    got, err = run_cli(capsys, ["run", recipe, "--no-progress"])
+    assert got == 3, err
+    for fragment in fragments:
+        assert fragment in err
+    assert "Traceback" not in err
+
+
+def test_wan22_i2v_model_rejects_a_clip_dit(tmp_path, tiny_layout, capsys, no_weight_loading, input_image):
+    """A Wan2.1 I2V DiT (with img_emb) in a Wan2.2 I2V expert folder: the extra keys are named."""
+    import shutil
+
+    ckpt = _copy(tiny_layout, "wan2.2-i2v-a14b", tmp_path)
+    for sub in ("high_noise_model", "low_noise_model"):
+        shutil.rmtree(os.path.join(ckpt, sub))
+        shutil.copytree(tiny_layout("wan2.1-i2v"), os.path.join(ckpt, sub))
+    recipe = _family_recipe(tmp_path, ckpt, "wan2.2-i2v-a14b", image=input_image)
+    got, err = run_cli(capsys, ["check", recipe])
+    assert got == 3 and "unexpected tensor 'img_emb." in err

@@ -49,7 +49,7 @@ def test_run_writes_video_and_complete_report(tiny_ckpt, tmp_path):
     assert len(stages["steps_s"]) == 3 and all(s > 0 for s in stages["steps_s"])
     assert report["backend"]["name"] == "reference"
     assert set(report["ops"]) == {"self_attention", "cross_attention", "rotary", "rms_norm", "layer_norm",
-                                  "layer_norm_modulate", "qk_norm_rope", "gated_residual"}
+                                  "layer_norm_modulate", "qk_norm_rope", "gated_residual", "linear_gelu"}
     assert report["ops"]["qk_norm_rope"]["impl"] == "composed(reference.torch, reference.real_tables)"
     assert report["ops"]["self_attention"]["impl"] == "reference.math"
     from wanport.schedulers import make_scheduler

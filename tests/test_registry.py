@@ -68,6 +68,7 @@ def test_resolves_reference_table_once_and_frozen(registry):
         "layer_norm_modulate": "reference.torch",
         "qk_norm_rope": "composed(reference.torch, reference.real_tables)",
         "gated_residual": "reference.torch",
+        "linear_gelu": "reference.torch",
     }
     with pytest.raises(dataclasses.FrozenInstanceError):
         table.rotary = table.rms_norm
@@ -115,6 +116,8 @@ def test_composed_and_cast_wrapped_ops(registry):
     assert qo.dtype == torch.bfloat16 and qo.shape == (2, 12, 2, 128)
     assert torch.equal(qo, rq.bfloat16()) and torch.equal(ko, rk.bfloat16())
     assert "composed" in table.qk_norm_rope.why
+    forced = resolve_ops(registry, registry.backends["reference"], reqs(), {"qk_norm_rope": "composed"})
+    assert forced.qk_norm_rope.impl.startswith("composed(") and forced.qk_norm_rope.why == "recipe override"
     cast = with_out_dtype(lambda x, w, eps: x * w)
     assert cast(torch.ones(2), torch.ones(2), 0.0, out_dtype=torch.bfloat16).dtype == torch.bfloat16
     assert cast(torch.ones(2), torch.ones(2), 0.0).dtype == torch.float32

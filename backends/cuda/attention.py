@@ -1,18 +1,21 @@
-"""Attention through torch SDPA with the kernel chosen explicitly (cuDNN, flash, efficient).
+"""Attention through torch SDPA with the kernel chosen explicitly (cuDNN, flash, efficient),
+plus log-sum-exp variants for ring attention.
 
 SDPA's own choice is not always the fastest on Hopper (cuDNN measured 575-629 TFLOP/s at
 Wan shapes vs FA2's 365-377), so each kernel is a separate implementation the resolver picks.
+Padded keys (``kv_lens``) are dropped by slicing K/V (exact, free) rather than masked, so every
+kernel honours them; samples with different lengths run one by one.
 """
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 
 
-def _kernel_context(kind: str):
+def _sdpa_kernel_context(kind: str):
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     backend = {
@@ -23,24 +26,103 @@ def _kernel_context(kind: str):
     return lambda: sdpa_kernel([backend])
 
 
-def _key_mask(kv_lens: Sequence[int], b: int, skv: int, device) -> torch.Tensor:
-    lens = torch.tensor(list(kv_lens), device=device)
-    return (torch.arange(skv, device=device)[None, :] < lens[:, None])[:, None, None, :]
+def _per_length(core: Callable, q, k, v, scale, kv_lens: Optional[Sequence[int]], return_lse: bool):
+    """Run ``core(q, k, v, scale, return_lse)`` ([B, S, N, D] in/out) with keys beyond each
+    sample's length removed."""
+    skv = k.shape[1]
+    if kv_lens is None or all(n == skv for n in kv_lens):
+        return core(q, k, v, scale, return_lse)
+    if min(kv_lens) < 1 or max(kv_lens) > skv or len(kv_lens) != q.shape[0]:
+        raise ValueError("kv_lens %s invalid for batch %d with %d keys" % (list(kv_lens), q.shape[0], skv))
+    if len(set(kv_lens)) == 1:
+        n = kv_lens[0]
+        return core(q, k[:, :n], v[:, :n], scale, return_lse)
+    parts = [core(q[i:i + 1], k[i:i + 1, :n], v[i:i + 1, :n], scale, return_lse) for i, n in enumerate(kv_lens)]
+    if return_lse:
+        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+    return torch.cat(parts)
 
 
 def make_sdpa(kind: str):
-    enter = _kernel_context(kind)
+    enter = _sdpa_kernel_context(kind)
 
-    def attention(q, k, v, *, scale: float, kv_lens: Optional[Sequence[int]] = None, return_lse: bool = False):
+    def core(q, k, v, scale, return_lse):
         if return_lse:
-            raise ValueError("cuda.sdpa_%s has no log-sum-exp output" % kind)
-        mask = None
-        if kv_lens is not None and min(kv_lens) < k.shape[1]:
-            mask = _key_mask(kv_lens, q.shape[0], k.shape[1], q.device)
+            raise ValueError("cuda.sdpa_%s has no log-sum-exp output; use cuda.%s_lse" % (kind, kind))
         with enter():
             out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                                                 attn_mask=mask, scale=scale)
+                                                 scale=scale)
         return out.transpose(1, 2)
 
+    def attention(q, k, v, *, scale: float, kv_lens: Optional[Sequence[int]] = None, return_lse: bool = False):
+        return _per_length(core, q, k, v, scale, kv_lens, return_lse)
+
     attention.__name__ = "sdpa_%s" % kind
+    return attention
+
+
+def make_lse(kind: str):
+    """Attention that also returns the natural-log LSE [B, N, Sq] float32 (ring merging), through
+    the aten kernels SDPA dispatches to (they compute the LSE anyway)."""
+
+    def core(q, k, v, scale, return_lse):
+        qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        if kind == "cudnn":
+            res = torch.ops.aten._scaled_dot_product_cudnn_attention(
+                qt, kt, vt, None, True, 0.0, False, False, scale=scale)
+        else:
+            res = torch.ops.aten._scaled_dot_product_flash_attention(qt, kt, vt, 0.0, False, False, scale=scale)
+        b, sq, n, _ = q.shape
+        out = res[0].transpose(1, 2)
+        lse = res[1].reshape(b, n, -1)[..., :sq].float()  # cuDNN keeps it as [B, N, S, 1]
+        return (out, lse) if return_lse else out
+
+    def attention(q, k, v, *, scale: float, kv_lens: Optional[Sequence[int]] = None, return_lse: bool = False):
+        return _per_length(core, q, k, v, scale, kv_lens, return_lse)
+
+    attention.__name__ = "%s_lse" % kind
+    return attention
+
+
+def make_flash_attn(version: int):
+    """FlashAttention from the ``flash_attn`` (2) or ``flash_attn_interface`` (3) package, which
+    take [B, S, N, D] directly."""
+    if version == 3:
+        from flash_attn_interface import flash_attn_func
+    else:
+        from flash_attn import flash_attn_func
+
+    def core(q, k, v, scale, return_lse):
+        if version == 3:
+            res = flash_attn_func(q, k, v, softmax_scale=scale)
+            out, lse = (res[0], res[1]) if isinstance(res, tuple) else (res, None)
+        else:
+            res = flash_attn_func(q, k, v, softmax_scale=scale, return_attn_probs=return_lse)
+            out, lse = (res[0], res[1]) if isinstance(res, tuple) else (res, None)
+        if return_lse:
+            if lse is None:
+                raise ValueError("this flash_attn build returned no log-sum-exp")
+            return out, lse.float()
+        return out
+
+    def attention(q, k, v, *, scale: float, kv_lens: Optional[Sequence[int]] = None, return_lse: bool = False):
+        return _per_length(core, q, k, v, scale, kv_lens, return_lse)
+
+    attention.__name__ = "flash_attn%d" % version
+    return attention
+
+
+def make_sage():
+    """SageAttention (INT8 QK^T, lossy): opt-in only."""
+    from sageattention import sageattn
+
+    def core(q, k, v, scale, return_lse):
+        if return_lse:
+            raise ValueError("sageattention has no log-sum-exp output")
+        return sageattn(q, k, v, tensor_layout="NHD", is_causal=False, sm_scale=scale)
+
+    def attention(q, k, v, *, scale: float, kv_lens: Optional[Sequence[int]] = None, return_lse: bool = False):
+        return _per_length(core, q, k, v, scale, kv_lens, return_lse)
+
+    attention.__name__ = "sageattn"
     return attention

@@ -16,6 +16,8 @@ from .safetensors_files import TensorEntry, check_against, index_weights, iter_t
 
 CONFIG_NAME = "config.json"
 WEIGHTS_STEM = "diffusion_pytorch_model"
+IMAGE_EMBED_KEY = "img_emb.proj.0.weight"  # [image_dim]: the CLIP width, when the DiT has img_emb
+DEFAULT_IMAGE_DIM = 1280  # ViT-H/14
 
 
 @dataclass(frozen=True)
@@ -38,13 +40,23 @@ def read_dit_config(directory: str) -> Dict:
         raise CheckpointError("%s: not valid JSON (%s)" % (path, exc)) from None
 
 
-def inspect_dit(directory: str, policy: PrecisionPolicy) -> DiTCheckpoint:
-    """Read config + safetensors headers and check every key and shape. Loads no weights."""
+def inspect_dit(directory: str, policy: PrecisionPolicy, with_image: Optional[bool] = None) -> DiTCheckpoint:
+    """Read config + safetensors headers and check every key and shape. Loads no weights.
+
+    ``with_image``: whether the model has the image-context embedding (Wan2.1 i2v); None: as
+    the weights say. True builds the expected keys with it (missing ``img_emb``/``k_img``...
+    are then named), False without (present ones are named as unexpected)."""
     data = read_dit_config(directory)
     entries = index_weights(directory, WEIGHTS_STEM)
     text = entries.get("text_embedding.0.weight")
     text_dim = text.shape[1] if text is not None and len(text.shape) == 2 else None
-    cfg = DiTConfig.from_json(data, os.path.join(directory, CONFIG_NAME), text_dim=text_dim)
+    img = entries.get(IMAGE_EMBED_KEY)
+    image_dim = img.shape[0] if img is not None and len(img.shape) == 1 else None
+    if with_image is False:
+        image_dim = None
+    elif with_image and image_dim is None:
+        image_dim = DEFAULT_IMAGE_DIM
+    cfg = DiTConfig.from_json(data, os.path.join(directory, CONFIG_NAME), text_dim=text_dim, image_dim=image_dim)
     expected = WanDiT.on_meta(cfg, policy).expected_shapes()
     check_against(entries, expected, "DiT weights in %s" % directory)
     return DiTCheckpoint(directory, cfg, entries)

@@ -1,7 +1,16 @@
-"""``wanport make-tiny``: tiny random-weight checkpoints in exactly the official layout.
+"""``wanport make-tiny``: tiny random-weight checkpoints in exactly the official layouts.
 
 The official file names, key names and formats; tiny widths (the DiT keeps head_dim 128 so
-the rotary tables are the real ones). The real loading code then runs without downloads.
+the rotary tables are the real ones; the CLIP tower keeps 224 px, 14 px patches, head dim 80,
+so its 257 tokens are real). The real loading code then runs without downloads.
+
+Layouts (``--model``):
+
+* ``wan2.1-t2v``: one DiT (t2v), Wan2.1 VAE, T5 + tokenizer;
+* ``wan2.1-i2v``: one DiT (i2v, in_dim 36, with ``img_emb``), Wan2.1 VAE, T5, the CLIP file;
+* ``wan2.2-t2v-a14b`` / ``wan2.2-i2v-a14b``: ``high_noise_model/`` and ``low_noise_model/`` (two
+  different random DiTs), Wan2.1 VAE, T5;
+* ``wan2.2-ti2v-5b``: one DiT (ti2v, 48 channels), the Wan2.2 VAE (z_dim 48), T5.
 """
 
 from __future__ import annotations
@@ -12,14 +21,17 @@ from typing import Dict, Optional
 
 import torch
 
+from ..config.models import EXPERTS
 from ..errors import ConfigError
 from ..io.atomic import write_json_atomic
+from ..models.clip import CLIP_CHECKPOINT_NAME, write_tiny_clip
 from ..models.dit import DiTConfig, WanDiT
 from ..models.t5 import write_tiny_t5
 from ..models.vae.wan21 import WanVAE21
+from ..models.vae.wan22 import WanVAE22
 from ..precision import PRESETS
 from .dit_checkpoint import CONFIG_NAME, WEIGHTS_STEM
-from .layout import VAE21_NAME
+from .layout import VAE21_NAME, VAE22_NAME
 from .pth_files import save_pth_atomic
 from .safetensors_files import save_file_atomic
 
@@ -28,8 +40,20 @@ MARKER = ".wanport-tiny.json"
 TINY_T5 = dict(d_model=64, num_layers=2, num_heads=4, d_kv=16, d_ff=128)
 TINY_DIT = dict(dim=256, ffn_dim=512, num_heads=2, num_layers=2, in_dim=16, out_dim=16)
 TINY_VAE = dict(dim=8, z_dim=16)
+TINY_VAE22 = dict(dim=8, dec_dim=8, z_dim=48)
+TINY_CLIP = dict(width=160, layers=3, projection_dim=32)
 
-LAYOUTS = ("wan2.1-t2v",)
+#: layout -> DiT architecture changes from TINY_DIT, VAE, whether it has experts / CLIP
+_LAYOUTS = {
+    "wan2.1-t2v": dict(dit=dict(model_type="t2v"), vae="wan2.1", experts=False, clip=False),
+    "wan2.1-i2v": dict(dit=dict(model_type="i2v", in_dim=36, image_dim=TINY_CLIP["width"]), vae="wan2.1",
+                       experts=False, clip=True),
+    "wan2.2-t2v-a14b": dict(dit=dict(model_type="t2v"), vae="wan2.1", experts=True, clip=False),
+    "wan2.2-i2v-a14b": dict(dit=dict(model_type="i2v", in_dim=36), vae="wan2.1", experts=True, clip=False),
+    "wan2.2-ti2v-5b": dict(dit=dict(model_type="ti2v", in_dim=48, out_dim=48), vae="wan2.2", experts=False,
+                           clip=False),
+}
+LAYOUTS = tuple(_LAYOUTS)
 
 
 def is_tiny_checkpoint(directory: str) -> Optional[str]:
@@ -55,6 +79,25 @@ def _write_dit_shards(directory: str, state: Dict[str, torch.Tensor], shards: in
                       {"metadata": {"total_size": total}, "weight_map": weight_map})
 
 
+def _write_dit(directory: str, cfg: DiTConfig, seed: int) -> None:
+    os.makedirs(directory, exist_ok=True)
+    dit = WanDiT.random(cfg, PRESETS["fp32"], torch.device("cpu"), seed=seed)
+    _write_dit_shards(directory, dit.state_dict())
+    write_json_atomic(os.path.join(directory, CONFIG_NAME), cfg.to_json())
+
+
+def _randomise_vae(vae: torch.nn.Module, seed: int) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in vae.named_parameters():
+            if name.endswith("gamma"):
+                p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=gen))
+            elif p.dim() > 1:
+                p.copy_(torch.randn(p.shape, generator=gen) / (p[0].numel() ** 0.5))
+            else:
+                p.copy_(0.02 * torch.randn(p.shape, generator=gen))
+
+
 def make_tiny(directory: str, layout: str = "wan2.1-t2v", seed: int = 0, if_missing: bool = False) -> bool:
     """Write the tiny checkpoint; returns False when ``if_missing`` and it already exists."""
     if layout not in LAYOUTS:
@@ -70,25 +113,30 @@ def make_tiny(directory: str, layout: str = "wan2.1-t2v", seed: int = 0, if_miss
     if os.path.exists(marker):
         os.unlink(marker)  # incomplete until rewritten at the end
 
+    spec = _LAYOUTS[layout]
     write_tiny_t5(directory, seed=seed, **TINY_T5)
 
-    cfg = DiTConfig(text_dim=TINY_T5["d_model"], **TINY_DIT)
-    dit = WanDiT.random(cfg, PRESETS["fp32"], torch.device("cpu"), seed=seed + 1)
-    _write_dit_shards(directory, dit.state_dict())
-    write_json_atomic(os.path.join(directory, CONFIG_NAME), cfg.to_json())
+    cfg = DiTConfig(text_dim=TINY_T5["d_model"], **dict(TINY_DIT, **spec["dit"]))
+    cfg.check("tiny DiT")
+    if spec["experts"]:  # two different random experts in their official subfolders
+        for i, (_, sub) in enumerate(EXPERTS):
+            _write_dit(os.path.join(directory, sub), cfg, seed=seed + 1 + 10 * i)
+    else:
+        _write_dit(directory, cfg, seed=seed + 1)
 
-    torch.manual_seed(seed + 2)
-    vae = WanVAE21(**TINY_VAE)
-    gen = torch.Generator().manual_seed(seed + 2)
-    with torch.no_grad():
-        for name, p in vae.named_parameters():
-            if name.endswith("gamma"):
-                p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=gen))
-            elif p.dim() > 1:
-                p.copy_(torch.randn(p.shape, generator=gen) / (p[0].numel() ** 0.5))
-            else:
-                p.copy_(0.02 * torch.randn(p.shape, generator=gen))
-    save_pth_atomic(vae.state_dict(), os.path.join(directory, VAE21_NAME))
+    if spec["vae"] == "wan2.2":
+        vae, vae_name, vae_cfg = WanVAE22(**TINY_VAE22), VAE22_NAME, TINY_VAE22
+    else:
+        vae, vae_name, vae_cfg = WanVAE21(**TINY_VAE), VAE21_NAME, TINY_VAE
+    _randomise_vae(vae, seed + 2)
+    save_pth_atomic(vae.state_dict(), os.path.join(directory, vae_name))
 
-    write_json_atomic(marker, {"layout": layout, "seed": seed, "dit": cfg.to_json(), "t5": TINY_T5, "vae": TINY_VAE})
+    info = {"layout": layout, "seed": seed, "dit": dict(cfg.to_json(), image_dim=cfg.image_dim), "t5": TINY_T5,
+            "vae": dict(vae_cfg, kind=spec["vae"])}
+    if spec["experts"]:
+        info["experts"] = [sub for _, sub in EXPERTS]
+    if spec["clip"]:
+        write_tiny_clip(os.path.join(directory, CLIP_CHECKPOINT_NAME), seed=seed + 3, **TINY_CLIP)
+        info["clip"] = TINY_CLIP
+    write_json_atomic(marker, info)
     return True

@@ -109,6 +109,21 @@ def _check_type(path: str, kind: str, value: Any, choices, problems: List[str]) 
         if not isinstance(value, bool):
             problems.append("%s: expected true or false, got %r" % (path, value))
             return None
+    elif base == "guide":
+        if isinstance(value, (list, tuple)):
+            if len(value) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+                problems.append("%s: expected a number or a pair [low_noise, high_noise], got %r" % (path, value))
+                return None
+            value = [float(v) for v in value]
+        elif isinstance(value, bool) or not isinstance(value, (int, float)):
+            problems.append("%s: expected a number or a pair [low_noise, high_noise], got %r" % (path, value))
+            return None
+        else:
+            value = float(value)
+    elif base == "auto_bool":
+        if not isinstance(value, bool) and value != "auto":
+            problems.append("%s: expected auto, true or false, got %r" % (path, value))
+            return None
     elif base == "int_list":
         if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
             problems.append("%s: expected a list of integers, got %r" % (path, value))

@@ -41,8 +41,12 @@ class SampleConfig:
     frame_num: Optional[int] = _f(None, type="int?", help="frames, 4n+1 (model default when null)")
     steps: Optional[int] = _f(None, type="int?", help="denoising steps (model default when null)")
     shift: Optional[float] = _f(None, type="float?", help="flow shift of the sigma schedule (model default when null)")
-    guide_scale: Optional[float] = _f(None, type="float?",
-                                      help="classifier-free guidance scale; 1.0 skips the unconditional pass")
+    guide_scale: Optional[Any] = _f(None, type="guide?",
+                                    help="classifier-free guidance scale; 1.0 skips the unconditional pass; two-expert "
+                                         "models: one number for both or [low_noise, high_noise] (official order)")
+    boundary: Optional[float] = _f(None, type="float?",
+                                   help="two-expert models: switch to the low-noise expert below boundary*1000 "
+                                        "(model default when null: 0.875 t2v, 0.900 i2v)")
     solver: str = _f("unipc", type="str", help="unipc (official default) or euler", choices=("unipc", "euler"))
     timesteps: Optional[List[int]] = _f(None, type="int_list?",
                                         help="euler only: explicit decreasing timesteps in (0, 1000]")
@@ -50,6 +54,13 @@ class SampleConfig:
     noise: str = _f("cpu", type="str", choices=("cpu", "device"),
                     help="cpu: drawn on the host from the seed, same video on every backend; "
                          "device: drawn on the compute device as the official code does")
+
+
+@dataclass
+class OffloadConfig:
+    park_inactive_expert: Any = _f("auto", type="auto_bool",
+                                   help="two-expert models: keep only the active expert on the device, the other "
+                                        "parked in host memory (auto: when both do not fit in free device memory)")
 
 
 @dataclass
@@ -64,8 +75,10 @@ class RunConfig:
     model: str = _f(REQUIRED, type="str", help="model preset (see `wanport models`)")
     checkpoint_dir: str = _f(REQUIRED, type="str",
                              help="official checkpoint folder (relative paths: from the working directory)")
-    task: str = _f("t2v", type="str", help="t2v", choices=("t2v",))
+    task: str = _f("t2v", type="str", help="t2v | i2v | ti2v (must match the model)", choices=("t2v", "i2v", "ti2v"))
     prompt: str = _f(REQUIRED, type="str", help="text prompt")
+    image: Optional[str] = _f(None, type="str?",
+                              help="input image, a local file (i2v: required; ti2v: image-to-video when set)")
     negative_prompt: str = _f("", type="str", help="negative prompt; empty: the official default")
     sample: SampleConfig = _f(type="section", help="sampling", factory=SampleConfig)
     backend: str = _f("auto", type="str", help="auto | reference | cuda | ascend | <plugin>")
@@ -73,4 +86,5 @@ class RunConfig:
     precision: Any = _f("official", type="precision", help="official | bf16 | fp32, or {preset: ..., <part>: dtype}")
     env: Dict[str, str] = _f(type="str_map", help="environment for the backend runtime (wins over plugin defaults)",
                              factory=dict)
+    offload: OffloadConfig = _f(type="section", help="device memory policy", factory=OffloadConfig)
     output: OutputConfig = _f(type="section", help="where the video and report go", factory=OutputConfig)

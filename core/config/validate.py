@@ -6,11 +6,11 @@ import difflib
 import os
 import re
 from dataclasses import dataclass
-from typing import List, Optional, Tuple
+from typing import List, Optional, Tuple, Union
 
 from ..errors import ConfigError
 from ..precision import PrecisionPolicy, policy_from_config
-from .models import DEFAULT_NEGATIVE_PROMPT, MODELS, ModelPreset
+from .models import MODELS, GuideScale, ModelPreset
 from .schema import RunConfig
 
 _SIZE = re.compile(r"^\s*(\d+)\s*[*xX×]\s*(\d+)\s*$")
@@ -24,12 +24,14 @@ class RunPlan:
     checkpoint_dir: str
     prompt: str
     negative_prompt: str
+    #: the video size; with an input image, the maximum area (the image sets the aspect ratio)
     width: int
     height: int
     frame_num: int
     steps: Optional[int]
     shift: float
-    guide_scale: float
+    #: one CFG scale, or (low_noise, high_noise) for two-expert models
+    guide_scale: GuideScale
     solver: str
     timesteps: Optional[Tuple[int, ...]]
     seed: int
@@ -38,11 +40,29 @@ class RunPlan:
     policy: PrecisionPolicy
     video_path: str
     report_path: str
+    task: str = "t2v"
+    #: the input image (a local path, not yet opened) or None
+    image_path: Optional[str] = None
+    #: two-expert models: the switch to the low-noise expert below boundary * 1000
+    boundary: Optional[float] = None
+    #: "auto", True or False
+    park_inactive_expert: Union[str, bool] = "auto"
 
     @property
     def latent_shape(self) -> Tuple[int, int, int, int]:
         st, sh, sw = self.preset.vae_stride
         return (self.preset.z_dim, (self.frame_num - 1) // st + 1, self.height // sh, self.width // sw)
+
+    @property
+    def guide_scales(self) -> Tuple[float, float]:
+        """(low_noise, high_noise); the same number twice for a single-expert model."""
+        g = self.guide_scale
+        return (float(g[0]), float(g[1])) if isinstance(g, tuple) else (float(g), float(g))
+
+    @property
+    def needs_uncond(self) -> bool:
+        """False when every guide scale is 1.0: the unconditional forward is skipped."""
+        return any(g != 1.0 for g in self.guide_scales)
 
     @property
     def num_steps(self) -> int:
@@ -68,6 +88,13 @@ def plan_run(cfg: RunConfig, source: str = "recipe") -> RunPlan:
     s = cfg.sample
     if cfg.task != preset.task:
         problems.append("task: %r does not match model %s, which does %s" % (cfg.task, preset.name, preset.task))
+    image = cfg.image.strip() if isinstance(cfg.image, str) and cfg.image.strip() else None
+    if preset.image == "required" and image is None:
+        problems.append("image: model %s is image-to-video and needs an input image (image: path/to/picture.jpg)"
+                        % preset.name)
+    elif preset.image == "none" and image is not None:
+        problems.append("image: model %s is text-to-video and takes no image; remove `image:` or choose an "
+                        "image-to-video model" % preset.name)
     if not cfg.prompt or not cfg.prompt.strip():
         problems.append("prompt: must not be empty")
     if not cfg.checkpoint_dir:
@@ -109,12 +136,20 @@ def plan_run(cfg: RunConfig, source: str = "recipe") -> RunPlan:
         if any(t <= 0 or t > 1000 for t in timesteps) or any(a <= b for a, b in zip(timesteps, timesteps[1:])):
             problems.append("sample.timesteps: must be strictly decreasing integers in (0, 1000]")
 
-    shift = s.shift if s.shift is not None else preset.shift
+    shift = s.shift if s.shift is not None else preset.default_shift(width, height)
     if shift <= 0:
         problems.append("sample.shift: must be > 0, got %g" % shift)
-    guide = s.guide_scale if s.guide_scale is not None else preset.guide_scale
-    if guide <= 0:
-        problems.append("sample.guide_scale: must be > 0 (1.0 disables guidance), got %g" % guide)
+    guide = _guide(s.guide_scale, preset, problems)
+    boundary = s.boundary if s.boundary is not None else preset.boundary
+    if s.boundary is not None and not preset.experts:
+        problems.append("sample.boundary: model %s has one expert; the boundary is for two-expert (A14B) models"
+                        % preset.name)
+    elif boundary is not None and not (0.0 < boundary < 1.0):
+        problems.append("sample.boundary: must be in (0, 1) (the switch happens at boundary*1000), got %g" % boundary)
+    park = cfg.offload.park_inactive_expert
+    if park is True and not preset.experts:
+        problems.append("offload.park_inactive_expert: model %s has one expert; parking is for two-expert models"
+                        % preset.name)
     if s.seed < 0 or s.seed >= 2**63:
         problems.append("sample.seed: must be in [0, 2**63), got %d" % s.seed)
 
@@ -151,7 +186,7 @@ def plan_run(cfg: RunConfig, source: str = "recipe") -> RunPlan:
         preset=preset,
         checkpoint_dir=cfg.checkpoint_dir,
         prompt=cfg.prompt,
-        negative_prompt=cfg.negative_prompt or DEFAULT_NEGATIVE_PROMPT,
+        negative_prompt=cfg.negative_prompt or preset.negative_prompt,
         width=width,
         height=height,
         frame_num=frame_num,
@@ -166,7 +201,29 @@ def plan_run(cfg: RunConfig, source: str = "recipe") -> RunPlan:
         policy=policy,
         video_path=os.path.join(out_dir, name + ".mp4"),
         report_path=os.path.join(out_dir, name + ".json"),
+        task=cfg.task,
+        image_path=image,
+        boundary=boundary,
+        park_inactive_expert=park,
     )
+
+
+def _guide(value, preset: ModelPreset, problems: List[str]) -> GuideScale:
+    """The recipe's guide scale (or the model's): a number, or (low, high) for two experts."""
+    if value is None:
+        value = preset.guide_scale
+    if isinstance(value, (list, tuple)):
+        if not preset.experts:
+            problems.append("sample.guide_scale: model %s has one expert; give one number, not a pair" % preset.name)
+            return 1.0
+        pair = (float(value[0]), float(value[1]))
+        if min(pair) <= 0:
+            problems.append("sample.guide_scale: must be > 0 (1.0 disables guidance), got %s" % list(pair))
+        return pair
+    if value <= 0:
+        problems.append("sample.guide_scale: must be > 0 (1.0 disables guidance), got %g" % value)
+    # a single number for a two-expert model applies to both (as the official CLI does)
+    return (float(value), float(value)) if preset.experts else float(value)
 
 
 def _existing_parent(path: str) -> str:

@@ -131,6 +131,17 @@ class QKNormRopeFn(Protocol):
         """
 
 
+class LinearGeluFn(Protocol):
+    def __call__(self, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+        """The FFN's first half: gelu_tanh(x @ weight.T + bias), computed in weight's dtype.
+
+        x: [..., K] (cast to weight's dtype), weight [N, K], bias [N]. Returns [..., N] in
+        weight's dtype. The official code rounds the Linear output to bf16 before the GELU; a
+        kernel applying the GELU to the float32 accumulator (a GEMM epilogue) is within bf16
+        rounding of it.
+        """
+
+
 class GatedResidualFn(Protocol):
     def __call__(self, x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
         """The gated residual add of a Wan block: x + y * gate.
@@ -145,7 +156,7 @@ class GatedResidualFn(Protocol):
 
 #: Op kinds in the order the registry reports them.
 OP_KINDS = ("attention", "rotary", "rms_norm", "layer_norm", "layer_norm_modulate", "qk_norm_rope",
-            "gated_residual")
+            "gated_residual", "linear_gelu")
 
 #: Op kinds that a backend need not implement: the resolver composes them from other kinds.
 COMPOSABLE = {"qk_norm_rope": ("rms_norm", "rotary")}
@@ -165,6 +176,7 @@ CALL_SITES = {
     "layer_norm_modulate": "layer_norm_modulate",
     "qk_norm_rope": "qk_norm_rope",
     "gated_residual": "gated_residual",
+    "linear_gelu": "linear_gelu",
 }
 
 CONTRACTS = {
@@ -175,4 +187,5 @@ CONTRACTS = {
     "layer_norm_modulate": LayerNormModulateFn,
     "qk_norm_rope": QKNormRopeFn,
     "gated_residual": GatedResidualFn,
+    "linear_gelu": LinearGeluFn,
 }

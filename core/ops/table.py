@@ -30,6 +30,7 @@ class OpTable:
     layer_norm_modulate: ResolvedOp
     qk_norm_rope: ResolvedOp
     gated_residual: ResolvedOp
+    linear_gelu: ResolvedOp
 
     def describe(self) -> Dict[str, str]:
         """Call site -> qualified implementation name (for reports)."""

@@ -69,6 +69,12 @@ def _load_gated_residual():
     return gated_residual
 
 
+def _load_linear_gelu():
+    from .linear_gelu import linear_gelu
+
+    return linear_gelu
+
+
 def _load_layer_norm_modulate():
     from .layer_norm_modulate import layer_norm_modulate
 
@@ -95,4 +101,6 @@ def wanport_op_impls():
                description="float32 LayerNorm then (1 + scale) * x + shift"),
         OpImpl("gated_residual", "torch", NAME, _load_gated_residual, any_float, priority=10,
                description="x + y * gate in the promoted dtype"),
+        OpImpl("linear_gelu", "torch", NAME, _load_linear_gelu, any_float, priority=10,
+               description="F.linear then tanh GELU (the official rounding order)"),
     ]

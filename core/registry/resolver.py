@@ -148,7 +148,9 @@ def resolve_ops(
         req = requirements[site]
         wanted = overrides.get(site) if site != kind else None
         wanted = wanted or overrides.get(kind)
-        if wanted:
+        if wanted == "composed" and kind in COMPOSABLE:
+            chosen = None  # a recipe asks for the composed form explicitly (debugging a fused kernel)
+        elif wanted:
             impl = _match_override(registry, backend.name, kind, wanted)
             ok, why = _usable(impl, req)
             if not ok:
@@ -160,7 +162,7 @@ def resolve_ops(
                        kind, alternatives)
                 )
             chosen, reason = impl, "recipe override"
-        else:
+        if not wanted:
             chosen, reason = None, ""
             for impl in _pool(registry, backend.name, kind):
                 if not impl.exact:
@@ -170,18 +172,18 @@ def resolve_ops(
                     chosen = impl
                     reason = "default" if impl.backend == backend.name else "fallback (no %s implementation of %s fits)" % (backend.name, kind)
                     break
-            if chosen is None and kind in COMPOSABLE:
-                parts = [resolved[p] for p in COMPOSABLE[kind]]
-                fn = COMPOSERS[kind](*(p.fn for p in parts))
-                name = "composed(%s)" % ", ".join(p.impl for p in parts)
-                resolved[site] = ResolvedOp(site=site, kind=kind, impl=name, fn=fn,
-                                            why="no fused %s implementation fits; composed" % kind)
-                continue
-            if chosen is None:
-                raise BackendError(
-                    "no implementation of %s fits call site %s on backend %r.\nCandidates:\n%s"
-                    % (kind, site, backend.name, _explain(registry, backend.name, kind, req))
-                )
+        if chosen is None and kind in COMPOSABLE:
+            parts = [resolved[p] for p in COMPOSABLE[kind]]
+            fn = COMPOSERS[kind](*(p.fn for p in parts))
+            name = "composed(%s)" % ", ".join(p.impl for p in parts)
+            why = "recipe override" if wanted else "no fused %s implementation fits; composed" % kind
+            resolved[site] = ResolvedOp(site=site, kind=kind, impl=name, fn=fn, why=why)
+            continue
+        if chosen is None:
+            raise BackendError(
+                "no implementation of %s fits call site %s on backend %r.\nCandidates:\n%s"
+                % (kind, site, backend.name, _explain(registry, backend.name, kind, req))
+            )
         key = (kind, chosen.qualified_name)
         if key not in loaded:
             fn = _load(chosen)

@@ -47,12 +47,44 @@ class SelfAttention(_Projections):
 
 
 class CrossAttention(_Projections):
-    """Text cross-attention (t2v). The image-context variant (Wan2.1 i2v) extends this."""
+    """Text cross-attention (t2v, ti2v, Wan2.2 i2v): all ``text_len`` context rows, no mask."""
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor, ops, attn_dtype: torch.dtype) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, context: torch.Tensor, ops, attn_dtype: torch.dtype,
+                context_img: Optional[torch.Tensor] = None) -> torch.Tensor:
         q = self._heads(ops.rms_norm.fn(linear(x, self.q), self.norm_q.weight, self.eps, out_dtype=attn_dtype))
         k = self._heads(ops.rms_norm.fn(linear(context, self.k), self.norm_k.weight, self.eps,
                                         out_dtype=attn_dtype))
         v = self._heads(linear(context, self.v))
         out = ops.cross_attention.fn(q, k, v.to(attn_dtype), scale=self.head_dim ** -0.5)
         return linear(out.flatten(2), self.o)
+
+
+class ImageCrossAttention(CrossAttention):
+    """Wan2.1 i2v cross-attention (spec §2.4): the text attention plus an attention of the same
+    queries over the image-context tokens, with their own ``k_img``/``v_img`` projections and
+    ``norm_k_img``. The two outputs are summed before the shared output projection ``o``, in the
+    dtype of the normalised query (the official flash-attention outputs are cast back to it:
+    float32 under the official policy), then rounded once for ``o``."""
+
+    def __init__(self, dim: int, num_heads: int, eps: float):
+        super().__init__(dim, num_heads, eps)
+        self.k_img = nn.Linear(dim, dim)
+        self.v_img = nn.Linear(dim, dim)
+        self.norm_k_img = RMSNormParams(dim)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor, ops, attn_dtype: torch.dtype,
+                context_img: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if context_img is None:
+            raise ValueError("this i2v model's cross-attention needs the image context (clip_fea)")
+        scale = self.head_dim ** -0.5
+        q = self._heads(ops.rms_norm.fn(linear(x, self.q), self.norm_q.weight, self.eps, out_dtype=attn_dtype))
+        k_img = self._heads(ops.rms_norm.fn(linear(context_img, self.k_img), self.norm_k_img.weight, self.eps,
+                                            out_dtype=attn_dtype))
+        v_img = self._heads(linear(context_img, self.v_img))
+        out_img = ops.cross_attention.fn(q, k_img, v_img.to(attn_dtype), scale=scale)
+        k = self._heads(ops.rms_norm.fn(linear(context, self.k), self.norm_k.weight, self.eps,
+                                        out_dtype=attn_dtype))
+        v = self._heads(linear(context, self.v))
+        out = ops.cross_attention.fn(q, k, v.to(attn_dtype), scale=scale)
+        acc = torch.promote_types(self.q.weight.dtype, self.norm_q.weight.dtype)
+        return linear((out.to(acc) + out_img.to(acc)).flatten(2), self.o)

@@ -6,9 +6,8 @@ from typing import Optional, Sequence
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from .attention import CrossAttention, SelfAttention
+from .attention import CrossAttention, ImageCrossAttention, SelfAttention
 from .layers import LayerNormParams, linear
 
 
@@ -22,12 +21,12 @@ def _modulation_chunks(table: torch.Tensor, e: torch.Tensor, n: int):
 
 
 class WanBlock(nn.Module):
-    def __init__(self, dim: int, ffn_dim: int, num_heads: int, eps: float):
+    def __init__(self, dim: int, ffn_dim: int, num_heads: int, eps: float, image_context: bool = False):
         super().__init__()
         self.eps = eps
         self.self_attn = SelfAttention(dim, num_heads, eps)
         self.norm3 = LayerNormParams(dim)  # cross-attention pre-norm (affine)
-        self.cross_attn = CrossAttention(dim, num_heads, eps)
+        self.cross_attn = (ImageCrossAttention if image_context else CrossAttention)(dim, num_heads, eps)
         self.ffn = nn.Sequential(nn.Linear(dim, ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(ffn_dim, dim))
         self.modulation = nn.Parameter(torch.zeros(1, 6, dim))
 
@@ -41,6 +40,7 @@ class WanBlock(nn.Module):
         ops,
         attn_dtype: torch.dtype,
         kv_lens: Optional[Sequence[int]] = None,
+        context_img: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         # e0: [B, 6, C] (Wan2.1) or [B, L, 6, C] (per-token timesteps)
         e0 = e0.unsqueeze(1) if e0.dim() == 3 else e0
@@ -54,10 +54,11 @@ class WanBlock(nn.Module):
         x = ops.gated_residual.fn(x, y, gate_sa)  # promotes to the modulation dtype: the float32 residual stream
 
         x = x + self.cross_attn(ops.layer_norm.fn(x, self.norm3.weight, self.norm3.bias, self.eps, out_dtype=mm),
-                                context, ops, attn_dtype)
+                                context, ops, attn_dtype, context_img)
 
         h = ops.layer_norm_modulate.fn(x, shift_ff, scale_ff, self.eps, out_dtype=mm)
-        y = linear(F.gelu(linear(h, self.ffn[0]), approximate="tanh"), self.ffn[2])
+        up = self.ffn[0]
+        y = linear(ops.linear_gelu.fn(h, up.weight, up.bias), self.ffn[2])
         return ops.gated_residual.fn(x, y, gate_ff)
 
 

@@ -59,7 +59,8 @@ def init_random_(module: nn.Module, generator: torch.Generator) -> None:
             elif p.dim() >= 2:
                 fan_in = p[0].numel()
                 value = noise / math.sqrt(fan_in)
-            elif name.endswith("norm_q.weight") or name.endswith("norm_k.weight") or ".norm" in name and name.endswith("weight"):
+            elif (name.endswith("norm_q.weight") or name.endswith("norm_k.weight") or ".norm" in name and name.endswith("weight")
+                  or name in ("img_emb.proj.0.weight", "img_emb.proj.4.weight")):
                 value = 1.0 + 0.1 * noise
             else:
                 value = 0.02 * noise

@@ -17,20 +17,44 @@ from ...ops.table import OpTable
 from ...precision import PrecisionPolicy
 from .block import Head, WanBlock
 from .config import DiTConfig
-from .layers import init_random_, linear, sinusoid
+from .layers import LayerNormParams, init_random_, linear, sinusoid
 from .rope import rope_tables
 
 _MODULATION_PREFIXES = ("time_embedding.", "time_projection.", "head.")
-_NORM_SUFFIXES = (".norm_q.weight", ".norm_k.weight", ".norm3.weight", ".norm3.bias")
+_NORM_SUFFIXES = (".norm_q.weight", ".norm_k.weight", ".norm3.weight", ".norm3.bias", ".norm_k_img.weight")
+#: the two LayerNorms of the image-context embedding (official autocast runs them in float32)
+_NORM_PREFIXES = ("img_emb.proj.0.", "img_emb.proj.4.")
+
+#: LayerNorm eps of ``img_emb`` (torch.nn.LayerNorm's default in the official MLPProj)
+IMG_EMB_EPS = 1e-5
 
 
 def param_dtype(name: str, policy: PrecisionPolicy) -> torch.dtype:
     """Stored dtype of one parameter under a precision policy."""
     if name.startswith(_MODULATION_PREFIXES) or name.endswith(".modulation"):
         return policy.modulation
-    if name.endswith(_NORM_SUFFIXES):
+    if name.endswith(_NORM_SUFFIXES) or name.startswith(_NORM_PREFIXES):
         return policy.norm_params
     return policy.matmul
+
+
+class ImageEmbedding(nn.Module):
+    """``img_emb`` of Wan2.1 i2v (official ``MLPProj``): ``proj`` = LayerNorm(image_dim) ->
+    Linear -> GELU (exact) -> Linear(image_dim, dim) -> LayerNorm(dim), both norms affine with
+    eps 1e-5. Maps the CLIP tokens [B, 257, image_dim] to image-context tokens [B, 257, dim]."""
+
+    def __init__(self, image_dim: int, dim: int):
+        super().__init__()
+        self.proj = nn.Sequential(LayerNormParams(image_dim), nn.Linear(image_dim, image_dim), nn.GELU(),
+                                  nn.Linear(image_dim, dim), LayerNormParams(dim))
+
+    def forward(self, clip_fea: torch.Tensor, ops) -> torch.Tensor:
+        p = self.proj
+        # the first LayerNorm sees the CLIP features in (at least) float32, as under autocast
+        x = clip_fea.to(torch.promote_types(clip_fea.dtype, torch.float32))
+        h = ops.layer_norm.fn(x, p[0].weight, p[0].bias, IMG_EMB_EPS, out_dtype=p[1].weight.dtype)
+        h = linear(F.gelu(linear(h, p[1])), p[3])
+        return ops.layer_norm.fn(h, p[4].weight, p[4].bias, IMG_EMB_EPS)
 
 
 class WanDiT(nn.Module):
@@ -44,10 +68,13 @@ class WanDiT(nn.Module):
                                             nn.Linear(dim, dim))
         self.time_embedding = nn.Sequential(nn.Linear(cfg.freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
         self.time_projection = nn.Sequential(nn.SiLU(), nn.Linear(dim, dim * 6))
+        image = cfg.image_dim is not None
         self.blocks = nn.ModuleList(
-            [WanBlock(dim, cfg.ffn_dim, cfg.num_heads, cfg.eps) for _ in range(cfg.num_layers)]
+            [WanBlock(dim, cfg.ffn_dim, cfg.num_heads, cfg.eps, image_context=image) for _ in range(cfg.num_layers)]
         )
         self.head = Head(dim, cfg.out_dim, cfg.patch_size, cfg.eps)
+        if image:
+            self.img_emb = ImageEmbedding(cfg.image_dim, dim)
         self.ops: Optional[OpTable] = None
         self._rope_cache: Dict[Tuple, Tuple[torch.Tensor, torch.Tensor]] = {}
 
@@ -92,7 +119,15 @@ class WanDiT(nn.Module):
         return self._rope_cache[key]
 
     def embed_time(self, t: torch.Tensor, device: torch.device):
-        """t: [B] or [B, L] (per token) -> e [B, C] / [B, L, C], e0 [B, 6, C] / [B, L, 6, C]."""
+        """t: [B] or [B, L] (per token) -> e [B, C] / [B, L, C], e0 [B, 6, C] / [B, L, 6, C].
+
+        Per-token timesteps take few distinct values (TI2V: 0 for the first frame's tokens, t
+        elsewhere): the embedding is computed once per distinct value and gathered."""
+        if t.dim() == 2:
+            values, inverse = torch.unique(t.detach().cpu(), return_inverse=True)
+            e, e0 = self.embed_time(values, device)
+            index = inverse.to(device)
+            return e[index], e0[index]
         dt = self.policy.modulation
         sin_emb = sinusoid(t, self.cfg.freq_dim).to(device=device, dtype=dt)
         e = linear(F.silu(linear(sin_emb, self.time_embedding[0])), self.time_embedding[2])
@@ -119,23 +154,44 @@ class WanDiT(nn.Module):
         t: torch.Tensor,
         context: torch.Tensor,
         kv_lens: Optional[Sequence[int]] = None,
+        *,
+        y: Optional[torch.Tensor] = None,
+        clip_fea: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
-        """x: [B, in_dim, F, H, W] latents; t: [B] or [B, L] timesteps (host tensor is fine);
-        context: [B, text_len, text_dim]. Returns the flow prediction [B, out_dim, F, H, W] in
+        """x: [B, out_dim, F, H, W] noisy latents; t: [B] or [B, L] timesteps, L = the token
+        count (host tensor is fine); context: [B, text_len, text_dim].
+        i2v models: ``y`` [B, in_dim - out_dim, F, H, W] conditioning (mask + first-frame
+        latent), concatenated after x along channels; Wan2.1 i2v also ``clip_fea``
+        [B, 257, image_dim] CLIP tokens. Returns the flow prediction [B, out_dim, F, H, W] in
         float32."""
         if self.ops is None:
             raise RuntimeError("WanDiT.forward before bind_ops(): resolve an op table first")
         ops = self.ops
+        cfg = self.cfg
+        if cfg.cond_channels and y is None:
+            raise ValueError("model_type %r needs the conditioning y (%d channels)" % (cfg.model_type, cfg.cond_channels))
+        if y is not None:
+            x = torch.cat([x, y.to(x.dtype)], dim=1)
+        if x.shape[1] != cfg.in_dim:
+            raise ValueError("the DiT takes %d input channels (latent + conditioning), got %d"
+                             % (cfg.in_dim, x.shape[1]))
+        if cfg.image_dim is not None and clip_fea is None:
+            raise ValueError("this model has an image-context embedding (img_emb): pass clip_fea, the CLIP tokens")
+        if cfg.image_dim is None and clip_fea is not None:
+            raise ValueError("clip_fea given, but this model has no image-context embedding (img_emb)")
         device = x.device
         pe = self.patch_embedding
         h = F.conv3d(x.to(pe.weight.dtype), pe.weight, pe.bias, stride=pe.stride)
         grid = tuple(h.shape[2:])
         h = h.flatten(2).transpose(1, 2)
+        if t.dim() == 2 and t.shape[1] != h.shape[1]:
+            raise ValueError("per-token timesteps: got %d per sample for %d tokens" % (t.shape[1], h.shape[1]))
         e, e0 = self.embed_time(t, device)
         ctx = self.embed_text(context)
+        ctx_img = self.img_emb(clip_fea.to(device), ops) if clip_fea is not None else None
         cos, sin = self.rope(grid, h.shape[1], device)
         attn_dtype = self.policy.attention
         for block in self.blocks:
-            h = block(h, e0, ctx, cos, sin, ops, attn_dtype, kv_lens)
+            h = block(h, e0, ctx, cos, sin, ops, attn_dtype, kv_lens, ctx_img)
         out = self.head(h, e, ops)
         return self.unpatchify(out, grid).float()

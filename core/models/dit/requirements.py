@@ -23,20 +23,26 @@ def dit_requirements(
 ) -> Dict[str, Requirements]:
     """Dtypes follow the precision policy: q/k/v reach attention in ``policy.attention``; the
     q/k RMSNorm sees Linear outputs (``policy.matmul``); RoPE sees the norm's promoted output;
-    the residual stream is ``promote(matmul, modulation)`` after the first gated add."""
+    the residual stream is ``promote(matmul, modulation)`` after the first gated add; the
+    image-context embedding of Wan2.1 i2v adds float32 and ``matmul`` inputs to ``layer_norm``.
+    ``per_token_timesteps`` (Wan2.2 TI2V) asks for per-token modulation shapes."""
     residual = torch.promote_types(policy.matmul, policy.modulation)
     rope_in = torch.promote_types(policy.matmul, policy.norm_params)
     common = dict(device_type=device_type, batch_gt1=batch_gt1)
+    layer_norm_in = {residual}
+    if cfg.image_dim is not None:  # img_emb: CLIP features in float32, then a Linear's output
+        layer_norm_in |= {torch.float32, policy.matmul}
     return {
         "self_attention": Requirements(dtypes=frozenset({policy.attention}), head_dim=cfg.head_dim,
                                        lse=ring_lse, kv_lens=padded_keys, **common),
         "cross_attention": Requirements(dtypes=frozenset({policy.attention}), head_dim=cfg.head_dim, **common),
         "rotary": Requirements(dtypes=frozenset({rope_in}), head_dim=cfg.head_dim, **common),
         "rms_norm": Requirements(dtypes=frozenset({policy.matmul}), **common),
-        "layer_norm": Requirements(dtypes=frozenset({residual}), **common),
+        "layer_norm": Requirements(dtypes=frozenset(layer_norm_in), **common),
         "layer_norm_modulate": Requirements(dtypes=frozenset({policy.matmul, residual}),
                                             per_token_modulation=per_token_timesteps, **common),
         "qk_norm_rope": Requirements(dtypes=frozenset({policy.matmul}), head_dim=cfg.head_dim, **common),
         "gated_residual": Requirements(dtypes=frozenset({policy.matmul, residual}),
                                        per_token_modulation=per_token_timesteps, **common),
+        "linear_gelu": Requirements(dtypes=frozenset({policy.matmul}), **common),
     }

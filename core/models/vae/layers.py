@@ -179,20 +179,22 @@ class Resample(nn.Module):
       ``resample.1.hw_pad`` so it goes through the context; ``resample.0`` is a placeholder).
     * ``downsample3d``: same, then ``time_conv`` (3,1,1) stride 2 over [last cached frame, chunk];
       skipped on the first chunk.
-    * ``upsample2d``: nearest-exact x2 (fp32) + Conv2d 3x3 ``dim -> dim//2``.
+    * ``upsample2d``: nearest-exact x2 (fp32) + Conv2d 3x3 ``dim -> dim//2`` (Wan2.1; the
+      Wan2.2 VAE keeps ``dim``: ``upsample_out_dim``).
     * ``upsample3d``: first ``time_conv`` ``dim -> 2*dim`` (causal pad 2) whose two halves become
       two consecutive frames (first half earlier); skipped on the first chunk.
     """
 
     MODES = ("upsample2d", "upsample3d", "downsample2d", "downsample3d")
 
-    def __init__(self, dim: int, mode: str) -> None:
+    def __init__(self, dim: int, mode: str, upsample_out_dim: Optional[int] = None) -> None:
         super().__init__()
         if mode not in self.MODES:
             raise ValueError("Resample mode must be one of %s, got %r" % (self.MODES, mode))
         self.mode = mode
         if mode.startswith("up"):
-            self.resample = nn.Sequential(Upsample2x(), SpatialConv2d(dim, dim // 2, 3, 1, (1, 1, 1, 1)))
+            out = dim // 2 if upsample_out_dim is None else upsample_out_dim
+            self.resample = nn.Sequential(Upsample2x(), SpatialConv2d(dim, out, 3, 1, (1, 1, 1, 1)))
         else:
             self.resample = nn.Sequential(nn.Identity(), SpatialConv2d(dim, dim, 3, 2, (0, 1, 0, 1)))
         if mode == "upsample3d":

@@ -1,0 +1,47 @@
+"""Triton: affine-free LayerNorm fused with adaLN modulation, norm(x) * (1 + scale) + shift."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from ._rows import modulation_strides, row_launch, rows_view
+
+
+@triton.jit
+def _ln_modulate_kernel(
+    x_ptr, shift_ptr, scale_ptr, out_ptr,
+    seq_len, x_row_stride, sh_b, sh_s, sc_b, sc_s, eps,
+    C: tl.constexpr, BLOCK: tl.constexpr,
+):
+    row = tl.program_id(0)
+    b = row // seq_len
+    s = row % seq_len
+    cols = tl.arange(0, BLOCK)
+    m = cols < C
+    x = tl.load(x_ptr + row * x_row_stride + cols, mask=m, other=0.0).to(tl.float32)
+    mean = tl.sum(x, axis=0) / C
+    xc = tl.where(m, x - mean, 0.0)
+    rstd = tl.math.rsqrt(tl.sum(xc * xc, axis=0) / C + eps)
+    n = (xc * rstd).to(x_ptr.dtype.element_ty).to(tl.float32)  # official: LN(x).type_as(x)
+    sc = tl.load(scale_ptr + b * sc_b + s * sc_s + cols, mask=m, other=0.0).to(tl.float32)
+    sh = tl.load(shift_ptr + b * sh_b + s * sh_s + cols, mask=m, other=0.0).to(tl.float32)
+    tl.store(out_ptr + row * C + cols, (n * (1.0 + sc) + sh).to(out_ptr.dtype.element_ty), mask=m)
+
+
+def layer_norm_modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float, *,
+                        out_dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+    if out_dtype is None:
+        out_dtype = torch.promote_types(torch.promote_types(x.dtype, scale.dtype), shift.dtype)
+    b, s, c = x.shape
+    x2 = rows_view(x)
+    sh_b, sh_s = modulation_strides(shift, x)
+    sc_b, sc_s = modulation_strides(scale, x)
+    out = torch.empty(b, s, c, device=x.device, dtype=out_dtype)
+    block, warps = row_launch(c)
+    _ln_modulate_kernel[(b * s,)](x2, shift, scale, out, s, x2.stride(0), sh_b, sh_s, sc_b, sc_s, eps,
+                                  C=c, BLOCK=block, num_warps=warps)
+    return out

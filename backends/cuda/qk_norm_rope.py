@@ -1,0 +1,64 @@
+"""Triton: q/k RMSNorm over the full model dim fused with Wan's rotary embedding and the cast.
+
+One program per token row: one read of the Linear output (bf16), one write of the rotated,
+attention-ready tensor. Numerics follow the contract: float32 statistics, the normalised value
+rounded to the input dtype (as the official code does) before the weight, rotation in float32,
+one rounding to the output dtype.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _qk_norm_rope_kernel(
+    x_ptr, w_ptr, cos_ptr, sin_ptr, out_ptr,
+    seq_len, x_row_stride, out_row_stride, cos_row_stride, eps,
+    C: tl.constexpr, HALF_D: tl.constexpr, HALF_BLOCK: tl.constexpr,
+):
+    row = tl.program_id(0)
+    s = row % seq_len
+    j = tl.arange(0, HALF_BLOCK)  # pair index within the row
+    m = j < C // 2
+    xe = tl.load(x_ptr + row * x_row_stride + 2 * j, mask=m, other=0.0).to(tl.float32)
+    xo = tl.load(x_ptr + row * x_row_stride + 2 * j + 1, mask=m, other=0.0).to(tl.float32)
+    rstd = tl.math.rsqrt(tl.sum(xe * xe + xo * xo, axis=0) / C + eps)
+    in_ty = x_ptr.dtype.element_ty
+    we = tl.load(w_ptr + 2 * j, mask=m, other=0.0).to(tl.float32)
+    wo = tl.load(w_ptr + 2 * j + 1, mask=m, other=0.0).to(tl.float32)
+    ne = (xe * rstd).to(in_ty).to(tl.float32) * we
+    no = (xo * rstd).to(in_ty).to(tl.float32) * wo
+    p = j % HALF_D
+    c = tl.load(cos_ptr + s * cos_row_stride + 2 * p, mask=m, other=1.0)
+    sn = tl.load(sin_ptr + s * cos_row_stride + 2 * p, mask=m, other=0.0)
+    out_ty = out_ptr.dtype.element_ty
+    tl.store(out_ptr + row * out_row_stride + 2 * j, (ne * c - no * sn).to(out_ty), mask=m)
+    tl.store(out_ptr + row * out_row_stride + 2 * j + 1, (ne * sn + no * c).to(out_ty), mask=m)
+
+
+def _one(x: torch.Tensor, w: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, eps: float,
+         num_heads: int, out_dtype: torch.dtype) -> torch.Tensor:
+    b, s, c = x.shape
+    x2 = x.reshape(b * s, c)
+    if x2.stride(1) != 1:
+        x2 = x2.contiguous()
+    out = torch.empty(b, s, num_heads, c // num_heads, device=x.device, dtype=out_dtype)
+    half_block = triton.next_power_of_2(c // 2)
+    _qk_norm_rope_kernel[(b * s,)](
+        x2, w, cos, sin, out, s, x2.stride(0), c, cos.stride(0), eps,
+        C=c, HALF_D=c // num_heads // 2, HALF_BLOCK=half_block,
+        num_warps=8 if half_block >= 2048 else 4,
+    )
+    return out
+
+
+def qk_norm_rope(q, k, q_weight, k_weight, eps, cos, sin, num_heads, out_dtype):
+    if cos.stride(1) != 1 or sin.stride(1) != 1 or cos.stride(0) != sin.stride(0):
+        cos, sin = cos.contiguous(), sin.contiguous()
+    if cos.shape[0] != q.shape[1]:
+        raise ValueError("rotary tables have %d rows for %d tokens" % (cos.shape[0], q.shape[1]))
+    return (_one(q, q_weight, cos, sin, eps, num_heads, out_dtype),
+            _one(k, k_weight, cos, sin, eps, num_heads, out_dtype))

@@ -1,0 +1,88 @@
+"""Kernel-level profile of one real-size DiT forward on a CUDA GPU (random weights).
+
+    python benchmarks/profile_dit.py --model wan2.1-t2v-14b [--layers 4] [--out prof.json]
+
+Prints the top kernels by GPU time and their share; groups them into attention / GEMM /
+the rest, which is what the CUDA backend's kernel work is steered by.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from wanport.bench.dit import dit_config_for
+from wanport.models.dit import WanDiT
+from wanport.models.dit.requirements import dit_requirements
+from wanport.pipeline.session import choose_backend, start_session
+from wanport.precision import policy_from_config
+from wanport.registry import resolve_ops
+
+
+def group(name: str) -> str:
+    n = name.lower()
+    if "fmha" in n or "flash" in n or "attention" in n or "cudnn" in n and "gemm" not in n:
+        return "attention"
+    if "gemm" in n or "cutlass" in n or "sm90_xmma" in n or "nvjet" in n or "cublas" in n:
+        return "gemm"
+    if "triton" in n:
+        return "triton"
+    return "other"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="wan2.1-t2v-14b")
+    ap.add_argument("--layers", type=int, default=None)
+    ap.add_argument("--frames", type=int, default=81)
+    ap.add_argument("--height", type=int, default=480)
+    ap.add_argument("--width", type=int, default=832)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args(argv)
+    cfg = dit_config_for(args.model, args.layers)
+    policy = policy_from_config("official")
+    registry, spec = choose_backend("cuda")
+    session = start_session(registry, spec, {})
+    dev = session.device
+    ops = resolve_ops(registry, spec, dit_requirements(cfg, policy, spec.device_type))
+    model = WanDiT.random(cfg, policy, dev).bind_ops(ops)
+    lat = (1, 16, (args.frames - 1) // 4 + 1, args.height // 8, args.width // 8)
+    x = torch.randn(lat, device=dev)
+    ctx = torch.randn(1, 512, cfg.text_dim, device=dev).bfloat16()
+    t = torch.tensor([999])
+    with torch.no_grad():
+        model(x, t, ctx)
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            model(x, t, ctx)
+            torch.cuda.synchronize()
+    events = [e for e in prof.key_averages() if e.device_type.name == "CUDA" or getattr(e, "self_device_time_total", 0)]
+    rows = []
+    for e in prof.key_averages():
+        us = getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0)
+        if us > 0:
+            rows.append((e.key, us / 1e3, e.count))
+    rows.sort(key=lambda r: -r[1])
+    total = sum(r[1] for r in rows)
+    groups = {}
+    for name, ms, _ in rows:
+        groups[group(name)] = groups.get(group(name), 0.0) + ms
+    print("total GPU time %.1f ms (%d layers)" % (total, cfg.num_layers))
+    for g, ms in sorted(groups.items(), key=lambda kv: -kv[1]):
+        print("  %-10s %8.1f ms  %5.1f%%" % (g, ms, 100 * ms / total))
+    print("top kernels:")
+    for name, ms, count in rows[:18]:
+        print("  %8.2f ms %5.1f%% x%-4d %s" % (ms, 100 * ms / total, count, name[:110]))
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump({"total_ms": total, "groups_ms": groups,
+                       "kernels": [{"name": n, "ms": m, "count": c} for n, m, c in rows]}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,278 @@
+"""``wanport bench ops``: every op kind x every implementation a backend resolves, at Wan shapes.
+
+For each case: median latency (backend timing events), achieved TFLOP/s (attention) or GB/s
+(the memory-bound ops: every input read once, every output written once), the same against
+ceilings measured in the same run (a large bf16 matmul, a large device copy), and the error
+against a float64 evaluation of the op's contract (attention: on a subset of query rows).
+"""
+
+from __future__ import annotations
+
+import datetime
+import statistics
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import torch
+
+from ..config.models import MODELS
+from ..errors import ConfigError
+from ..models.dit.rope import rope_tables
+from ..ops.composites import COMPOSERS, with_out_dtype
+from ..ops.contracts import COMPOSABLE, OUT_DTYPE_KINDS
+from ..pipeline.report import backend_versions, versions
+from ..pipeline.session import choose_backend, start_session
+from ..registry.resolver import _pool, _usable
+from ..ops.impl import Requirements
+from .dit import time_forward
+
+#: (label, video tokens) of the Wan sizes at 81 frames (spec §1.2)
+SIZES = {"480p": 32760, "720p": 75600, "704p": 27280}
+QUICK_TOKENS = 256
+
+
+@dataclass
+class Case:
+    kind: str
+    label: str
+    make: Callable[[], Tuple[tuple, dict]]  # -> (args, kwargs) on the device
+    flops: float = 0.0
+    bytes: float = 0.0
+    f64: Optional[Callable[[tuple, dict], torch.Tensor]] = None  # float64 reference of output 0
+    subset: Optional[Callable[[Any], torch.Tensor]] = None  # which part of the output f64 covers
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.double(), b.double()
+    return float((a - b).norm() / b.norm().clamp_min(1e-300))
+
+
+def _attn_f64(q, k, v, scale, rows):
+    qs = q[:, :rows].double().transpose(1, 2)
+    s = qs @ k.double().transpose(1, 2).transpose(-1, -2) * scale
+    return (torch.softmax(s, -1) @ v.double().transpose(1, 2)).transpose(1, 2)
+
+
+def _ln64(x, w=None, b=None, eps=1e-6):
+    x = x.double()
+    y = (x - x.mean(-1, keepdim=True)) * torch.rsqrt(x.var(-1, unbiased=False, keepdim=True) + eps)
+    if w is not None:
+        y = y * w.double() + b.double()
+    return y
+
+
+def _rms64(x, w, eps=1e-6):
+    x = x.double()
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * w.double()
+
+
+def _rope64(x, cos, sin):
+    x = x.double()
+    c, s = cos[:, 0::2].double()[None, :, None], sin[:, 0::2].double()[None, :, None]
+    x0, x1 = x[..., 0::2], x[..., 1::2]
+    return torch.stack((x0 * c - x1 * s, x0 * s + x1 * c), -1).flatten(-2)
+
+
+def build_cases(device: torch.device, models: Sequence[str], sizes: Sequence[str], quick: bool) -> List[Case]:
+    cases: List[Case] = []
+    bf16, f32 = torch.bfloat16, torch.float32
+    for model in models:
+        arch = MODELS[model].arch
+        if not arch:
+            raise ConfigError("bench ops: model %s has no fixed architecture" % model)
+        c, n = arch["dim"], arch["num_heads"]
+        d = c // n
+        for size in sizes:
+            s = QUICK_TOKENS if quick else SIZES[size]
+            tag = "%s %s S=%d" % (model.replace("wan2.1-t2v-", ""), size, s)
+
+            def gen(*shape, dtype=bf16, scale=1.0, offset=0.0):
+                return (torch.randn(*shape, device=device) * scale + offset).to(dtype)
+
+            def attn(_s=s, _n=n, _d=d):
+                return (gen(1, _s, _n, _d), gen(1, _s, _n, _d), gen(1, _s, _n, _d)), {"scale": _d ** -0.5}
+
+            cases.append(Case("attention", "self %s N=%d" % (tag, n), attn, flops=4.0 * s * s * d * n,
+                              f64=lambda a, k: _attn_f64(a[0], a[1], a[2], k["scale"], 64),
+                              subset=lambda out: out[:, :64]))
+
+            def cross(_s=s, _n=n, _d=d):
+                return (gen(1, _s, _n, _d), gen(1, 512, _n, _d), gen(1, 512, _n, _d)), {"scale": _d ** -0.5}
+
+            cases.append(Case("attention", "cross %s Skv=512" % tag, cross, flops=4.0 * s * 512 * d * n,
+                              f64=lambda a, k: _attn_f64(a[0], a[1], a[2], k["scale"], 64),
+                              subset=lambda out: out[:, :64]))
+            grid = (21, 30, s // 630) if not quick and s % 630 == 0 else (1, 16, s // 16)
+
+            def qkr(_s=s, _c=c, _n=n, _g=grid):
+                cos, sin = (t.to(device) for t in rope_tables(_g, _c // _n, _s))
+                return (gen(1, _s, _c, scale=2.0), gen(1, _s, _c, scale=2.0), gen(_c, dtype=f32, scale=0.1, offset=1.0),
+                        gen(_c, dtype=f32, scale=0.1, offset=1.0), 1e-6, cos, sin, _n, bf16), {}
+
+            cases.append(Case("qk_norm_rope", "q+k %s C=%d" % (tag, c), qkr, bytes=4.0 * s * c * 2,
+                              f64=lambda a, k: _rope64(_rms64(a[0], a[2]).view(1, a[0].shape[1], a[7], -1),
+                                                       a[5], a[6])))
+
+            def rot(_s=s, _c=c, _n=n, _g=grid):
+                cos, sin = (t.to(device) for t in rope_tables(_g, _c // _n, _s))
+                x = gen(1, _s, _n, _c // _n, dtype=f32)
+                return (x, x.clone(), cos, sin), {}
+
+            cases.append(Case("rotary", "q+k fp32 %s" % tag, rot, bytes=4.0 * s * c * 4,
+                              f64=lambda a, k: _rope64(a[0], a[2], a[3])))
+
+            def rms(_s=s, _c=c):
+                return (gen(1, _s, _c, scale=2.0), gen(_c, dtype=f32, scale=0.1, offset=1.0), 1e-6), \
+                       {"out_dtype": bf16}
+
+            cases.append(Case("rms_norm", "bf16->bf16 %s" % tag, rms, bytes=2.0 * s * c * 2,
+                              f64=lambda a, k: _rms64(a[0], a[1])))
+
+            def lnm(_s=s, _c=c):
+                return (gen(1, _s, _c, dtype=f32, scale=3.0, offset=1.0), gen(1, 1, _c, dtype=f32),
+                        gen(1, 1, _c, dtype=f32, scale=0.3), 1e-6), {"out_dtype": bf16}
+
+            cases.append(Case("layer_norm_modulate", "fp32->bf16 %s" % tag, lnm, bytes=s * c * (4 + 2.0),
+                              f64=lambda a, k: _ln64(a[0]) * (1 + a[2].double()) + a[1].double()))
+
+            def ln(_s=s, _c=c):
+                return (gen(1, _s, _c, dtype=f32, scale=3.0, offset=1.0), gen(_c, dtype=f32, scale=0.1, offset=1.0),
+                        gen(_c, dtype=f32, scale=0.1), 1e-6), {"out_dtype": bf16}
+
+            cases.append(Case("layer_norm", "affine fp32->bf16 %s" % tag, ln, bytes=s * c * (4 + 2.0),
+                              f64=lambda a, k: _ln64(a[0], a[1], a[2])))
+
+            f = arch["ffn_dim"]
+
+            def lg(_s=s, _c=c, _f=f):
+                return (gen(1, _s, _c), gen(_f, _c, scale=_c ** -0.5), gen(_f, scale=0.1)), {}
+
+            cases.append(Case("linear_gelu", "ffn up %s %dx%d" % (tag, c, f), lg, flops=2.0 * s * c * f,
+                              f64=lambda a, k: torch.nn.functional.gelu(
+                                  a[0].double() @ a[1].double().t() + a[2].double(), approximate="tanh")))
+
+            def res(_s=s, _c=c):
+                return (gen(1, _s, _c, dtype=f32), gen(1, _s, _c), gen(1, 1, _c, dtype=f32)), {}
+
+            cases.append(Case("gated_residual", "fp32+bf16*g %s" % tag, res, bytes=s * c * (4 + 2 + 4.0),
+                              f64=lambda a, k: a[0].double() + a[1].double() * a[2].double()))
+    return cases
+
+
+def measure_ceilings(device: torch.device, runtime, quick: bool) -> Dict[str, float]:
+    n = 1024 if quick else 8192
+    a = torch.randn(n, n, device=device).bfloat16()
+    b = torch.randn(n, n, device=device).bfloat16()
+    t = statistics.median(time_forward(lambda: a @ b, runtime, 2, 5))
+    size = (2**22 if quick else 2**28)
+    src = torch.randn(size, device=device)
+    dst = torch.empty_like(src)
+    tc = statistics.median(time_forward(lambda: dst.copy_(src), runtime, 2, 5))
+    return {"bf16_matmul_tflops": float("%.4g" % (2.0 * n ** 3 / t / 1e12)),
+            "copy_gbps": float("%.4g" % (2.0 * src.numel() * 4 / tc / 1e9)),
+            "matmul_n": n, "copy_bytes": src.numel() * 4}
+
+
+def _implementations(registry, backend: str, kind: str, device_type: str, case_dtypes):
+    """(name, fn) for every usable implementation of ``kind`` on the backend, the reference
+    ones, and the composed form of composable kinds."""
+    req = Requirements(device_type=device_type)
+    out = []
+    for impl in _pool(registry, backend, kind):
+        ok, why = _usable(impl, req)
+        if not ok:
+            continue
+        fn = impl.load()
+        if kind in OUT_DTYPE_KINDS and not impl.constraints.out_dtype:
+            fn = with_out_dtype(fn)
+        out.append((impl.qualified_name + ("" if impl.exact else " (lossy)"), fn))
+    if kind in COMPOSABLE:
+        parts = []
+        for part in COMPOSABLE[kind]:
+            impls = _implementations(registry, backend, part, device_type, case_dtypes)
+            if impls:
+                parts.append(impls[0])
+        if len(parts) == len(COMPOSABLE[kind]):
+            out.append(("composed(%s)" % ", ".join(p[0] for p in parts), COMPOSERS[kind](*(p[1] for p in parts))))
+    return out
+
+
+def bench_ops(backend: str = "auto", models: Sequence[str] = ("wan2.1-t2v-1.3b", "wan2.1-t2v-14b"),
+              sizes: Sequence[str] = ("480p", "720p"), kinds: Optional[Sequence[str]] = None,
+              warmup: int = 2, repeats: int = 10, quick: bool = False, skip_slow_reference: bool = True,
+              env: Optional[Mapping[str, str]] = None) -> Dict[str, Any]:
+    for size in sizes:
+        if size not in SIZES:
+            raise ConfigError("bench ops: unknown size %r; known: %s" % (size, ", ".join(SIZES)))
+    for model in models:
+        if model not in MODELS:
+            raise ConfigError("bench ops: unknown model %r" % model)
+    registry, spec = choose_backend(backend)
+    session = start_session(registry, spec, env or {})
+    runtime, device = session.runtime, session.device
+    torch.manual_seed(0)
+    rows = []
+    for case in build_cases(device, models, sizes, quick):
+        if kinds and case.kind not in kinds:
+            continue
+        args, kwargs = case.make()
+        # the float64 answer from pristine inputs; every implementation then gets its own copy
+        # (some write into their input: the gated residual updates the stream in place)
+        ref = case.f64(args, kwargs) if case.f64 is not None else None
+        mine = None
+        for name, fn in _implementations(registry, spec.name, case.kind, spec.device_type, ()):
+            if skip_slow_reference and name.startswith("reference.math") and case.flops > 5e13:
+                continue  # float32 explicit softmax at full size: minutes, adds nothing
+            mine = tuple(a.clone() if isinstance(a, torch.Tensor) else a for a in args)
+            try:
+                out = fn(*mine, **kwargs)
+                out0 = (out[0] if isinstance(out, tuple) else out).clone()  # before timing reuses the inputs
+                times = time_forward(lambda: fn(*mine, **kwargs), runtime, warmup, repeats)
+            except Exception as exc:
+                rows.append({"kind": case.kind, "case": case.label, "impl": name,
+                             "error": "%s: %s" % (type(exc).__name__, str(exc).splitlines()[0][:200])})
+                continue
+            got = case.subset(out0) if case.subset else out0
+            med = statistics.median(times)
+            row = {"kind": case.kind, "case": case.label, "impl": name, "median_ms": round(med * 1e3, 4),
+                   "rel_err_vs_f64": float("%.3g" % _rel(got, ref)) if ref is not None else None}
+            if case.flops:
+                row["tflops"] = round(case.flops / med / 1e12, 1)
+            if case.bytes:
+                row["gbps"] = round(case.bytes / med / 1e9, 1)
+            rows.append(row)
+        del args, kwargs, ref, mine
+        runtime.empty_cache()
+    ceilings = measure_ceilings(device, runtime, quick)
+    for row in rows:
+        if "tflops" in row and ceilings["bf16_matmul_tflops"] > 0:
+            row["pct_of_matmul_ceiling"] = round(100 * row["tflops"] / ceilings["bf16_matmul_tflops"], 1)
+        elif "gbps" in row and ceilings["copy_gbps"] > 0:
+            row["pct_of_copy_ceiling"] = round(100 * row["gbps"] / ceilings["copy_gbps"], 1)
+    return {
+        "kind": "wanport.bench.ops",
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+        "backend": spec.name,
+        "device": runtime.describe(),
+        "quick": quick,
+        "ceilings": ceilings,
+        "rows": rows,
+        "versions": versions(backend_versions(spec)),
+    }
+
+
+def markdown(result: Mapping[str, Any]) -> str:
+    c = result["ceilings"]
+    lines = ["backend %s on %s; ceilings: bf16 matmul %.0f TFLOP/s, copy %.0f GB/s"
+             % (result["backend"], result["device"], c["bf16_matmul_tflops"], c["copy_gbps"]), "",
+             "| op | case | impl | ms | TFLOP/s | GB/s | % ceiling | rel err vs fp64 |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        if "error" in r:
+            lines.append("| %s | %s | %s | failed: %s | | | | |" % (r["kind"], r["case"], r["impl"], r["error"]))
+            continue
+        pct = r.get("pct_of_matmul_ceiling", r.get("pct_of_copy_ceiling", ""))
+        lines.append("| %s | %s | %s | %.3f | %s | %s | %s | %s |" % (
+            r["kind"], r["case"], r["impl"], r["median_ms"], r.get("tflops", ""), r.get("gbps", ""), pct,
+            "n/a" if r.get("rel_err_vs_f64") is None else r["rel_err_vs_f64"]))
+    return "\n".join(lines)

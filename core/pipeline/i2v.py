@@ -1,0 +1,129 @@
+"""Image-to-video, recipe to mp4: Wan2.1 I2V-14B (CLIP + one DiT) and Wan2.2 I2V-A14B (two
+experts, no CLIP) (spec §6.2 "Wan2.1 I2V", §3).
+
+1. The image (opened and checked before any weight loads) sets the aspect ratio; the recipe's
+   size is the maximum area: ``lat_h = round(sqrt(area * h/w) // 8 // 2 * 2)``, likewise lat_w.
+2. Noise ``[16, T, lat_h, lat_w]`` from the seed.
+3. The mask: 4 channels per latent frame, all ones on frame 0, zeros elsewhere.
+4. Text: the prompt and the negative prompt through T5.
+5. Wan2.1 only: CLIP tokens of the image (penultimate layer, 257 tokens).
+6. The conditioning video: the image resized with torch bicubic to (h, w) as frame 0, then
+   F-1 black frames, VAE-encoded; ``y = [mask | latent]`` (20 channels). The DiT input is
+   ``[noisy latent 16 | y 20]`` = 36 channels.
+7. The sampling loop (the expert switch for A14B), decode, write.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Mapping, Optional
+
+import torch
+
+from ..checkpoints.layout import load_clip, load_dit, load_vae
+from ..config import RunConfig
+from ..io.atomic import write_json_atomic
+from ..io.video import write_mp4
+from ..models.t5 import WanTextEncoder
+from ..registry import Registry
+from .common import base_report, encode_prompts, image_report, prepare
+from .images import resize_bicubic, to_tensor
+from .moe import load_experts
+from .noise import initial_noise
+from .sampling import SingleExpert, denoise_loop
+from .t2v import experts_report
+
+
+def i2v_mask(frame_num: int, lat_h: int, lat_w: int, stride_t: int = 4) -> torch.Tensor:
+    """[4, T, lat_h, lat_w]: official construction -- a per-pixel-frame mask (frame 0 = 1), the
+    first frame repeated ``stride_t`` times in front, grouped by ``stride_t`` into latent frames."""
+    msk = torch.ones(1, frame_num, lat_h, lat_w)
+    msk[:, 1:] = 0
+    msk = torch.cat([torch.repeat_interleave(msk[:, 0:1], repeats=stride_t, dim=1), msk[:, 1:]], dim=1)
+    msk = msk.view(1, msk.shape[1] // stride_t, stride_t, lat_h, lat_w)
+    return msk.transpose(1, 2)[0]
+
+
+def i2v_condition(vae, image: torch.Tensor, frame_num: int, width: int, height: int,
+                  device: torch.device, stride: int = 8) -> torch.Tensor:
+    """``y`` [1, 4 + z, T, h/8, w/8]: the mask and the VAE latent of [resized image, black frames].
+    ``image`` is [3, H, W] in [-1, 1] on the host; the resize runs on the host (official)."""
+    frame0 = resize_bicubic(image, width, height)  # [3, h, w], not clamped
+    video = torch.cat([frame0[:, None], torch.zeros(3, frame_num - 1, height, width)], dim=1)
+    latent = vae.encode(video[None].to(device))
+    mask = i2v_mask(frame_num, height // stride, width // stride).to(device=device, dtype=latent.dtype)
+    return torch.cat([mask[None], latent], dim=1)
+
+
+def run_i2v(cfg: RunConfig, raw: Mapping[str, Any], registry: Optional[Registry] = None,
+            progress: bool = True, source: str = "recipe") -> Dict[str, Any]:
+    prep = prepare(cfg, registry, source)
+    plan, ckpts, runtime, device, clock = prep.plan, prep.ckpts, prep.runtime, prep.device, prep.clock
+    policy, preset = plan.policy, plan.preset
+    st, sh, sw = preset.vae_stride
+    width, height = prep.size  # from the image's aspect ratio and the maximum area (checked in prepare)
+    frames = plan.frame_num
+    latent_shape = (preset.z_dim, (frames - 1) // st + 1, height // sh, width // sw)
+    image = to_tensor(prep.image.image)
+    experts_info = None
+
+    with torch.no_grad():
+        # the noise is the first draw of the official code (it does not depend on the order here)
+        latent = initial_noise(latent_shape, plan.seed, plan.noise, device)[None]
+        with clock.stage("load"):
+            text_encoder = WanTextEncoder.load(plan.checkpoint_dir, dtype=policy.text_encoder, device=device,
+                                               text_len=ckpts.dit.config.text_len)
+        with clock.stage("text_encode"):
+            ctx_cond, ctx_uncond = encode_prompts(text_encoder, plan, ckpts.dit.config.text_len)
+        del text_encoder
+        runtime.empty_cache()
+
+        clip_fea = None
+        if preset.clip:
+            with clock.stage("load"):
+                clip = load_clip(ckpts, policy, device)
+            with clock.stage("image_encode"):
+                clip_fea = clip.encode(image)
+            del clip
+            runtime.empty_cache()
+
+        with clock.stage("load"):
+            vae = load_vae(ckpts, policy, device)
+        with clock.stage("vae_encode"):
+            y = i2v_condition(vae, image, frames, width, height, device, stride=sh)
+
+        with clock.stage("load"):
+            if ckpts.experts:
+                experts, experts_info = load_experts(ckpts, policy, device, runtime, prep.ops,
+                                                     plan.park_inactive_expert, load_dit, plan.boundary,
+                                                     plan.guide_scales)
+            else:
+                experts = SingleExpert(load_dit(ckpts.dit, policy, device).bind_ops(prep.ops), plan.guide_scale)
+
+        cond: Dict[str, Any] = {"context": ctx_cond, "y": y}
+        if clip_fea is not None:
+            cond["clip_fea"] = clip_fea
+        uncond = dict(cond, context=ctx_uncond) if ctx_uncond is not None else None
+        with clock.stage("denoise"):
+            latent, names = denoise_loop(experts, prep.scheduler, latent, cond, uncond, clock, progress)
+        if experts_info is not None:
+            experts_info["moves"] = experts.moves()
+        del experts, cond, uncond
+        runtime.empty_cache()
+
+        with clock.stage("vae_decode"):
+            video = vae.decode(latent.to(policy.vae))[0]
+
+    with clock.stage("write"):
+        write_mp4(video, plan.video_path, plan.fps)
+
+    report = base_report(prep, cfg, raw, width, height, frames)
+    report["image"] = image_report(prep.image, width, height)
+    report["conditioning"] = {"y_channels": int(y.shape[1]), "clip_tokens": None if clip_fea is None
+                              else list(clip_fea.shape[1:]), "max_area": plan.width * plan.height}
+    if experts_info is not None:
+        report["experts"] = experts_report(plan, experts_info, names)
+    write_json_atomic(plan.report_path, report)
+    return report
+
+
+__all__ = ["run_i2v", "i2v_mask", "i2v_condition"]

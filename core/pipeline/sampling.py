@@ -1,0 +1,86 @@
+"""The denoising loop shared by every task (spec §6.1-§6.2, §3).
+
+Per step: pick the expert for the step's timestep (one model, or the Wan2.2 high/low-noise
+switch of :mod:`.moe`), a conditional and an unconditional forward with classifier-free guidance
+``v = v_u + g * (v_c - v_u)`` (the unconditional one skipped when ``g == 1``), one scheduler step,
+then an optional fix-up of the sample (TI2V puts the first frame's latent back after every step).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, List, Mapping, Optional, Tuple
+
+import torch
+
+from .timing import StageClock
+
+
+@dataclass(frozen=True)
+class Expert:
+    """A model to call at a step, its name in reports and the CFG scale that goes with it."""
+
+    name: str
+    model: Callable[..., torch.Tensor]
+    guide_scale: float
+
+
+class SingleExpert:
+    """One model for every step."""
+
+    def __init__(self, model: Callable[..., torch.Tensor], guide_scale: float, name: str = "dit") -> None:
+        self.expert = Expert(name, model, float(guide_scale))
+
+    def select(self, t: int) -> Expert:
+        return self.expert
+
+
+TimestepFn = Callable[[torch.Tensor], torch.Tensor]
+AfterStepFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+def denoise_loop(
+    experts,
+    scheduler,
+    latent: torch.Tensor,
+    cond: Mapping[str, Any],
+    uncond: Optional[Mapping[str, Any]],
+    clock: Optional[StageClock] = None,
+    progress: bool = True,
+    timestep_fn: Optional[TimestepFn] = None,
+    after_step: Optional[AfterStepFn] = None,
+) -> Tuple[torch.Tensor, List[str]]:
+    """Run every step of ``scheduler`` on ``latent`` [1, C, T, H, W].
+
+    ``experts.select(t)`` gives the :class:`Expert` for integer timestep ``t``; ``cond`` and
+    ``uncond`` are keyword arguments of the model call besides ``(latent, t)`` (``context=...``,
+    ``y=...``, ``clip_fea=...``); ``uncond`` None disables guidance. ``timestep_fn`` maps the
+    step's timestep (a 0-d int64 tensor) to what the model receives (default ``[t]``; TI2V: one
+    per token). Returns the final latent and the expert name used at each step."""
+    from tqdm import tqdm
+
+    names: List[str] = []
+    steps = scheduler.timesteps
+    bar = tqdm(total=len(steps), desc="denoise", unit="step", disable=not progress, leave=False)
+    try:
+        for t in steps:
+            expert = experts.select(int(t))  # before the step clock: a parked expert's move is timed apart
+            start = clock.now() if clock else 0.0
+            tt = timestep_fn(t) if timestep_fn is not None else t.reshape(1)
+            v = expert.model(latent, tt, **cond)
+            if uncond is not None and expert.guide_scale != 1.0:
+                v_uncond = expert.model(latent, tt, **uncond)
+                v = v_uncond + expert.guide_scale * (v - v_uncond)
+            latent = scheduler.step(v, latent)
+            if after_step is not None:
+                latent = after_step(latent)
+            names.append(expert.name)
+            if clock:
+                clock.steps.append(clock.now() - start)
+            bar.update(1)
+    finally:
+        bar.close()
+    return latent, names
+
+
+__all__ = ["Expert", "SingleExpert", "denoise_loop"]

@@ -1,0 +1,112 @@
+"""Wan2.2 TI2V-5B, recipe to mp4: text-to-video, or image-to-video with ``image:`` (spec §3).
+
+* Wan2.2 VAE (z 48, 4x16x16), DiT with 48 in/out channels, 24 fps, 121 frames by default.
+* Text mode: exactly the T2V loop at the recipe's size (the official per-token timesteps are
+  all equal to t then, which is the same computation as one timestep per sample).
+* Image mode: the recipe's size is the maximum area; the output size is the multiple of 32 whose
+  aspect ratio is closest to the image's (``best_output_size``); the image is scaled with PIL
+  LANCZOS to cover it and centre-cropped, VAE-encoded as one latent frame ``z``; with
+  ``mask`` = ones except latent frame 0, the sample is ``(1 - mask) * z + mask * sample`` before
+  the loop and after every scheduler step, and every token gets its own timestep: 0 for the first
+  frame's tokens, t for the rest.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Mapping, Optional
+
+import torch
+
+from ..checkpoints.layout import load_dit, load_vae
+from ..config import RunConfig
+from ..io.atomic import write_json_atomic
+from ..io.video import write_mp4
+from ..models.t5 import WanTextEncoder
+from ..registry import Registry
+from .common import base_report, encode_prompts, image_report, prepare
+from .images import resize_crop_lanczos, to_tensor
+from .noise import initial_noise
+from .sampling import SingleExpert, denoise_loop
+
+
+def first_frame_mask(latent_shape, device: torch.device) -> torch.Tensor:
+    """[1, C, T, h, w]: zeros on latent frame 0 (kept from the image), ones elsewhere."""
+    mask = torch.ones((1,) + tuple(latent_shape), device=device)
+    mask[:, :, 0] = 0
+    return mask
+
+
+def token_timesteps(mask: torch.Tensor, patch_size=(1, 2, 2)):
+    """``t -> [1, L]`` per-token timesteps: the mask's first channel sampled at the patch grid
+    (``mask[0][0][:, ::2, ::2]``), flattened in token order, times t."""
+    pt, ph, pw = patch_size
+    grid = mask[0, 0, ::pt, ::ph, ::pw].flatten().cpu()
+
+    def fn(t: torch.Tensor) -> torch.Tensor:
+        return (grid * t).reshape(1, -1)
+
+    return fn
+
+
+def run_ti2v(cfg: RunConfig, raw: Mapping[str, Any], registry: Optional[Registry] = None,
+             progress: bool = True, source: str = "recipe") -> Dict[str, Any]:
+    prep = prepare(cfg, registry, source)
+    plan, ckpts, runtime, device, clock = prep.plan, prep.ckpts, prep.runtime, prep.device, prep.clock
+    policy, preset = plan.policy, plan.preset
+    st, sh, sw = preset.vae_stride
+    frames = plan.frame_num
+    width, height = prep.size  # image mode: best_output_size of the image within the maximum area
+    frame = to_tensor(resize_crop_lanczos(prep.image.image, width, height)) if prep.image is not None else None
+    latent_shape = (preset.z_dim, (frames - 1) // st + 1, height // sh, width // sw)
+
+    with torch.no_grad():
+        with clock.stage("load"):
+            text_encoder = WanTextEncoder.load(plan.checkpoint_dir, dtype=policy.text_encoder, device=device,
+                                               text_len=ckpts.dit.config.text_len)
+            vae = load_vae(ckpts, policy, device)
+        latent = initial_noise(latent_shape, plan.seed, plan.noise, device)[None]
+        with clock.stage("text_encode"):
+            ctx_cond, ctx_uncond = encode_prompts(text_encoder, plan, ckpts.dit.config.text_len)
+        del text_encoder
+        runtime.empty_cache()
+
+        timestep_fn = after_step = None
+        if frame is not None:
+            with clock.stage("vae_encode"):
+                z = vae.encode(frame[None, :, None].to(device))  # [1, 48, 1, h/16, w/16]
+            mask = first_frame_mask(latent_shape, device)
+
+            def keep_first_frame(x: torch.Tensor) -> torch.Tensor:
+                return (1.0 - mask) * z + mask * x
+
+            after_step = keep_first_frame
+            latent = keep_first_frame(latent)
+            timestep_fn = token_timesteps(mask, ckpts.dit.config.patch_size)
+
+        with clock.stage("load"):
+            dit = load_dit(ckpts.dit, policy, device).bind_ops(prep.ops)
+        cond = {"context": ctx_cond}
+        uncond = {"context": ctx_uncond} if ctx_uncond is not None else None
+        with clock.stage("denoise"):
+            latent, _ = denoise_loop(SingleExpert(dit, plan.guide_scale), prep.scheduler, latent, cond, uncond,
+                                     clock, progress, timestep_fn=timestep_fn, after_step=after_step)
+        del dit
+        runtime.empty_cache()
+
+        with clock.stage("vae_decode"):
+            video = vae.decode(latent.to(policy.vae))[0]
+
+    with clock.stage("write"):
+        write_mp4(video, plan.video_path, plan.fps)
+
+    report = base_report(prep, cfg, raw, width, height, frames)
+    report["mode"] = "image-to-video" if frame is not None else "text-to-video"
+    report["image"] = image_report(prep.image, width, height)
+    if frame is not None:
+        report["conditioning"] = {"first_frame_latent": list(z.shape[1:]), "per_token_timesteps": True,
+                                  "max_area": plan.width * plan.height}
+    write_json_atomic(plan.report_path, report)
+    return report
+
+
+__all__ = ["run_ti2v", "first_frame_mask", "token_timesteps"]

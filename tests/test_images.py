@@ -1,0 +1,138 @@
+"""Input images: every file PIL opens becomes upright RGB; bad files are one clear InputError; the
+official output sizing (Wan2.1/2.2 I2V max-area, TI2V best_output_size) and pixel paths."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from wanport.errors import InputError
+from wanport.pipeline.images import (best_output_size, load_image, max_area_size, resize_bicubic, resize_crop_lanczos,
+                                     to_tensor)
+
+
+def _rgb(w=40, h=24):
+    arr = np.zeros((h, w, 3), dtype=np.uint8)
+    arr[..., 0] = np.arange(w, dtype=np.uint8)[None, :] * 5
+    arr[..., 1] = np.arange(h, dtype=np.uint8)[:, None] * 9
+    arr[:4, :6] = (255, 255, 255)  # a white mark in the top-left corner
+    return Image.fromarray(arr)
+
+
+def test_modes_are_converted_to_rgb(tmp_path):
+    base = _rgb()
+    cases = {
+        "rgba.png": base.convert("RGBA"),
+        "gray.png": base.convert("L"),
+        "palette.png": base.convert("P"),
+        "cmyk.jpg": base.convert("CMYK"),
+        "gray16.png": base.convert("I;16"),
+    }
+    for name, im in cases.items():
+        path = tmp_path / name
+        im.save(path)
+        got = load_image(str(path))
+        assert got.image.mode == "RGB" and (got.width, got.height) == (40, 24), name
+        assert got.source_mode == Image.open(path).mode
+    transparent = base.convert("P")
+    transparent.info["transparency"] = 0
+    transparent.save(tmp_path / "ptrans.png", transparency=0)
+    assert load_image(str(tmp_path / "ptrans.png")).image.mode == "RGB"
+    # alpha is dropped, as the official convert("RGB") does (not composited)
+    rgba = base.convert("RGBA")
+    rgba.putalpha(0)
+    rgba.save(tmp_path / "clear.png")
+    assert np.array_equal(np.asarray(load_image(str(tmp_path / "clear.png")).image), np.asarray(base))
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    base = _rgb(40, 24)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored landscape, shown rotated 90 degrees clockwise
+    base.save(tmp_path / "rot.jpg", exif=exif.tobytes(), quality=95)
+    got = load_image(str(tmp_path / "rot.jpg"))
+    assert (got.width, got.height) == (24, 40) and got.exif_rotated
+    arr = np.asarray(got.image).astype(int)
+    assert arr[:6, -4:].mean() > 200 and arr[-6:, :4].mean() < 200  # the white corner moved to the top right
+    base.save(tmp_path / "plain.jpg", quality=95)
+    assert not load_image(str(tmp_path / "plain.jpg")).exif_rotated
+
+
+@pytest.mark.parametrize("kind,fragment", [
+    ("missing", "file not found"),
+    ("folder", "is a folder"),
+    ("url", "only local files"),
+    ("text", "not an image file PIL can read"),
+    ("truncated", "unreadable"),
+    ("tiny", "too small"),
+    ("empty", "no path"),
+])
+def test_bad_images(tmp_path, kind, fragment):
+    path = str(tmp_path / "x.png")
+    if kind == "folder":
+        path = str(tmp_path)
+    elif kind == "url":
+        path = "https://example.com/cat.png"
+    elif kind == "text":
+        (tmp_path / "x.png").write_text("not a picture")
+    elif kind == "truncated":
+        _rgb(64, 64).save(path)
+        data = open(path, "rb").read()
+        open(path, "wb").write(data[: len(data) // 2])
+    elif kind == "tiny":
+        _rgb(12, 40).save(path)
+    elif kind == "empty":
+        path = " "
+    with pytest.raises(InputError) as exc:
+        load_image(path, min_side=16)
+    assert fragment in str(exc.value)
+    assert exc.value.exit_code == 5
+
+
+def _official_lat(w, h, area, stride=8, patch=2):
+    aspect = h / w
+    lat_h = round(np.sqrt(area * aspect) // stride // patch * patch)
+    lat_w = round(np.sqrt(area / aspect) // stride // patch * patch)
+    return lat_w * stride, lat_h * stride
+
+
+@pytest.mark.parametrize("w,h", [(832, 480), (480, 832), (1024, 1024), (1920, 1080), (640, 427), (300, 1000)])
+@pytest.mark.parametrize("area", [832 * 480, 1280 * 720])
+def test_max_area_size_matches_the_official_formula(w, h, area):
+    ow, oh = max_area_size(w, h, area)
+    assert (ow, oh) == _official_lat(w, h, area)
+    assert ow % 16 == 0 and oh % 16 == 0 and ow * oh <= area * 1.01
+
+
+def test_known_sizes():
+    # the official float arithmetic: sqrt(832*480 * (480/832)) = 479.99999999999994 -> 58 latent rows
+    assert max_area_size(832, 480, 832 * 480) == (832, 464)
+    assert max_area_size(1280, 720, 1280 * 720) == (1280, 720)
+    assert best_output_size(1280, 704, 32, 32, 1280 * 704) == (1280, 704)
+    assert best_output_size(704, 1280, 32, 32, 1280 * 704) == (704, 1280)
+    ow, oh = best_output_size(1920, 1080, 32, 32, 1280 * 704)
+    assert ow % 32 == 0 and oh % 32 == 0 and ow * oh <= 1280 * 704
+    assert abs(ow / oh - 16 / 9) < 0.05
+    with pytest.raises(InputError, match="aspect ratio"):
+        max_area_size(10000, 16, 64 * 64)
+    with pytest.raises(InputError, match="aspect ratio"):
+        best_output_size(10000, 16, 32, 32, 64 * 64)
+
+
+def test_pixel_paths():
+    im = _rgb(40, 24)
+    x = to_tensor(im)
+    assert x.shape == (3, 24, 40) and x.dtype == torch.float32
+    assert x.min() >= -1 and x.max() <= 1
+    assert torch.allclose(x[:, 0, 0], torch.ones(3))  # white -> 1
+    y = resize_bicubic(x, 64, 32)
+    ref = torch.nn.functional.interpolate(x[None], size=(32, 64), mode="bicubic", align_corners=False)[0]
+    assert torch.equal(y, ref)  # torch bicubic, no antialias, no clamp
+    crop = resize_crop_lanczos(im, 32, 32)
+    assert crop.size == (32, 32)
+    assert math.isclose(np.asarray(crop)[:, :, 1].mean(), np.asarray(im.resize((53, 32), Image.LANCZOS))[:, 10:42, 1].mean(),
+                        rel_tol=1e-6)  # centre crop of the LANCZOS cover resize
