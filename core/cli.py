@@ -7,15 +7,19 @@
     wanport make-tiny DIR --model LAYOUT        tiny random checkpoint in the official layout (wan2.1-t2v,
                                                 wan2.1-i2v, wan2.2-t2v-a14b, wan2.2-i2v-a14b, wan2.2-ti2v-5b)
     wanport nproc [RECIPE] [overrides]          processes the recipe needs (used by run.sh)
+    wanport bench ops|dit|pipeline|merge ...    benchmarks (JSON, markdown, PNG with matplotlib)
+    wanport dump [RECIPE] [overrides] --out DIR record a run for cross-backend comparison
+    wanport compare A B [--out STEM]            compare two dumps: first divergent block and step
 
 A user error prints one message (no traceback) and exits non-zero: 2 recipe, 3 checkpoint,
-4 backend, 5 input.
+4 backend, 5 input, 6 dump.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import List, Optional
 
@@ -44,6 +48,8 @@ def cmd_run(args) -> int:
 
     cfg, raw, source = _load(args)
     report = run(cfg, raw, progress=not args.no_progress, source=source)
+    if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 wrote anything
+        return 0
     st = report["stages"]
     print("wrote %s (%d frames %dx%d) in %.2f s [load %.2f, text %.2f, denoise %.2f, decode %.2f]; report %s"
           % (report["output"]["video"], report["size"]["frames"], report["size"]["width"],
@@ -58,9 +64,18 @@ def cmd_check(args) -> int:
 
     cfg, raw, source = _load(args)
     plan, image, size, registry, spec, ckpts = check_run(cfg, source)
+    extra = ""
+    if plan.world > 1:  # validated here, launched by run.sh / torchrun
+        from .errors import ConfigError
+        from .parallel.config import check_heads
+
+        problems = check_heads(plan.parallel, ckpts.dit.config.num_heads, plan.preset.name)
+        if problems:
+            raise ConfigError(problems[0])
+        extra += ", %d processes (cfg %d x ulysses %d x ring %d)" % (
+            plan.world, plan.parallel.cfg, plan.parallel.ulysses, plan.parallel.ring)
     session = start_session(registry, spec, cfg.env)
     ops = resolve_dit_ops(registry, spec, ckpts, plan, cfg.ops)
-    extra = ""
     if image is not None:
         extra += ", image %s (%dx%d) -> video %dx%d" % (plan.image_path, image.width, image.height, size[0], size[1])
     if ckpts.experts:
@@ -133,9 +148,20 @@ def cmd_make_tiny(args) -> int:
     return 0
 
 
+def _emit(args, module, result) -> int:
+    """Print a bench/compare result's markdown; with --out, write its JSON, markdown and PNGs."""
+    from .io.results import write_results
+
+    text = module.markdown(result)
+    print(text)
+    if args.out:
+        write_results(args.out, result, text, module.plots(result))
+    return 0
+
+
 def cmd_bench_dit(args) -> int:
-    from .bench.dit import bench_dit, markdown
-    from .io.atomic import write_json_atomic
+    from .bench import dit
+    from .bench.dit import bench_dit
 
     ops = {}
     for item in args.ops or []:
@@ -146,30 +172,76 @@ def cmd_bench_dit(args) -> int:
     result = bench_dit(args.model, args.size, args.frames, backend=args.backend, ops=ops,
                        precision=args.precision, peer=args.peer, warmup=args.warmup, repeats=args.repeats,
                        layers=args.layers)
-    print(markdown(result))
-    if args.out:
-        write_json_atomic(args.out, result)
-        print("wrote %s" % args.out)
-    return 0
+    return _emit(args, dit, result)
+
+
+def cmd_bench_scaling(args) -> int:
+    from .bench import scaling
+
+    result = scaling.bench_scaling(args.model, args.size, args.frames, args.layouts, backend=args.backend,
+                                   precision=args.precision, warmup=args.warmup, repeats=args.repeats,
+                                   layers=args.layers)
+    if os.environ.get("RANK", "0") != "0":
+        return 0
+    return _emit(args, scaling, result)
 
 
 def cmd_bench_ops(args) -> int:
-    from .bench.ops import bench_ops, markdown
-    from .io.atomic import write_json_atomic
+    from .bench import ops
 
-    result = bench_ops(backend=args.backend, models=args.models, sizes=args.sizes, kinds=args.kinds,
-                       warmup=args.warmup, repeats=args.repeats, quick=args.quick)
-    print(markdown(result))
-    if args.out:
-        write_json_atomic(args.out, result)
-        print("wrote %s" % args.out)
+    result = ops.bench_ops(backend=args.backend, models=args.models, sizes=args.sizes, kinds=args.kinds,
+                           warmup=args.warmup, repeats=args.repeats, quick=args.quick)
+    return _emit(args, ops, result)
+
+
+def cmd_bench_pipeline(args) -> int:
+    from .bench import pipeline
+
+    _split_recipe(args)
+    source = "recipe %s" % args.recipe if args.recipe else "the embedded tiny recipe"
+    result = pipeline.bench_pipeline(args.recipe, args.overrides, weights=args.weights, steps=args.steps,
+                                     warmup_steps=args.warmup_steps, seed=args.seed,
+                                     progress=not args.no_progress, source=source)
+    return _emit(args, pipeline, result)
+
+
+def cmd_bench_merge(args) -> int:
+    from .bench import merge
+
+    return _emit(args, merge, merge.merge(args.inputs, labels=args.labels, notes=args.note or []))
+
+
+def cmd_dump(args) -> int:
+    from .dump.record import dump_recipe
+
+    _split_recipe(args)
+    source = "recipe %s" % args.recipe if args.recipe else "the embedded tiny recipe"
+    manifest = dump_recipe(args.recipe, args.overrides, args.out, blocks=args.blocks, steps=args.steps,
+                           fingerprint=args.fingerprint, progress=not args.no_progress, source=source)
+    d = manifest["dump"]
+    print("wrote dump %s: %d steps x %d blocks (%s), %d full tensors, format %s v%d"
+          % (args.out, d["num_steps"], d["num_blocks"], "+".join(d["branches"]),
+             len(manifest["files"]["blocks.safetensors"]), manifest["format"], manifest["version"]))
     return 0
+
+
+def cmd_compare(args) -> int:
+    from .dump import compare
+
+    result = compare.compare_dumps(args.a, args.b, threshold=args.threshold,
+                                   allow_different_recipe=args.allow_different_recipe)
+    return _emit(args, compare, result)
 
 
 def cmd_nproc(args) -> int:
+    from .parallel.config import world_size
+
     cfg, raw, source = _load(args)
-    print(1)
+    print(world_size(cfg.parallel))
     return 0
+
+
+OUT_HELP = "result stem: writes STEM.json, STEM.md and (with matplotlib) STEM*.png"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -220,18 +292,69 @@ def build_parser() -> argparse.ArgumentParser:
     bp.add_argument("--warmup", type=int, default=1)
     bp.add_argument("--repeats", type=int, default=3)
     bp.add_argument("--layers", type=int, default=None, help="fewer layers (quick checks)")
-    bp.add_argument("--out", default=None, help="JSON result file")
+    bp.add_argument("--out", default=None, help=OUT_HELP)
     bp.set_defaults(func=cmd_bench_dit)
+    bp = bench.add_parser("scaling", help="per-step DiT latency per parallel layout: speedup, efficiency")
+    bp.add_argument("--model", default="wan2.1-t2v-14b")
+    bp.add_argument("--size", default="832*480", help="W*H")
+    bp.add_argument("--frames", type=int, default=81)
+    bp.add_argument("--layouts", nargs="+", default=["cfg2", "u2", "u4", "u8", "cfg2xu2", "cfg2xu4"],
+                    help="e.g. cfg2 u4 r2 cfg2xu4 u2xr2 (under torchrun: the layouts of that world size)")
+    bp.add_argument("--backend", default="auto")
+    bp.add_argument("--precision", default="official")
+    bp.add_argument("--warmup", type=int, default=1)
+    bp.add_argument("--repeats", type=int, default=3)
+    bp.add_argument("--layers", type=int, default=None, help="fewer layers (quick checks)")
+    bp.add_argument("--out", default=None, help="output stem: STEM.json, STEM.md, STEM.png")
+    bp.set_defaults(func=cmd_bench_scaling)
     bp = bench.add_parser("ops", help="every op kind x implementation at Wan shapes: latency, throughput, error")
     bp.add_argument("--backend", default="auto")
-    bp.add_argument("--models", nargs="+", default=["wan2.1-t2v-1.3b", "wan2.1-t2v-14b"])
-    bp.add_argument("--sizes", nargs="+", default=["480p", "720p"])
+    bp.add_argument("--models", nargs="+", default=["wan2.1-t2v-1.3b", "wan2.1-t2v-14b", "wan2.2-ti2v-5b"])
+    bp.add_argument("--sizes", nargs="+", default=None,
+                    help="480p, 720p, 704p (default: 480p 720p; TI2V-5B 704p); each model at those it can take")
     bp.add_argument("--kinds", nargs="+", default=None, help="only these op kinds")
     bp.add_argument("--warmup", type=int, default=2)
     bp.add_argument("--repeats", type=int, default=10)
     bp.add_argument("--quick", action="store_true", help="tiny shapes (CI smoke run)")
-    bp.add_argument("--out", default=None, help="JSON result file")
+    bp.add_argument("--out", default=None, help=OUT_HELP)
     bp.set_defaults(func=cmd_bench_ops)
+    bp = bench.add_parser("pipeline", help="a recipe's real pipeline after a warm-up: stage split, per-step "
+                                           "latency, peak memory (random weights when there is no checkpoint)")
+    recipe_args(bp, optional=True)
+    bp.add_argument("--weights", choices=["auto", "checkpoint", "random"], default="auto",
+                    help="auto: the checkpoint when its folder exists, else real-size random weights")
+    bp.add_argument("--steps", type=int, default=None, help="denoising steps (default: the recipe's)")
+    bp.add_argument("--warmup-steps", type=int, default=1, help="steps of the warm-up run (0: none)")
+    bp.add_argument("--seed", type=int, default=0, help="seed of the random weights")
+    bp.add_argument("--no-progress", action="store_true", help="no progress bar")
+    bp.add_argument("--out", default=None, help=OUT_HELP)
+    bp.set_defaults(func=cmd_bench_pipeline)
+    bp = bench.add_parser("merge", help="bench results of one or more machines: per-backend and combined tables")
+    bp.add_argument("inputs", nargs="+", help="JSON files of bench ops/dit/pipeline (or earlier merges)")
+    bp.add_argument("--out", default=None, help=OUT_HELP)
+    bp.add_argument("--labels", nargs="+", default=None, help="one label per input file (default: backend @ device)")
+    bp.add_argument("--note", action="append", help="a note for the report (repeatable)")
+    bp.set_defaults(func=cmd_bench_merge)
+
+    sp = sub.add_parser("dump", help="run a recipe and record per-block statistics, latents, chosen tensors, video")
+    recipe_args(sp, optional=True)
+    sp.add_argument("--out", required=True, help="dump folder (new, empty, or an earlier dump)")
+    sp.add_argument("--blocks", default=None, help="blocks whose full outputs are kept: 0,39 or 0-3,-1 or all "
+                                                    "(default: none; statistics cover every block)")
+    sp.add_argument("--steps", default=None, help="steps at which those are kept: 0,49 or all (default: none)")
+    sp.add_argument("--fingerprint", type=int, default=256, help="values per block output in the fingerprint")
+    sp.add_argument("--no-progress", action="store_true", help="no progress bar")
+    sp.set_defaults(func=cmd_dump)
+
+    sp = sub.add_parser("compare", help="compare two dumps: per-block divergence, latents, tensors, video")
+    sp.add_argument("a", help="dump folder A (e.g. the port)")
+    sp.add_argument("b", help="dump folder B (the reference)")
+    sp.add_argument("--threshold", type=float, default=0.05,
+                    help="relative L2 error that counts as divergence (default 0.05)")
+    sp.add_argument("--allow-different-recipe", action="store_true",
+                    help="compare dumps of different recipes (warns instead of refusing)")
+    sp.add_argument("--out", default=None, help=OUT_HELP)
+    sp.set_defaults(func=cmd_compare)
 
     sp = sub.add_parser("nproc", help="number of processes the recipe needs")
     recipe_args(sp, optional=True)

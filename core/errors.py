@@ -31,3 +31,10 @@ class InputError(WanportError):
     """A user-supplied input (image, prompt file, ...) cannot be used."""
 
     exit_code = 5
+
+
+class DumpError(WanportError):
+    """A dump folder (``wanport dump``) is missing, incomplete, corrupt, or does not match the
+    dump it is compared with."""
+
+    exit_code = 6

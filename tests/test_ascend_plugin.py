@@ -237,11 +237,12 @@ def _run(tiny_ckpt, out_dir, backend, extra=(), capture=None):
 @pytest.fixture
 def decoded(monkeypatch):
     """Capture the decoded video tensors the pipeline hands to the mp4 writer."""
-    import wanport.pipeline.t2v as t2v
+    import wanport.io.video as video_io
 
     videos = []
-    real = t2v.write_mp4
-    monkeypatch.setattr(t2v, "write_mp4", lambda video, path, fps: (videos.append(video.clone()), real(video, path, fps)))
+    real = video_io.write_mp4
+    monkeypatch.setattr(video_io, "write_mp4",
+                        lambda video, path, fps: (videos.append(video.clone()), real(video, path, fps)))
     return videos
 
 

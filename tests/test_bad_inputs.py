@@ -15,18 +15,14 @@ from wanport.config import TINY_RECIPE
 
 @pytest.fixture
 def no_weight_loading(monkeypatch):
-    import wanport.pipeline.i2v as i2v
-    import wanport.pipeline.t2v as t2v
-    import wanport.pipeline.ti2v as ti2v
+    """The task modules load every model through their weight source (``prep.weights``)."""
+    from wanport.pipeline.weights import CHECKPOINT
 
     def trap(*a, **k):
         raise AssertionError("a weight loader ran before the error was raised")
 
-    for module in (t2v, i2v, ti2v):
-        monkeypatch.setattr(module, "load_dit", trap)
-        monkeypatch.setattr(module, "load_vae", trap)
-    monkeypatch.setattr(i2v, "load_clip", trap)
-    monkeypatch.setattr(t2v.WanTextEncoder, "load", trap)
+    for name in ("load_text_encoder", "load_dit", "load_vae", "load_clip"):
+        monkeypatch.setattr(CHECKPOINT, name, trap)
 
 
 def run_cli(capsys, argv):

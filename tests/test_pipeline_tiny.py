@@ -79,8 +79,10 @@ def test_same_seed_same_latents_and_guidance_one_skips_uncond(tiny_ckpt, tmp_pat
         return real_denoise(counting, *a, **k)
 
     monkeypatch.setattr(t2v, "denoise", spy)
-    real_write = t2v.write_mp4
-    monkeypatch.setattr(t2v, "write_mp4", lambda video, path, fps: (decoded.append(video.clone()),
+    import wanport.io.video as video_io
+
+    real_write = video_io.write_mp4
+    monkeypatch.setattr(video_io, "write_mp4", lambda video, path, fps: (decoded.append(video.clone()),
                                                                       real_write(video, path, fps)))
     base = ["checkpoint_dir=%s" % tiny_ckpt, "output.dir=%s" % tmp_path, "sample.steps=2",
             "sample.size=32*32", "sample.frame_num=5"]

@@ -181,3 +181,15 @@ def markdown(result: Mapping[str, Any]) -> str:
     if "ratio_wanport_over_diffusers" in result:
         tail = "\nwanport / diffusers = %.3f" % result["ratio_wanport_over_diffusers"]
     return head + "\n\n" + "\n".join(rows) + tail
+
+
+def plots(result: Mapping[str, Any]):
+    """Median forward time of wanport (and the peer, when measured)."""
+    from ..io.plots import bar_chart
+
+    names = [n for n in ("wanport", "diffusers") if result.get(n)]
+    title = "wanport bench dit: %s %dx%d x %d frames, backend %s on %s" % (
+        result["model"], result["size"]["width"], result["size"]["height"], result["size"]["frames"],
+        result["backend"], result["device"])
+    return [("", lambda path: bar_chart(path, title, names, {"median s": [result[n]["median_s"] for n in names]},
+                                        "one DiT forward (s)", log=False))]

@@ -26,9 +26,47 @@ from ..registry.resolver import _pool, _usable
 from ..ops.impl import Requirements
 from .dit import time_forward
 
-#: (label, video tokens) of the Wan sizes at 81 frames (spec §1.2)
-SIZES = {"480p": 32760, "720p": 75600, "704p": 27280}
+#: size label -> (width, height); the frame count is the model's default (81; TI2V-5B 121)
+SIZES = {"480p": (832, 480), "720p": (1280, 720), "704p": (1280, 704)}
+#: the sizes a model is benchmarked at when --sizes is not given
+DEFAULT_SIZES = {"wan2.2-ti2v-5b": ("704p",)}
+DEFAULT_MODELS = ("wan2.1-t2v-1.3b", "wan2.1-t2v-14b", "wan2.2-ti2v-5b")
 QUICK_TOKENS = 256
+QUICK_GRID = (1, 16, 16)
+
+
+def token_grid(model: str, size: str) -> Optional[Tuple[int, int, int]]:
+    """(frames, height, width) of the DiT's token grid for the model at a size label; None when
+    the size is not a multiple of the model's VAE stride x patch. 480p: 21x30x52 = 32760 tokens,
+    720p: 21x45x80 = 75600; TI2V-5B 704p (121 frames): 31x22x40 = 27280."""
+    preset = MODELS[model]
+    width, height = SIZES[size]
+    m = preset.spatial_multiple
+    if width % m or height % m:
+        return None
+    return ((preset.frame_num - 1) // preset.vae_stride[0] + 1, height // m, width // m)
+
+
+def model_sizes(models: Sequence[str], sizes: Optional[Sequence[str]]) -> List[Tuple[str, str]]:
+    """The (model, size) pairs to run: each model at the given sizes it can take, or at its
+    default sizes (480p and 720p; TI2V-5B 704p)."""
+    for size in sizes or ():
+        if size not in SIZES:
+            raise ConfigError("bench ops: unknown size %r; known: %s" % (size, ", ".join(SIZES)))
+    pairs = []
+    for model in models:
+        if model not in MODELS:
+            raise ConfigError("bench ops: unknown model %r; known: %s" % (model, ", ".join(sorted(MODELS))))
+        if not MODELS[model].arch:
+            raise ConfigError("bench ops: model %s has no fixed architecture (a tiny preset); use --quick with "
+                              "a real model for tiny shapes" % model)
+        wanted = sizes or DEFAULT_SIZES.get(model, ("480p", "720p"))
+        fits = [s for s in wanted if token_grid(model, s) is not None]
+        if not fits:
+            raise ConfigError("bench ops: %s takes none of the sizes %s (its sizes: %s)" % (
+                model, ", ".join(wanted), ", ".join(s for s in SIZES if token_grid(model, s))))
+        pairs.extend((model, s) for s in fits)
+    return pairs
 
 
 @dataclass
@@ -73,89 +111,86 @@ def _rope64(x, cos, sin):
     return torch.stack((x0 * c - x1 * s, x0 * s + x1 * c), -1).flatten(-2)
 
 
-def build_cases(device: torch.device, models: Sequence[str], sizes: Sequence[str], quick: bool) -> List[Case]:
+def build_cases(device: torch.device, pairs: Sequence[Tuple[str, str]], quick: bool) -> List[Case]:
     cases: List[Case] = []
     bf16, f32 = torch.bfloat16, torch.float32
-    for model in models:
+    for model, size in pairs:
         arch = MODELS[model].arch
-        if not arch:
-            raise ConfigError("bench ops: model %s has no fixed architecture" % model)
         c, n = arch["dim"], arch["num_heads"]
         d = c // n
-        for size in sizes:
-            s = QUICK_TOKENS if quick else SIZES[size]
-            tag = "%s %s S=%d" % (model.replace("wan2.1-t2v-", ""), size, s)
+        grid = QUICK_GRID if quick else token_grid(model, size)
+        s = grid[0] * grid[1] * grid[2]
+        tag = "%s %s S=%d" % (model.rsplit("-", 1)[-1], size, s)
 
-            def gen(*shape, dtype=bf16, scale=1.0, offset=0.0):
-                return (torch.randn(*shape, device=device) * scale + offset).to(dtype)
+        def gen(*shape, dtype=bf16, scale=1.0, offset=0.0):
+            return (torch.randn(*shape, device=device) * scale + offset).to(dtype)
 
-            def attn(_s=s, _n=n, _d=d):
-                return (gen(1, _s, _n, _d), gen(1, _s, _n, _d), gen(1, _s, _n, _d)), {"scale": _d ** -0.5}
+        def attn(_s=s, _n=n, _d=d):
+            return (gen(1, _s, _n, _d), gen(1, _s, _n, _d), gen(1, _s, _n, _d)), {"scale": _d ** -0.5}
 
-            cases.append(Case("attention", "self %s N=%d" % (tag, n), attn, flops=4.0 * s * s * d * n,
-                              f64=lambda a, k: _attn_f64(a[0], a[1], a[2], k["scale"], 64),
-                              subset=lambda out: out[:, :64]))
+        cases.append(Case("attention", "self %s N=%d" % (tag, n), attn, flops=4.0 * s * s * d * n,
+                          f64=lambda a, k: _attn_f64(a[0], a[1], a[2], k["scale"], 64),
+                          subset=lambda out: out[:, :64]))
 
-            def cross(_s=s, _n=n, _d=d):
-                return (gen(1, _s, _n, _d), gen(1, 512, _n, _d), gen(1, 512, _n, _d)), {"scale": _d ** -0.5}
+        def cross(_s=s, _n=n, _d=d):
+            return (gen(1, _s, _n, _d), gen(1, 512, _n, _d), gen(1, 512, _n, _d)), {"scale": _d ** -0.5}
 
-            cases.append(Case("attention", "cross %s Skv=512" % tag, cross, flops=4.0 * s * 512 * d * n,
-                              f64=lambda a, k: _attn_f64(a[0], a[1], a[2], k["scale"], 64),
-                              subset=lambda out: out[:, :64]))
-            grid = (21, 30, s // 630) if not quick and s % 630 == 0 else (1, 16, s // 16)
+        cases.append(Case("attention", "cross %s Skv=512" % tag, cross, flops=4.0 * s * 512 * d * n,
+                          f64=lambda a, k: _attn_f64(a[0], a[1], a[2], k["scale"], 64),
+                          subset=lambda out: out[:, :64]))
 
-            def qkr(_s=s, _c=c, _n=n, _g=grid):
-                cos, sin = (t.to(device) for t in rope_tables(_g, _c // _n, _s))
-                return (gen(1, _s, _c, scale=2.0), gen(1, _s, _c, scale=2.0), gen(_c, dtype=f32, scale=0.1, offset=1.0),
-                        gen(_c, dtype=f32, scale=0.1, offset=1.0), 1e-6, cos, sin, _n, bf16), {}
+        def qkr(_s=s, _c=c, _n=n, _g=grid):
+            cos, sin = (t.to(device) for t in rope_tables(_g, _c // _n, _s))
+            return (gen(1, _s, _c, scale=2.0), gen(1, _s, _c, scale=2.0), gen(_c, dtype=f32, scale=0.1, offset=1.0),
+                    gen(_c, dtype=f32, scale=0.1, offset=1.0), 1e-6, cos, sin, _n, bf16), {}
 
-            cases.append(Case("qk_norm_rope", "q+k %s C=%d" % (tag, c), qkr, bytes=4.0 * s * c * 2,
-                              f64=lambda a, k: _rope64(_rms64(a[0], a[2]).view(1, a[0].shape[1], a[7], -1),
-                                                       a[5], a[6])))
+        cases.append(Case("qk_norm_rope", "q+k %s C=%d" % (tag, c), qkr, bytes=4.0 * s * c * 2,
+                          f64=lambda a, k: _rope64(_rms64(a[0], a[2]).view(1, a[0].shape[1], a[7], -1),
+                                                   a[5], a[6])))
 
-            def rot(_s=s, _c=c, _n=n, _g=grid):
-                cos, sin = (t.to(device) for t in rope_tables(_g, _c // _n, _s))
-                x = gen(1, _s, _n, _c // _n, dtype=f32)
-                return (x, x.clone(), cos, sin), {}
+        def rot(_s=s, _c=c, _n=n, _g=grid):
+            cos, sin = (t.to(device) for t in rope_tables(_g, _c // _n, _s))
+            x = gen(1, _s, _n, _c // _n, dtype=f32)
+            return (x, x.clone(), cos, sin), {}
 
-            cases.append(Case("rotary", "q+k fp32 %s" % tag, rot, bytes=4.0 * s * c * 4,
-                              f64=lambda a, k: _rope64(a[0], a[2], a[3])))
+        cases.append(Case("rotary", "q+k fp32 %s" % tag, rot, bytes=4.0 * s * c * 4,
+                          f64=lambda a, k: _rope64(a[0], a[2], a[3])))
 
-            def rms(_s=s, _c=c):
-                return (gen(1, _s, _c, scale=2.0), gen(_c, dtype=f32, scale=0.1, offset=1.0), 1e-6), \
-                       {"out_dtype": bf16}
+        def rms(_s=s, _c=c):
+            return (gen(1, _s, _c, scale=2.0), gen(_c, dtype=f32, scale=0.1, offset=1.0), 1e-6), \
+                   {"out_dtype": bf16}
 
-            cases.append(Case("rms_norm", "bf16->bf16 %s" % tag, rms, bytes=2.0 * s * c * 2,
-                              f64=lambda a, k: _rms64(a[0], a[1])))
+        cases.append(Case("rms_norm", "bf16->bf16 %s" % tag, rms, bytes=2.0 * s * c * 2,
+                          f64=lambda a, k: _rms64(a[0], a[1])))
 
-            def lnm(_s=s, _c=c):
-                return (gen(1, _s, _c, dtype=f32, scale=3.0, offset=1.0), gen(1, 1, _c, dtype=f32),
-                        gen(1, 1, _c, dtype=f32, scale=0.3), 1e-6), {"out_dtype": bf16}
+        def lnm(_s=s, _c=c):
+            return (gen(1, _s, _c, dtype=f32, scale=3.0, offset=1.0), gen(1, 1, _c, dtype=f32),
+                    gen(1, 1, _c, dtype=f32, scale=0.3), 1e-6), {"out_dtype": bf16}
 
-            cases.append(Case("layer_norm_modulate", "fp32->bf16 %s" % tag, lnm, bytes=s * c * (4 + 2.0),
-                              f64=lambda a, k: _ln64(a[0]) * (1 + a[2].double()) + a[1].double()))
+        cases.append(Case("layer_norm_modulate", "fp32->bf16 %s" % tag, lnm, bytes=s * c * (4 + 2.0),
+                          f64=lambda a, k: _ln64(a[0]) * (1 + a[2].double()) + a[1].double()))
 
-            def ln(_s=s, _c=c):
-                return (gen(1, _s, _c, dtype=f32, scale=3.0, offset=1.0), gen(_c, dtype=f32, scale=0.1, offset=1.0),
-                        gen(_c, dtype=f32, scale=0.1), 1e-6), {"out_dtype": bf16}
+        def ln(_s=s, _c=c):
+            return (gen(1, _s, _c, dtype=f32, scale=3.0, offset=1.0), gen(_c, dtype=f32, scale=0.1, offset=1.0),
+                    gen(_c, dtype=f32, scale=0.1), 1e-6), {"out_dtype": bf16}
 
-            cases.append(Case("layer_norm", "affine fp32->bf16 %s" % tag, ln, bytes=s * c * (4 + 2.0),
-                              f64=lambda a, k: _ln64(a[0], a[1], a[2])))
+        cases.append(Case("layer_norm", "affine fp32->bf16 %s" % tag, ln, bytes=s * c * (4 + 2.0),
+                          f64=lambda a, k: _ln64(a[0], a[1], a[2])))
 
-            f = arch["ffn_dim"]
+        f = arch["ffn_dim"]
 
-            def lg(_s=s, _c=c, _f=f):
-                return (gen(1, _s, _c), gen(_f, _c, scale=_c ** -0.5), gen(_f, scale=0.1)), {}
+        def lg(_s=s, _c=c, _f=f):
+            return (gen(1, _s, _c), gen(_f, _c, scale=_c ** -0.5), gen(_f, scale=0.1)), {}
 
-            cases.append(Case("linear_gelu", "ffn up %s %dx%d" % (tag, c, f), lg, flops=2.0 * s * c * f,
-                              f64=lambda a, k: torch.nn.functional.gelu(
-                                  a[0].double() @ a[1].double().t() + a[2].double(), approximate="tanh")))
+        cases.append(Case("linear_gelu", "ffn up %s %dx%d" % (tag, c, f), lg, flops=2.0 * s * c * f,
+                          f64=lambda a, k: torch.nn.functional.gelu(
+                              a[0].double() @ a[1].double().t() + a[2].double(), approximate="tanh")))
 
-            def res(_s=s, _c=c):
-                return (gen(1, _s, _c, dtype=f32), gen(1, _s, _c), gen(1, 1, _c, dtype=f32)), {}
+        def res(_s=s, _c=c):
+            return (gen(1, _s, _c, dtype=f32), gen(1, _s, _c), gen(1, 1, _c, dtype=f32)), {}
 
-            cases.append(Case("gated_residual", "fp32+bf16*g %s" % tag, res, bytes=s * c * (4 + 2 + 4.0),
-                              f64=lambda a, k: a[0].double() + a[1].double() * a[2].double()))
+        cases.append(Case("gated_residual", "fp32+bf16*g %s" % tag, res, bytes=s * c * (4 + 2 + 4.0),
+                          f64=lambda a, k: a[0].double() + a[1].double() * a[2].double()))
     return cases
 
 
@@ -197,22 +232,18 @@ def _implementations(registry, backend: str, kind: str, device_type: str, case_d
     return out
 
 
-def bench_ops(backend: str = "auto", models: Sequence[str] = ("wan2.1-t2v-1.3b", "wan2.1-t2v-14b"),
-              sizes: Sequence[str] = ("480p", "720p"), kinds: Optional[Sequence[str]] = None,
+def bench_ops(backend: str = "auto", models: Sequence[str] = DEFAULT_MODELS,
+              sizes: Optional[Sequence[str]] = None, kinds: Optional[Sequence[str]] = None,
               warmup: int = 2, repeats: int = 10, quick: bool = False, skip_slow_reference: bool = True,
               env: Optional[Mapping[str, str]] = None) -> Dict[str, Any]:
-    for size in sizes:
-        if size not in SIZES:
-            raise ConfigError("bench ops: unknown size %r; known: %s" % (size, ", ".join(SIZES)))
-    for model in models:
-        if model not in MODELS:
-            raise ConfigError("bench ops: unknown model %r" % model)
+    """``sizes`` None: each model at its default sizes (see :func:`model_sizes`)."""
+    pairs = model_sizes(models, sizes)
     registry, spec = choose_backend(backend)
     session = start_session(registry, spec, env or {})
     runtime, device = session.runtime, session.device
     torch.manual_seed(0)
     rows = []
-    for case in build_cases(device, models, sizes, quick):
+    for case in build_cases(device, pairs, quick):
         if kinds and case.kind not in kinds:
             continue
         args, kwargs = case.make()
@@ -255,6 +286,7 @@ def bench_ops(backend: str = "auto", models: Sequence[str] = ("wan2.1-t2v-1.3b",
         "backend": spec.name,
         "device": runtime.describe(),
         "quick": quick,
+        "cases": [{"model": m, "size": z, "grid": list(QUICK_GRID if quick else token_grid(m, z))} for m, z in pairs],
         "ceilings": ceilings,
         "rows": rows,
         "versions": versions(backend_versions(spec)),
@@ -276,3 +308,16 @@ def markdown(result: Mapping[str, Any]) -> str:
             r["kind"], r["case"], r["impl"], r["median_ms"], r.get("tflops", ""), r.get("gbps", ""), pct,
             "n/a" if r.get("rel_err_vs_f64") is None else r["rel_err_vs_f64"]))
     return "\n".join(lines)
+
+
+
+def plots(result: Mapping[str, Any]) -> List[Tuple[str, Callable[[str], None]]]:
+    """The latency of every (op, case, implementation) of one backend: one bar each."""
+    from ..io.plots import bar_chart
+
+    rows = [r for r in result["rows"] if "median_ms" in r]
+    if not rows:
+        return []
+    title = "wanport bench ops: backend %s on %s" % (result["backend"], result["device"])
+    return [("", lambda path: bar_chart(path, title, ["%s | %s | %s" % (r["kind"], r["case"], r["impl"]) for r in rows],
+                                        {"ms": [r["median_ms"] for r in rows]}, "median latency (ms, log scale)"))]

@@ -65,6 +65,16 @@ def is_tiny_checkpoint(directory: str) -> Optional[str]:
         return None
 
 
+def tiny_dit_config(layout: str) -> DiTConfig:
+    """The tiny DiT of a layout (what make-tiny writes; random-weight benchmarks build it too)."""
+    return DiTConfig(text_dim=TINY_T5["d_model"], **dict(TINY_DIT, **_LAYOUTS[layout]["dit"]))
+
+
+def tiny_layout(layout: str) -> Dict[str, object]:
+    """The parts of a layout: ``vae`` ("wan2.1" / "wan2.2"), ``experts`` and ``clip`` (bools)."""
+    return {k: v for k, v in _LAYOUTS[layout].items() if k != "dit"}
+
+
 def _write_dit_shards(directory: str, state: Dict[str, torch.Tensor], shards: int = 2) -> None:
     """Sharded like the official 14B folders: shard files + ``.safetensors.index.json``."""
     keys = sorted(state)
@@ -116,7 +126,7 @@ def make_tiny(directory: str, layout: str = "wan2.1-t2v", seed: int = 0, if_miss
     spec = _LAYOUTS[layout]
     write_tiny_t5(directory, seed=seed, **TINY_T5)
 
-    cfg = DiTConfig(text_dim=TINY_T5["d_model"], **dict(TINY_DIT, **spec["dit"]))
+    cfg = tiny_dit_config(layout)
     cfg.check("tiny DiT")
     if spec["experts"]:  # two different random experts in their official subfolders
         for i, (_, sub) in enumerate(EXPERTS):

@@ -64,6 +64,20 @@ class OffloadConfig:
 
 
 @dataclass
+class ParallelConfig:
+    cfg: int = _f(1, type="int", help="1, or 2: the conditional and unconditional branches on two rank groups",
+                  choices=(1, 2))
+    ulysses: int = _f(1, type="int", help="Ulysses sequence-parallel degree (all-to-all; divides the head count)")
+    ring: int = _f(1, type="int", help="ring-attention sequence-parallel degree (K/V passed around, LSE merge)")
+    vae: bool = _f(False, type="bool", help="split the VAE decode/encode spatially across all ranks (exact, halo exchange)")
+    dit_fsdp: bool = _f(False, type="bool", help="shard the DiT weights across ranks (FSDP, per block)")
+    t5_fsdp: bool = _f(False, type="bool", help="shard the T5 weights across ranks (FSDP)")
+    t5_cpu: bool = _f(False, type="bool", help="keep the text encoder on the CPU")
+    timeout_s: int = _f(600, type="int",
+                        help="bound on every collective: a rank that fails makes all ranks exit within it")
+
+
+@dataclass
 class OutputConfig:
     dir: str = _f("out", type="str", help="output folder (created if missing)")
     name: Optional[str] = _f(None, type="str?", help="file stem; default <model>_<task>_seed<seed>")
@@ -87,4 +101,6 @@ class RunConfig:
     env: Dict[str, str] = _f(type="str_map", help="environment for the backend runtime (wins over plugin defaults)",
                              factory=dict)
     offload: OffloadConfig = _f(type="section", help="device memory policy", factory=OffloadConfig)
+    parallel: ParallelConfig = _f(type="section", help="multi-device layout (world = cfg x ulysses x ring)",
+                                  factory=ParallelConfig)
     output: OutputConfig = _f(type="section", help="where the video and report go", factory=OutputConfig)

@@ -6,7 +6,7 @@ import difflib
 import os
 import re
 from dataclasses import dataclass
-from typing import List, Optional, Tuple, Union
+from typing import Any, List, Optional, Tuple, Union
 
 from ..errors import ConfigError
 from ..precision import PrecisionPolicy, policy_from_config
@@ -47,6 +47,14 @@ class RunPlan:
     boundary: Optional[float] = None
     #: "auto", True or False
     park_inactive_expert: Union[str, bool] = "auto"
+    #: the recipe's ParallelConfig (cfg x ulysses x ring processes, vae, fsdp, t5_cpu, timeout)
+    parallel: Any = None
+
+    @property
+    def world(self) -> int:
+        from ..parallel.config import world_size
+
+        return world_size(self.parallel) if self.parallel is not None else 1
 
     @property
     def latent_shape(self) -> Tuple[int, int, int, int]:
@@ -177,6 +185,14 @@ def plan_run(cfg: RunConfig, source: str = "recipe") -> RunPlan:
         if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", key):
             problems.append("env: %r is not a valid environment variable name" % key)
 
+    from ..parallel.config import check_parallel
+
+    needs_uncond = any(g != 1.0 for g in (guide if isinstance(guide, tuple) else (guide,)))
+    heads = preset.arch.get("num_heads") if preset.arch else None
+    st, sh, sw = preset.vae_stride
+    problems.extend(check_parallel(cfg.parallel, heads, preset.name, needs_uncond, max(height // sh, 0),
+                                   park_experts=cfg.offload.park_inactive_expert))
+
     if problems:
         if len(problems) == 1:
             raise ConfigError("%s: %s" % (source, problems[0]))
@@ -205,6 +221,7 @@ def plan_run(cfg: RunConfig, source: str = "recipe") -> RunPlan:
         image_path=image,
         boundary=boundary,
         park_inactive_expert=park,
+        parallel=cfg.parallel,
     )
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Callable, Dict
+from typing import Any, Callable, Dict, Optional
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,11 @@ class OpTable:
     qk_norm_rope: ResolvedOp
     gated_residual: ResolvedOp
     linear_gelu: ResolvedOp
+    #: sequence parallelism (``wanport.parallel.sequence.SequencePlan``): how the model splits and
+    #: gathers its tokens; None on a single device. Set together with the self-attention wrapper.
+    sequence: Optional[Any] = None
 
     def describe(self) -> Dict[str, str]:
         """Call site -> qualified implementation name (for reports)."""
-        return {f.name: getattr(self, f.name).impl for f in fields(self)}
+        return {f.name: getattr(self, f.name).impl for f in fields(self)
+                if isinstance(getattr(self, f.name), ResolvedOp)}

@@ -19,13 +19,10 @@ from typing import Any, Dict, Mapping, Optional
 
 import torch
 
-from ..checkpoints.layout import load_clip, load_dit, load_vae
 from ..config import RunConfig
-from ..io.atomic import write_json_atomic
-from ..io.video import write_mp4
-from ..models.t5 import WanTextEncoder
 from ..registry import Registry
-from .common import base_report, encode_prompts, image_report, prepare
+from .common import (base_report, encode_prompts, image_report, prepare, save_report, vae_decode, vae_encode,
+                     write_video)
 from .images import resize_bicubic, to_tensor
 from .moe import load_experts
 from .noise import initial_noise
@@ -44,19 +41,20 @@ def i2v_mask(frame_num: int, lat_h: int, lat_w: int, stride_t: int = 4) -> torch
 
 
 def i2v_condition(vae, image: torch.Tensor, frame_num: int, width: int, height: int,
-                  device: torch.device, stride: int = 8) -> torch.Tensor:
+                  device: torch.device, stride: int = 8, encode=None) -> torch.Tensor:
     """``y`` [1, 4 + z, T, h/8, w/8]: the mask and the VAE latent of [resized image, black frames].
-    ``image`` is [3, H, W] in [-1, 1] on the host; the resize runs on the host (official)."""
+    ``image`` is [3, H, W] in [-1, 1] on the host; the resize runs on the host (official).
+    ``encode`` replaces ``vae.encode`` (e.g. a spatially split encode)."""
     frame0 = resize_bicubic(image, width, height)  # [3, h, w], not clamped
     video = torch.cat([frame0[:, None], torch.zeros(3, frame_num - 1, height, width)], dim=1)
-    latent = vae.encode(video[None].to(device))
+    latent = (encode or vae.encode)(video[None].to(device))
     mask = i2v_mask(frame_num, height // stride, width // stride).to(device=device, dtype=latent.dtype)
     return torch.cat([mask[None], latent], dim=1)
 
 
 def run_i2v(cfg: RunConfig, raw: Mapping[str, Any], registry: Optional[Registry] = None,
-            progress: bool = True, source: str = "recipe") -> Dict[str, Any]:
-    prep = prepare(cfg, registry, source)
+            progress: bool = True, source: str = "recipe", observer=None, weights=None) -> Dict[str, Any]:
+    prep = prepare(cfg, registry, source, weights, observer)
     plan, ckpts, runtime, device, clock = prep.plan, prep.ckpts, prep.runtime, prep.device, prep.clock
     policy, preset = plan.policy, plan.preset
     st, sh, sw = preset.vae_stride
@@ -70,60 +68,61 @@ def run_i2v(cfg: RunConfig, raw: Mapping[str, Any], registry: Optional[Registry]
         # the noise is the first draw of the official code (it does not depend on the order here)
         latent = initial_noise(latent_shape, plan.seed, plan.noise, device)[None]
         with clock.stage("load"):
-            text_encoder = WanTextEncoder.load(plan.checkpoint_dir, dtype=policy.text_encoder, device=device,
-                                               text_len=ckpts.dit.config.text_len)
+            text_encoder = prep.weights.load_text_encoder(plan.checkpoint_dir, dtype=policy.text_encoder,
+                                                          device=prep.text_device,
+                                                          text_len=ckpts.dit.config.text_len)
         with clock.stage("text_encode"):
-            ctx_cond, ctx_uncond = encode_prompts(text_encoder, plan, ckpts.dit.config.text_len)
+            ctx_cond, ctx_uncond = encode_prompts(text_encoder, plan, ckpts.dit.config.text_len, device)
         del text_encoder
         runtime.empty_cache()
 
         clip_fea = None
         if preset.clip:
             with clock.stage("load"):
-                clip = load_clip(ckpts, policy, device)
+                clip = prep.weights.load_clip(ckpts, policy, device)
             with clock.stage("image_encode"):
                 clip_fea = clip.encode(image)
             del clip
             runtime.empty_cache()
 
         with clock.stage("load"):
-            vae = load_vae(ckpts, policy, device)
+            vae = prep.weights.load_vae(ckpts, policy, device)
         with clock.stage("vae_encode"):
-            y = i2v_condition(vae, image, frames, width, height, device, stride=sh)
+            y = i2v_condition(vae, image, frames, width, height, device, stride=sh,
+                              encode=lambda v: vae_encode(prep, vae, v))
 
         with clock.stage("load"):
             if ckpts.experts:
                 experts, experts_info = load_experts(ckpts, policy, device, runtime, prep.ops,
-                                                     plan.park_inactive_expert, load_dit, plan.boundary,
+                                                     plan.park_inactive_expert, prep.weights.load_dit, plan.boundary,
                                                      plan.guide_scales)
             else:
-                experts = SingleExpert(load_dit(ckpts.dit, policy, device).bind_ops(prep.ops), plan.guide_scale)
+                experts = SingleExpert(prep.weights.load_dit(ckpts.dit, policy, device).bind_ops(prep.ops),
+                                       plan.guide_scale)
 
         cond: Dict[str, Any] = {"context": ctx_cond, "y": y}
         if clip_fea is not None:
             cond["clip_fea"] = clip_fea
         uncond = dict(cond, context=ctx_uncond) if ctx_uncond is not None else None
         with clock.stage("denoise"):
-            latent, names = denoise_loop(experts, prep.scheduler, latent, cond, uncond, clock, progress)
+            latent, names = denoise_loop(experts, prep.scheduler, latent, cond, uncond, clock, progress,
+                                         observer=prep.observer, cfg_parallel=prep.cfg_parallel)
         if experts_info is not None:
             experts_info["moves"] = experts.moves()
         del experts, cond, uncond
         runtime.empty_cache()
 
         with clock.stage("vae_decode"):
-            video = vae.decode(latent.to(policy.vae))[0]
+            video = vae_decode(prep, vae, latent)
 
-    with clock.stage("write"):
-        write_mp4(video, plan.video_path, plan.fps)
-
+    summary = write_video(prep, video)
     report = base_report(prep, cfg, raw, width, height, frames)
     report["image"] = image_report(prep.image, width, height)
     report["conditioning"] = {"y_channels": int(y.shape[1]), "clip_tokens": None if clip_fea is None
                               else list(clip_fea.shape[1:]), "max_area": plan.width * plan.height}
     if experts_info is not None:
         report["experts"] = experts_report(plan, experts_info, names)
-    write_json_atomic(plan.report_path, report)
-    return report
+    return save_report(prep, report, summary)
 
 
 __all__ = ["run_i2v", "i2v_mask", "i2v_condition"]

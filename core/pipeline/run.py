@@ -16,7 +16,10 @@ from ..registry import Registry
 
 
 def run(cfg: RunConfig, raw: Mapping[str, Any], registry: Optional[Registry] = None, progress: bool = True,
-        source: str = "recipe") -> Dict[str, Any]:
+        source: str = "recipe", observer=None, weights=None) -> Dict[str, Any]:
+    """``observer``: a :class:`~.sampling.LoopObserver` of the denoising loop and the decoded
+    video (``wanport dump``); ``weights``: where the models come from (:mod:`.weights`; default
+    the recipe's checkpoint)."""
     preset = MODELS.get(cfg.model)
     task = preset.task if preset is not None else "t2v"
     if task == "i2v":
@@ -25,7 +28,13 @@ def run(cfg: RunConfig, raw: Mapping[str, Any], registry: Optional[Registry] = N
         from .ti2v import run_ti2v as runner
     else:
         from .t2v import run_t2v as runner
-    return runner(cfg, raw, registry=registry, progress=progress, source=source)
+    try:
+        return runner(cfg, raw, registry=registry, progress=progress, source=source, observer=observer,
+                      weights=weights)
+    finally:
+        from ..parallel.mesh import shutdown
+
+        shutdown()  # a no-op for one process
 
 
 __all__ = ["run"]

@@ -39,6 +39,29 @@ TimestepFn = Callable[[torch.Tensor], torch.Tensor]
 AfterStepFn = Callable[[torch.Tensor], torch.Tensor]
 
 
+class LoopObserver:
+    """Hooks of the denoising loop (e.g. ``wanport dump`` records tensors through them).
+
+    The loop calls ``step_start`` before a step's forwards, ``forward`` right before each model
+    call (``branch`` is "cond" or "uncond"), and ``step_end`` with the updated latent; after the
+    loop, the pipeline calls ``video_decoded`` with the decoded video [3, F, H, W] in [-1, 1]
+    before writing it. The base class does nothing; subclasses override what they need.
+    Observers must not modify tensors.
+    """
+
+    def step_start(self, index: int, t: int, expert: Expert) -> None:
+        return None
+
+    def forward(self, index: int, branch: str) -> None:
+        return None
+
+    def step_end(self, index: int, latent: torch.Tensor) -> None:
+        return None
+
+    def video_decoded(self, video: torch.Tensor) -> None:
+        return None
+
+
 def denoise_loop(
     experts,
     scheduler,
@@ -49,6 +72,8 @@ def denoise_loop(
     progress: bool = True,
     timestep_fn: Optional[TimestepFn] = None,
     after_step: Optional[AfterStepFn] = None,
+    observer: Optional[LoopObserver] = None,
+    cfg_parallel=None,
 ) -> Tuple[torch.Tensor, List[str]]:
     """Run every step of ``scheduler`` on ``latent`` [1, C, T, H, W].
 
@@ -56,24 +81,37 @@ def denoise_loop(
     ``uncond`` are keyword arguments of the model call besides ``(latent, t)`` (``context=...``,
     ``y=...``, ``clip_fea=...``); ``uncond`` None disables guidance. ``timestep_fn`` maps the
     step's timestep (a 0-d int64 tensor) to what the model receives (default ``[t]``; TI2V: one
-    per token). Returns the final latent and the expert name used at each step."""
+    per token). ``observer`` (a :class:`LoopObserver`) sees every step and forward.
+    ``cfg_parallel`` (``wanport.parallel.cfg.CfgParallel``) runs the two guidance branches on two
+    rank groups instead of one after the other. Returns the final latent and the expert name
+    used at each step."""
     from tqdm import tqdm
 
+    obs = observer if observer is not None else LoopObserver()
     names: List[str] = []
     steps = scheduler.timesteps
     bar = tqdm(total=len(steps), desc="denoise", unit="step", disable=not progress, leave=False)
     try:
-        for t in steps:
+        for i, t in enumerate(steps):
             expert = experts.select(int(t))  # before the step clock: a parked expert's move is timed apart
             start = clock.now() if clock else 0.0
+            obs.step_start(i, int(t), expert)
             tt = timestep_fn(t) if timestep_fn is not None else t.reshape(1)
-            v = expert.model(latent, tt, **cond)
-            if uncond is not None and expert.guide_scale != 1.0:
-                v_uncond = expert.model(latent, tt, **uncond)
-                v = v_uncond + expert.guide_scale * (v - v_uncond)
+            guided = uncond is not None and expert.guide_scale != 1.0
+            if guided and cfg_parallel is not None:
+                obs.forward(i, cfg_parallel.branch)
+                v = cfg_parallel.guided(expert.model, latent, tt, cond, uncond, expert.guide_scale)
+            else:
+                obs.forward(i, "cond")
+                v = expert.model(latent, tt, **cond)
+                if guided:
+                    obs.forward(i, "uncond")
+                    v_uncond = expert.model(latent, tt, **uncond)
+                    v = v_uncond + expert.guide_scale * (v - v_uncond)
             latent = scheduler.step(v, latent)
             if after_step is not None:
                 latent = after_step(latent)
+            obs.step_end(i, latent)
             names.append(expert.name)
             if clock:
                 clock.steps.append(clock.now() - start)
@@ -83,4 +121,4 @@ def denoise_loop(
     return latent, names
 
 
-__all__ = ["Expert", "SingleExpert", "denoise_loop"]
+__all__ = ["Expert", "LoopObserver", "SingleExpert", "denoise_loop"]

@@ -12,13 +12,9 @@ from typing import Any, Dict, Mapping, Optional
 
 import torch
 
-from ..checkpoints.layout import load_dit, load_vae
 from ..config import RunConfig
-from ..io.atomic import write_json_atomic
-from ..io.video import write_mp4
-from ..models.t5 import WanTextEncoder
 from ..registry import Registry
-from .common import base_report, encode_prompts, pad_context, prepare
+from .common import base_report, encode_prompts, pad_context, prepare, save_report, vae_decode, write_video
 from .moe import load_experts
 from .noise import initial_noise
 from .sampling import SingleExpert, denoise_loop
@@ -26,38 +22,41 @@ from .timing import StageClock
 
 
 def denoise(dit, scheduler, latent: torch.Tensor, ctx_cond: torch.Tensor, ctx_uncond: Optional[torch.Tensor],
-            guide_scale: float, clock: Optional[StageClock] = None, progress: bool = True) -> torch.Tensor:
+            guide_scale: float, clock: Optional[StageClock] = None, progress: bool = True,
+            cfg_parallel=None, observer=None) -> torch.Tensor:
     """The single-model sampling loop: CFG as the official formula, two batch-1 forwards per
     step (the unconditional one skipped when guide_scale == 1)."""
     latent, _ = denoise_loop(SingleExpert(dit, guide_scale), scheduler, latent, {"context": ctx_cond},
-                             {"context": ctx_uncond} if ctx_uncond is not None else None, clock, progress)
+                             {"context": ctx_uncond} if ctx_uncond is not None else None, clock, progress,
+                             observer=observer, cfg_parallel=cfg_parallel)
     return latent
 
 
 def run_t2v(cfg: RunConfig, raw: Mapping[str, Any], registry: Optional[Registry] = None,
-            progress: bool = True, source: str = "recipe") -> Dict[str, Any]:
-    prep = prepare(cfg, registry, source)
+            progress: bool = True, source: str = "recipe", observer=None, weights=None) -> Dict[str, Any]:
+    prep = prepare(cfg, registry, source, weights, observer)
     plan, ckpts, runtime, device, clock = prep.plan, prep.ckpts, prep.runtime, prep.device, prep.clock
     policy = plan.policy
     experts_info = None
 
     with torch.no_grad():
         with clock.stage("load"):
-            text_encoder = WanTextEncoder.load(plan.checkpoint_dir, dtype=policy.text_encoder, device=device,
-                                               text_len=ckpts.dit.config.text_len)
+            text_encoder = prep.weights.load_text_encoder(plan.checkpoint_dir, dtype=policy.text_encoder,
+                                                          device=prep.text_device,
+                                                          text_len=ckpts.dit.config.text_len)
             if not ckpts.experts:
-                dit = load_dit(ckpts.dit, policy, device).bind_ops(prep.ops)
-            vae = load_vae(ckpts, policy, device)
+                dit = prep.weights.load_dit(ckpts.dit, policy, device).bind_ops(prep.ops)
+            vae = prep.weights.load_vae(ckpts, policy, device)
 
         with clock.stage("text_encode"):
-            ctx_cond, ctx_uncond = encode_prompts(text_encoder, plan, ckpts.dit.config.text_len)
+            ctx_cond, ctx_uncond = encode_prompts(text_encoder, plan, ckpts.dit.config.text_len, device)
         del text_encoder
         runtime.empty_cache()
 
         if ckpts.experts:  # after the text encoder is gone: the auto parking decision sees free memory
             with clock.stage("load"):
                 switch, experts_info = load_experts(ckpts, policy, device, runtime, prep.ops,
-                                                    plan.park_inactive_expert, load_dit, plan.boundary,
+                                                    plan.park_inactive_expert, prep.weights.load_dit, plan.boundary,
                                                     plan.guide_scales)
 
         # drawn in the official shape (no batch dim), so `noise: device` matches the official draw
@@ -66,26 +65,24 @@ def run_t2v(cfg: RunConfig, raw: Mapping[str, Any], registry: Optional[Registry]
             if ckpts.experts:
                 latent, names = denoise_loop(switch, prep.scheduler, latent, {"context": ctx_cond},
                                              {"context": ctx_uncond} if ctx_uncond is not None else None,
-                                             clock, progress)
+                                             clock, progress, observer=prep.observer,
+                                             cfg_parallel=prep.cfg_parallel)
                 experts_info["moves"] = switch.moves()
                 del switch
             else:
                 latent = denoise(dit, prep.scheduler, latent, ctx_cond, ctx_uncond, plan.guide_scale, clock,
-                                 progress)
+                                 progress, prep.cfg_parallel, prep.observer)
                 del dit
         runtime.empty_cache()
 
         with clock.stage("vae_decode"):
-            video = vae.decode(latent.to(policy.vae))[0]
+            video = vae_decode(prep, vae, latent)
 
-    with clock.stage("write"):
-        write_mp4(video, plan.video_path, plan.fps)
-
+    summary = write_video(prep, video)
     report = base_report(prep, cfg, raw, plan.width, plan.height, plan.frame_num)
     if experts_info is not None:
         report["experts"] = experts_report(plan, experts_info, names)
-    write_json_atomic(plan.report_path, report)
-    return report
+    return save_report(prep, report, summary)
 
 
 def experts_report(plan, info: Dict[str, Any], names) -> Dict[str, Any]:

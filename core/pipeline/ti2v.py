@@ -17,13 +17,10 @@ from typing import Any, Dict, Mapping, Optional
 
 import torch
 
-from ..checkpoints.layout import load_dit, load_vae
 from ..config import RunConfig
-from ..io.atomic import write_json_atomic
-from ..io.video import write_mp4
-from ..models.t5 import WanTextEncoder
 from ..registry import Registry
-from .common import base_report, encode_prompts, image_report, prepare
+from .common import (base_report, encode_prompts, image_report, prepare, save_report, vae_decode, vae_encode,
+                     write_video)
 from .images import resize_crop_lanczos, to_tensor
 from .noise import initial_noise
 from .sampling import SingleExpert, denoise_loop
@@ -49,8 +46,8 @@ def token_timesteps(mask: torch.Tensor, patch_size=(1, 2, 2)):
 
 
 def run_ti2v(cfg: RunConfig, raw: Mapping[str, Any], registry: Optional[Registry] = None,
-             progress: bool = True, source: str = "recipe") -> Dict[str, Any]:
-    prep = prepare(cfg, registry, source)
+             progress: bool = True, source: str = "recipe", observer=None, weights=None) -> Dict[str, Any]:
+    prep = prepare(cfg, registry, source, weights, observer)
     plan, ckpts, runtime, device, clock = prep.plan, prep.ckpts, prep.runtime, prep.device, prep.clock
     policy, preset = plan.policy, plan.preset
     st, sh, sw = preset.vae_stride
@@ -61,19 +58,20 @@ def run_ti2v(cfg: RunConfig, raw: Mapping[str, Any], registry: Optional[Registry
 
     with torch.no_grad():
         with clock.stage("load"):
-            text_encoder = WanTextEncoder.load(plan.checkpoint_dir, dtype=policy.text_encoder, device=device,
-                                               text_len=ckpts.dit.config.text_len)
-            vae = load_vae(ckpts, policy, device)
+            text_encoder = prep.weights.load_text_encoder(plan.checkpoint_dir, dtype=policy.text_encoder,
+                                                          device=prep.text_device,
+                                                          text_len=ckpts.dit.config.text_len)
+            vae = prep.weights.load_vae(ckpts, policy, device)
         latent = initial_noise(latent_shape, plan.seed, plan.noise, device)[None]
         with clock.stage("text_encode"):
-            ctx_cond, ctx_uncond = encode_prompts(text_encoder, plan, ckpts.dit.config.text_len)
+            ctx_cond, ctx_uncond = encode_prompts(text_encoder, plan, ckpts.dit.config.text_len, device)
         del text_encoder
         runtime.empty_cache()
 
         timestep_fn = after_step = None
         if frame is not None:
             with clock.stage("vae_encode"):
-                z = vae.encode(frame[None, :, None].to(device))  # [1, 48, 1, h/16, w/16]
+                z = vae_encode(prep, vae, frame[None, :, None].to(device))  # [1, 48, 1, h/16, w/16]
             mask = first_frame_mask(latent_shape, device)
 
             def keep_first_frame(x: torch.Tensor) -> torch.Tensor:
@@ -84,29 +82,27 @@ def run_ti2v(cfg: RunConfig, raw: Mapping[str, Any], registry: Optional[Registry
             timestep_fn = token_timesteps(mask, ckpts.dit.config.patch_size)
 
         with clock.stage("load"):
-            dit = load_dit(ckpts.dit, policy, device).bind_ops(prep.ops)
+            dit = prep.weights.load_dit(ckpts.dit, policy, device).bind_ops(prep.ops)
         cond = {"context": ctx_cond}
         uncond = {"context": ctx_uncond} if ctx_uncond is not None else None
         with clock.stage("denoise"):
             latent, _ = denoise_loop(SingleExpert(dit, plan.guide_scale), prep.scheduler, latent, cond, uncond,
-                                     clock, progress, timestep_fn=timestep_fn, after_step=after_step)
+                                     clock, progress, timestep_fn=timestep_fn, after_step=after_step,
+                                     observer=prep.observer, cfg_parallel=prep.cfg_parallel)
         del dit
         runtime.empty_cache()
 
         with clock.stage("vae_decode"):
-            video = vae.decode(latent.to(policy.vae))[0]
+            video = vae_decode(prep, vae, latent)
 
-    with clock.stage("write"):
-        write_mp4(video, plan.video_path, plan.fps)
-
+    summary = write_video(prep, video)
     report = base_report(prep, cfg, raw, width, height, frames)
     report["mode"] = "image-to-video" if frame is not None else "text-to-video"
     report["image"] = image_report(prep.image, width, height)
     if frame is not None:
         report["conditioning"] = {"first_frame_latent": list(z.shape[1:]), "per_token_timesteps": True,
                                   "max_area": plan.width * plan.height}
-    write_json_atomic(plan.report_path, report)
-    return report
+    return save_report(prep, report, summary)
 
 
 __all__ = ["run_ti2v", "first_frame_mask", "token_timesteps"]

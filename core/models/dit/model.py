@@ -184,14 +184,27 @@ class WanDiT(nn.Module):
         h = F.conv3d(x.to(pe.weight.dtype), pe.weight, pe.bias, stride=pe.stride)
         grid = tuple(h.shape[2:])
         h = h.flatten(2).transpose(1, 2)
-        if t.dim() == 2 and t.shape[1] != h.shape[1]:
-            raise ValueError("per-token timesteps: got %d per sample for %d tokens" % (t.shape[1], h.shape[1]))
+        n = h.shape[1]
+        if t.dim() == 2 and t.shape[1] != n:
+            raise ValueError("per-token timesteps: got %d per sample for %d tokens" % (t.shape[1], n))
+        sp = ops.sequence  # sequence parallel: this rank keeps one chunk of the (padded) tokens
+        total = sp.padded_len(n) if sp is not None else n
+        if sp is not None:
+            h = sp.local(sp.pad(h, total))
+            if t.dim() == 2:
+                t = sp.local(sp.pad(t, total))
+            if kv_lens is None:
+                kv_lens = [n] * h.shape[0]  # global lengths: the padding is masked out of attention
         e, e0 = self.embed_time(t, device)
         ctx = self.embed_text(context)
         ctx_img = self.img_emb(clip_fea.to(device), ops) if clip_fea is not None else None
-        cos, sin = self.rope(grid, h.shape[1], device)
+        cos, sin = self.rope(grid, total, device)
+        if sp is not None:
+            cos, sin = sp.local(cos, dim=0), sp.local(sin, dim=0)
         attn_dtype = self.policy.attention
         for block in self.blocks:
             h = block(h, e0, ctx, cos, sin, ops, attn_dtype, kv_lens, ctx_img)
         out = self.head(h, e, ops)
+        if sp is not None:
+            out = sp.gather(out)
         return self.unpatchify(out, grid).float()

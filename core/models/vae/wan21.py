@@ -166,7 +166,7 @@ class WanVAE21(nn.Module):
 
     # ------------------------------------------------------------------------------------
     @torch.no_grad()
-    def encode(self, video: torch.Tensor) -> torch.Tensor:
+    def encode(self, video: torch.Tensor, context: Optional[VAEContext] = None) -> torch.Tensor:
         """``[B,3,F,H,W]`` in [-1,1] -> normalised latent ``[B,z,(F-1)//4+1,H/8,W/8]`` (float32)."""
         s, sp = self.temporal_stride, self.spatial_stride
         if video.dim() != 5 or video.shape[1] != 3:
@@ -178,7 +178,8 @@ class WanVAE21(nn.Module):
             raise ValueError("encode needs H and W multiples of %d, got %dx%d" % (sp, h, w))
         p = self._param()
         x = video.to(device=p.device, dtype=p.dtype)
-        ctx = VAEContext(FeatureCache())
+        # ``context``: e.g. wanport.parallel.vae.SplitVAEContext for a spatially split run
+        ctx = context if context is not None else VAEContext(FeatureCache())
         outs = [self.encoder(x[:, :, :1], ctx)]
         for start in range(1, f, s):
             outs.append(self.encoder(x[:, :, start:start + s], ctx))
@@ -189,7 +190,8 @@ class WanVAE21(nn.Module):
         return (mu.float() - mean) * inv_std
 
     @torch.no_grad()
-    def decode(self, z: torch.Tensor, progress: Optional[ProgressFn] = None) -> torch.Tensor:
+    def decode(self, z: torch.Tensor, progress: Optional[ProgressFn] = None,
+               context: Optional[VAEContext] = None) -> torch.Tensor:
         """Normalised latent ``[B,z,T,h,w]`` -> video ``[B,3,1+4(T-1),8h,8w]`` float32 in [-1,1]."""
         if z.dim() != 5 or z.shape[1] != self.z_dim:
             raise ValueError("decode expects a latent [B,%d,T,h,w], got %s" % (self.z_dim, list(z.shape)))
@@ -203,7 +205,8 @@ class WanVAE21(nn.Module):
         s, sp = self.temporal_stride, self.spatial_stride
         n_frames = 1 + s * (t - 1)
         video = torch.empty(b, 3, n_frames, h * sp, w * sp, dtype=torch.float32, device=p.device)
-        ctx = VAEContext(FeatureCache())
+        # ``context``: e.g. wanport.parallel.vae.SplitVAEContext for a spatially split run
+        ctx = context if context is not None else VAEContext(FeatureCache())
         pos = 0
         for i in range(t):
             y = self.decoder(x[:, :, i:i + 1], ctx)

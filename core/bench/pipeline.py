@@ -1,0 +1,163 @@
+"""``wanport bench pipeline``: the real pipeline of a recipe, timed stage by stage after a warm-up.
+
+Two runs of :func:`wanport.pipeline.run.run` in one process: a warm-up run of ``warmup_steps``
+steps (kernel compilation and autotuning, allocator growth, first-call costs), then the measured
+run. Reported: the time of every stage (load, text encode, image encode, VAE encode, denoise,
+VAE decode, write, total), each denoising step and the DiT forward it implies, peak memory, and
+the published reference numbers of the same model beside them (labelled published).
+
+Weights: the recipe's checkpoint, or -- when its folder does not exist, or with
+``weights="random"`` -- the real architectures with random weights
+(:class:`~wanport.bench.random_weights.RandomWeights`); timings do not depend on weight values.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import statistics
+import tempfile
+from typing import Any, Dict, List, Mapping, Optional, Sequence
+
+from ..config import load_recipe
+from ..config.validate import plan_run
+from ..errors import ConfigError
+from ..pipeline.weights import CHECKPOINT
+from . import published
+
+GIB = 2.0 ** 30
+#: stages of a run report, in pipeline order; "compute" is their sum without load and write
+STAGES = ("load", "text_encode", "image_encode", "vae_encode", "denoise", "vae_decode", "write")
+COMPUTE = ("text_encode", "image_encode", "vae_encode", "denoise", "vae_decode")
+
+
+def choose_weights(weights: str, checkpoint_dir: str, seed: int):
+    """(weight source, description) for ``weights`` in auto / checkpoint / random."""
+    from .random_weights import RandomWeights
+
+    if weights not in ("auto", "checkpoint", "random"):
+        raise ConfigError("bench pipeline: --weights must be auto, checkpoint or random, got %r" % weights)
+    if weights == "auto":
+        weights = "checkpoint" if os.path.isdir(checkpoint_dir) else "random"
+    if weights == "random":
+        source = RandomWeights(seed)
+        return source, source.describe()
+    return CHECKPOINT, {"source": "checkpoint", "checkpoint_dir": os.path.abspath(checkpoint_dir)}
+
+
+def _guides_per_step(report: Mapping[str, Any]) -> List[float]:
+    experts = report.get("experts")
+    if experts:
+        return list(experts["guide_scale_per_step"])
+    g = report["sampling"]["guide_scale"]
+    return [float(g)] * len(report["stages"]["steps_s"])
+
+
+def summarize(report: Mapping[str, Any], weights: Mapping[str, Any], warmup_steps: int,
+              recipe: Optional[str]) -> Dict[str, Any]:
+    """The bench result from the measured run's report."""
+    st = report["stages"]
+    steps = list(st["steps_s"])
+    uncond = report.get("negative_prompt") is not None
+    forwards = [2 if uncond and g != 1.0 else 1 for g in _guides_per_step(report)]
+    per_forward = [s / f for s, f in zip(steps, forwards)]
+    stages = {k: st.get(k + "_s") for k in STAGES if st.get(k + "_s") is not None}
+    stages["total"] = st["total_s"]
+    compute = sum(stages.get(k, 0.0) for k in COMPUTE)
+    peak = report["peak_memory"]["bytes"]
+    return {
+        "kind": "wanport.bench.pipeline",
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+        "recipe": recipe,
+        "recipe_hash": report["recipe_hash"],
+        "model": report["model"],
+        "task": report["task"],
+        "size": report["size"],
+        "weights": dict(weights),
+        "backend": report["backend"]["name"],
+        "device": report["backend"]["device_name"],
+        "precision": report["precision"]["name"],
+        "ops": {site: v["impl"] for site, v in report["ops"].items()},
+        "warmup_steps": warmup_steps,
+        "steps": len(steps),
+        "forwards_per_step": forwards,
+        "stages_s": stages,
+        "compute_s": round(compute, 4),
+        "steps_s": steps,
+        "step_median_s": round(statistics.median(steps), 4) if steps else None,
+        "dit_forward_median_s": round(statistics.median(per_forward), 4) if per_forward else None,
+        "peak_memory_gib": round(peak / GIB, 3) if peak else None,
+        "peak_memory_kind": report["peak_memory"]["kind"],
+        "experts": (report.get("experts") or {}).get("per_step"),
+        "published": published.published_rows([report["model"]]),
+        "versions": report["versions"],
+        "run_report": dict(report),
+    }
+
+
+def bench_pipeline(recipe: Optional[str], overrides: Sequence[str] = (), weights: str = "auto",
+                   steps: Optional[int] = None, warmup_steps: int = 1, seed: int = 0,
+                   progress: bool = False, source: str = "recipe") -> Dict[str, Any]:
+    """Warm-up run, measured run, summary. ``steps`` overrides the recipe's step count."""
+    from ..pipeline.run import run
+
+    if warmup_steps < 0 or (steps is not None and steps < 1):
+        raise ConfigError("bench pipeline: --warmup-steps must be >= 0 and --steps >= 1")
+    cfg, _ = load_recipe(recipe, list(overrides))
+    plan = plan_run(cfg, source)  # every recipe problem before anything loads
+    if plan.timesteps and (steps is not None or warmup_steps):
+        raise ConfigError("bench pipeline: the recipe lists sample.timesteps; --steps and a warm-up need a step "
+                          "count (drop sample.timesteps, or pass --warmup-steps 0 and no --steps)")
+    weight_source, described = choose_weights(weights, plan.checkpoint_dir, seed)
+    with tempfile.TemporaryDirectory(prefix="wanport-bench-") as tmp:
+        out = ["output.dir=%s" % tmp]
+        if warmup_steps:
+            cfg_w, raw_w = load_recipe(recipe, list(overrides) + out + ["output.name=warmup",
+                                                                          "sample.steps=%d" % warmup_steps])
+            run(cfg_w, raw_w, progress=False, source=source, weights=weight_source)
+        more = ["sample.steps=%d" % steps] if steps is not None else []
+        cfg_m, raw_m = load_recipe(recipe, list(overrides) + out + ["output.name=measured"] + more)
+        report = run(cfg_m, raw_m, progress=progress, source=source, weights=weight_source)
+    return summarize(report, described, warmup_steps, recipe)
+
+
+def markdown(result: Mapping[str, Any]) -> str:
+    size = result["size"]
+    w = result["weights"]
+    head = ("%s %s %dx%d x %d frames, %d steps after %d warm-up step(s), backend %s on %s, precision %s, %s weights"
+            % (result["model"], result["task"], size["width"], size["height"], size["frames"], result["steps"],
+               result["warmup_steps"], result["backend"], result["device"], result["precision"], w["source"]))
+    compute = result["compute_s"] or 0.0
+    lines = [head, "", "| stage | s | % of compute |", "|---|---|---|"]
+    for name, secs in result["stages_s"].items():
+        pct = "%.1f" % (100.0 * secs / compute) if name in COMPUTE and compute > 0 else ""
+        label = "load (random init)" if name == "load" and w["source"] == "random" else name.replace("_", " ")
+        lines.append("| %s | %.3f | %s |" % (label, secs, pct))
+    lines.append("| compute (text + image + VAE encode + denoise + decode) | %.3f | 100 |" % compute)
+    lines.append("")
+    if result["steps_s"]:
+        lines.append("per step: median %.4f s (min %.4f, max %.4f); DiT forward median %.4f s; peak memory %s GiB (%s)"
+                     % (result["step_median_s"], min(result["steps_s"]), max(result["steps_s"]),
+                        result["dit_forward_median_s"], result["peak_memory_gib"], result["peak_memory_kind"]))
+    table = published.markdown(result.get("published") or [], "Published numbers for %s" % result["model"])
+    if table:
+        lines += ["", table]
+    return "\n".join(lines)
+
+
+def plots(result: Mapping[str, Any]):
+    from ..io.plots import bar_chart, line_chart
+
+    title = "%s on %s (%s), %s weights" % (result["model"], result["device"], result["backend"],
+                                           result["weights"]["source"])
+    stages = {k: v for k, v in result["stages_s"].items() if k != "total"}
+    out = [("-stages", lambda path: bar_chart(path, "stage split: " + title, list(stages),
+                                              {"s": list(stages.values())}, "seconds", log=False))]
+    if result["steps_s"]:
+        xs = list(range(len(result["steps_s"])))
+        out.append(("-steps", lambda path: line_chart(path, "per-step latency: " + title, xs,
+                                                      {"step (s)": result["steps_s"]}, "step", "seconds")))
+    return out
+
+
+__all__ = ["bench_pipeline", "summarize", "choose_weights", "markdown", "plots"]

@@ -1,0 +1,149 @@
+"""The process mesh: torch.distributed started with the backend's process-group name and a bounded
+timeout, and the CFG / sequence (Ulysses x ring) groups.
+
+Rank layout (the sequence dims innermost, as xDiT/yunchang order them)::
+
+    rank = cfg_index * (ring * ulysses) + ring_index * ulysses + ulysses_index
+
+so the ``ulysses`` ranks of one ring slot are adjacent, and after the Ulysses all-to-all the
+ranks of one ring slot hold one contiguous stretch of the sequence.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+from typing import Any, List, Optional
+
+import torch
+import torch.distributed as dist
+
+from ..errors import ConfigError
+
+
+@dataclass
+class Mesh:
+    rank: int
+    world: int
+    local_rank: int
+    cfg: int
+    ulysses: int
+    ring: int
+    cfg_index: int
+    ring_index: int
+    ulysses_index: int
+    cfg_group: Any  # the ranks of the other CFG branch with the same sequence slot (size cfg)
+    sp_group: Any  # all sequence ranks of this CFG branch (size ulysses * ring)
+    ulysses_group: Any
+    ring_group: Any
+    ring_ranks: List[int]  # global ranks of this ring, in ring order
+    timeout_s: float
+
+    @property
+    def sp_degree(self) -> int:
+        return self.ulysses * self.ring
+
+    @property
+    def sp_rank(self) -> int:
+        return self.ring_index * self.ulysses + self.ulysses_index
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def launched_world() -> int:
+    """WORLD_SIZE from the launcher (torchrun), 1 when started as one plain process."""
+    try:
+        return int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        return 1
+
+
+def check_launch(needed: int) -> None:
+    """The recipe's process count against how this process was started."""
+    world = launched_world()
+    if needed > 1 and world == 1:
+        raise ConfigError(
+            "parallel: the recipe needs %d processes (cfg x ulysses x ring) but this is a single process; "
+            "launch it with ./run.sh RECIPE (which starts torchrun) or torchrun --nproc_per_node %d -m wanport run RECIPE"
+            % (needed, needed))
+    if world != needed:
+        raise ConfigError("parallel: launched with %d processes but cfg x ulysses x ring = %d; "
+                          "start %d processes or change the parallel section" % (world, needed, needed))
+
+
+def init_mesh(cfg: int, ulysses: int, ring: int, dist_backend: str, timeout_s: float,
+              set_device=None) -> Mesh:
+    """Start torch.distributed (env:// from torchrun) and build every group, on every rank."""
+    world = cfg * ulysses * ring
+    check_launch(world)
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if set_device is not None:
+        set_device(local_rank)
+    if not dist.is_initialized():
+        dist.init_process_group(backend=dist_backend, timeout=datetime.timedelta(seconds=timeout_s))
+    sp = ulysses * ring
+    cfg_index, rest = divmod(rank, sp)
+    ring_index, ulysses_index = divmod(rest, ulysses)
+
+    def groups(rank_lists):
+        mine = None
+        for ranks in rank_lists:  # every rank creates every group, in the same order
+            g = dist.new_group(ranks=ranks, timeout=datetime.timedelta(seconds=timeout_s))
+            if rank in ranks:
+                mine = g
+        return mine
+
+    cfg_group = groups([[c * sp + s for c in range(cfg)] for s in range(sp)])
+    sp_group = groups([[c * sp + s for s in range(sp)] for c in range(cfg)])
+    ulysses_group = groups([[c * sp + r * ulysses + u for u in range(ulysses)]
+                            for c in range(cfg) for r in range(ring)])
+    ring_lists = [[c * sp + r * ulysses + u for r in range(ring)] for c in range(cfg) for u in range(ulysses)]
+    ring_group = groups(ring_lists)
+    ring_ranks = next(r for r in ring_lists if rank in r)
+    return Mesh(rank, world, local_rank, cfg, ulysses, ring, cfg_index, ring_index, ulysses_index,
+                cfg_group, sp_group, ulysses_group, ring_group, ring_ranks, timeout_s)
+
+
+def shutdown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+class CommClock:
+    """Host time spent in communication calls (each call is synchronised through the runtime,
+    so the figure is wall time attributable to communication, not overlap-aware)."""
+
+    def __init__(self, runtime=None) -> None:
+        self.runtime = runtime
+        self.seconds = 0.0
+        self.calls = 0
+
+    def __enter__(self):
+        import time
+
+        if self.runtime is not None:
+            self.runtime.synchronize()
+        self._t = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        import time
+
+        if self.runtime is not None:
+            self.runtime.synchronize()
+        self.seconds += time.perf_counter() - self._t
+        self.calls += 1
+        return False
+
+
+def tensor_like_all_gather(t: torch.Tensor, group, world: int) -> List[torch.Tensor]:
+    parts = [torch.empty_like(t) for _ in range(world)]
+    dist.all_gather(parts, t.contiguous(), group=group)
+    return parts
+
+
+__all__ = ["Mesh", "init_mesh", "check_launch", "launched_world", "shutdown", "CommClock", "tensor_like_all_gather"]

@@ -1,0 +1,169 @@
+"""Worker functions for the multi-process (gloo, CPU) parallelism tests; spawned by
+torch.multiprocessing, so they live in an importable module."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import torch
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def dist_env(rank: int, world: int, port: int) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+
+
+def dit_case(per_token: bool = False):
+    """A small DiT (4 heads of 128), inputs whose token count (45) no degree divides."""
+    from wanport.models.dit import DiTConfig
+
+    cfg = DiTConfig(dim=512, ffn_dim=1024, num_heads=4, num_layers=2)
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(1, 16, 3, 6, 10, generator=g)
+    if per_token:
+        t = torch.randint(0, 1000, (1, 45), generator=g)
+    else:
+        t = torch.tensor([777])
+    ctx = torch.randn(1, 512, 4096, generator=g)
+    return cfg, x, t, ctx
+
+
+def dit_forward(cfg, x, t, ctx, mesh=None):
+    from wanport.models.dit import WanDiT
+    from wanport.models.dit.requirements import dit_requirements
+    from wanport.parallel.mesh import CommClock
+    from wanport.parallel.sequence import wrap_self_attention
+    from wanport.precision import PRESETS
+    from wanport.registry import discover, resolve_ops
+
+    reg = discover()
+    sp = mesh is not None and mesh.sp_degree > 1
+    reqs = dit_requirements(cfg, PRESETS["fp32"], "cpu", padded_keys=sp, ring_lse=bool(mesh and mesh.ring > 1),
+                            per_token_timesteps=t.dim() == 2)
+    table = resolve_ops(reg, reg.backends["reference"], reqs)
+    if sp:
+        table = wrap_self_attention(table, mesh, CommClock())
+    model = WanDiT.random(cfg, PRESETS["fp32"], torch.device("cpu"), seed=11).bind_ops(table)
+    with torch.no_grad():
+        return model(x, t, ctx)
+
+
+def sequence_parallel_worker(rank: int, world: int, port: int, ulysses: int, ring: int, per_token: bool, out: str):
+    from wanport.parallel.mesh import init_mesh, shutdown
+
+    dist_env(rank, world, port)
+    mesh = init_mesh(1, ulysses, ring, "gloo", 60)
+    try:
+        cfg, x, t, ctx = dit_case(per_token)
+        y = dit_forward(cfg, x, t, ctx, mesh)
+        torch.save(y, "%s.rank%d" % (out, rank))
+    finally:
+        shutdown()
+
+
+def vae_worker(rank: int, world: int, port: int, dim: int, out: str):
+    from wanport.models.vae.wan21 import WanVAE21
+    from wanport.parallel.mesh import init_mesh, shutdown
+    from wanport.parallel.vae import decode_split, encode_split
+
+    dist_env(rank, world, port)
+    mesh = init_mesh(1, world, 1, "gloo", 60)
+    try:
+        vae = vae_case(dim)
+        z = torch.randn(1, 16, 3, 9, 7, generator=torch.Generator().manual_seed(3))
+        video = decode_split(vae, z, mesh.rank, mesh.world)
+        frames = torch.randn(1, 3, 5, 72, 56, generator=torch.Generator().manual_seed(4)).clamp(-1, 1)
+        latent = encode_split(vae, frames, mesh.rank, mesh.world)
+        torch.save({"video": video, "latent": latent}, "%s.rank%d" % (out, rank))
+    finally:
+        shutdown()
+
+
+def vae_case(dim: int):
+    from wanport.models.vae.wan21 import WanVAE21
+
+    torch.manual_seed(2)
+    vae = WanVAE21(dim=dim, z_dim=16)
+    with torch.no_grad():
+        for name, p in vae.named_parameters():
+            if name.endswith("gamma"):
+                p.copy_(1 + 0.1 * torch.randn(p.shape))
+            elif p.dim() > 1:
+                p.copy_(torch.randn(p.shape) / p[0].numel() ** 0.5)
+            else:
+                p.copy_(0.05 * torch.randn(p.shape))
+    return vae.eval()
+
+
+def pipeline_worker(rank: int, world: int, port: int, overrides, out: str):
+    """One rank of a real `wanport run` (the tiny recipe with overrides); rank 0 saves the decoded
+    video tensor it hands to the mp4 writer."""
+    import wanport.io.video as video_io
+    from wanport.config import load_recipe
+    from wanport.pipeline.run import run
+
+    dist_env(rank, world, port)
+    captured = {}
+    real = video_io.write_mp4
+
+    def capture(video, path, fps):
+        captured["video"] = video.clone()
+        real(video, path, fps)
+
+    video_io.write_mp4 = capture
+    cfg, raw = load_recipe(None, list(overrides))
+    report = run(cfg, raw, progress=False)
+    if rank == 0:
+        import json
+
+        torch.save({"video": captured["video"], "report": json.loads(json.dumps(report, default=str))}, out)
+    else:
+        assert "video" not in captured  # only rank 0 writes
+
+
+def failing_worker_script() -> str:
+    """A two-rank program in which rank 1 dies before a collective that rank 0 waits in."""
+    return (
+        "import os, sys, torch, torch.distributed as dist\n"
+        "from wanport.parallel.mesh import init_mesh\n"
+        "mesh = init_mesh(1, 2, 1, 'gloo', float(sys.argv[1]))\n"
+        "if mesh.rank == 1:\n"
+        "    raise RuntimeError('rank 1 fails')\n"
+        "t = torch.ones(1)\n"
+        "dist.all_reduce(t)\n"
+        "print('rank 0 should not get here')\n"
+    )
+
+
+def fsdp_worker(rank: int, world: int, port: int, out: str):
+    """The DiT forward with its weights sharded across ranks (FSDP2), every rank the same input."""
+    from wanport.parallel.fsdp import shard_dit
+    from wanport.parallel.mesh import init_mesh, shutdown
+
+    dist_env(rank, world, port)
+    init_mesh(world, 1, 1, "gloo", 60)  # cfg-sized mesh: every rank runs the full sequence
+    try:
+        from wanport.models.dit import WanDiT
+        from wanport.models.dit.requirements import dit_requirements
+        from wanport.precision import PRESETS
+        from wanport.registry import discover, resolve_ops
+
+        cfg, x, t, ctx = dit_case(False)
+        reg = discover()
+        table = resolve_ops(reg, reg.backends["reference"], dit_requirements(cfg, PRESETS["official"], "cpu"))
+        model = WanDiT.random(cfg, PRESETS["official"], torch.device("cpu"), seed=11).bind_ops(table)
+        shard_dit(model, "cpu", world)
+        local = sum(p.to_local().numel() if hasattr(p, "to_local") else p.numel() for p in model.parameters())
+        with torch.no_grad():
+            y = model(x, t, ctx)
+        torch.save({"y": y, "local_params": local}, "%s.rank%d" % (out, rank))
+    finally:
+        shutdown()

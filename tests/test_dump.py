@@ -1,0 +1,218 @@
+"""wanport dump + compare on the reference backend: identical runs compare identical, a divergence
+planted at a known block and step is found there, corrupt or mismatched dumps give clear errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import pytest
+import torch
+
+from wanport.cli import main
+from wanport.dump.compare import compare_dumps
+from wanport.dump.format import FILES, MANIFEST, comparable_recipe
+from wanport.dump.metrics import psnr, ssim, tensor_metrics
+from wanport.dump.observer import DumpObserver, fingerprint_index, parse_indices, resolve_indices
+from wanport.dump.record import dump_recipe
+from wanport.errors import ConfigError, DumpError
+from wanport.io.plots import plots_available
+
+STEPS, PLANT_STEP, PLANT_BLOCK = 3, 1, 1
+
+
+def _overrides(ckpt):
+    return ["checkpoint_dir=%s" % ckpt, "sample.steps=%d" % STEPS, "sample.size=64*48", "sample.frame_num=5"]
+
+
+class PlantedObserver(DumpObserver):
+    """Perturbs the cond output of block PLANT_BLOCK at step PLANT_STEP before it is recorded
+    (its hook runs first), as a kernel bug there would."""
+
+    def _attach(self, model):
+        if id(model) not in self._seen:
+            def plant(module, inputs, output):
+                if self._step == PLANT_STEP and self._branch == "cond":
+                    return output + 0.5 * output.std()
+            model.blocks[PLANT_BLOCK].register_forward_hook(plant)
+        super()._attach(model)
+
+
+@pytest.fixture(scope="module")
+def dumps(tiny_ckpt, tmp_path_factory):
+    """Dump A (through the CLI), dump B (the same recipe, another output folder), dump C (planted)."""
+    root = tmp_path_factory.mktemp("dumps")
+    a, b, c = (str(root / n) for n in "abc")
+    cli = ["dump", "--no-progress", "--out", a, "--blocks", "0,-1", "--steps", "0,-1"]
+    assert main(cli + _overrides(tiny_ckpt)) == 0
+    dump_recipe(None, _overrides(tiny_ckpt), b, blocks="0", steps="all")
+    dump_recipe(None, _overrides(tiny_ckpt), c, blocks="all", steps="1", observer_class=PlantedObserver)
+    return a, b, c
+
+
+def _copy(src, tmp_path, name="copy"):
+    dst = str(tmp_path / name)
+    shutil.copytree(src, dst)
+    return dst
+
+
+def _edit_manifest(path, fn):
+    p = os.path.join(path, MANIFEST)
+    with open(p) as f:
+        m = json.load(f)
+    fn(m)
+    with open(p, "w") as f:
+        json.dump(m, f)
+
+
+def test_dump_folder_is_complete_and_versioned(dumps):
+    a = dumps[0]
+    assert {MANIFEST, "run.mp4", "run.json"} | set(FILES.values()) <= set(os.listdir(a))
+    with open(os.path.join(a, MANIFEST)) as f:
+        m = json.load(f)
+    assert m["format"] == "wanport.dump" and m["version"] == 1
+    assert m["hardware"]["backend"] == "reference" and m["versions"]["torch"] == torch.__version__
+    assert len(m["recipe_hash"]) == 64 and len(m["compare_hash"]) == 64
+    assert "backend" not in m["compare_recipe"] and "checkpoint_dir" not in m["compare_recipe"]
+    assert m["ops"]["self_attention"] == "reference.math"
+    d = m["dump"]
+    assert d["num_steps"] == STEPS and d["num_blocks"] == 2 and d["branches"] == ["cond", "uncond"]
+    assert d["blocks"] == [0, 1] and d["steps"] == [0, STEPS - 1]
+    assert sorted(m["files"]["blocks.safetensors"]) == sorted(
+        "%s.step%03d.block%03d" % (br, s, b) for br in ("cond", "uncond") for s in (0, 2) for b in (0, 1))
+    assert m["files"]["latents.safetensors"] == ["latent.step%03d" % i for i in range(STEPS)]
+    from safetensors.torch import load_file
+
+    stats = load_file(os.path.join(a, "stats.safetensors"))
+    assert stats["stats.cond"].shape == (STEPS, 2, 6) and stats["fingerprint.cond"].shape == (STEPS, 2, 256)
+    assert torch.isfinite(stats["stats.uncond"]).all() and stats["present.uncond"].tolist() == [1] * STEPS
+    video = load_file(os.path.join(a, "video.safetensors"))["video"]
+    assert video.dtype == torch.uint8 and tuple(video.shape) == (5, 48, 64, 3)
+
+
+def test_identical_dumps_compare_identical(dumps, tmp_path, capsys):
+    a, b, _ = dumps
+    out = tmp_path / "cmp"
+    assert main(["compare", a, b, "--out", str(out)]) == 0
+    assert "**identical**" in capsys.readouterr().out
+    result = json.loads((tmp_path / "cmp.json").read_text())
+    assert result["identical"] and result["first_divergence"] is None and result["first_latent_divergence"] is None
+    assert result["video"]["psnr_db"] is None and result["video"]["ssim"] == 1.0 and result["video"]["max_abs"] == 0
+    assert [t["key"] for t in result["tensors"]] == ["cond.step000.block000", "cond.step002.block000",
+                                                     "uncond.step000.block000", "uncond.step002.block000"]
+    assert "cond.step000.block001" in result["only_in_a"] and "cond.step001.block000" in result["only_in_b"]
+    for suffix in ("-blocks-cond", "-latents"):
+        assert os.path.isfile("%s%s.png" % (out, suffix)) == plots_available()
+
+
+def test_compare_finds_the_planted_divergence(dumps):
+    a, _, c = dumps
+    result = compare_dumps(c, a)
+    assert not result["identical"]
+    first = result["first_divergence"]
+    assert (first["step"], first["branch"], first["block"]) == (PLANT_STEP, "cond", PLANT_BLOCK)
+    assert first["rel_err"] > 0.05 and first["t"] == result["latents"][PLANT_STEP]["t"]
+    rel = result["blocks"]["rel_err"]["cond"]
+    assert rel[0] == [0.0, 0.0] and rel[PLANT_STEP][0] == 0.0  # bit-identical before the plant
+    assert result["latents"][0]["identical"] and not result["latents"][PLANT_STEP]["identical"]
+    assert result["video"]["ssim"] <= 1.0
+
+
+def test_different_recipes_are_refused_unless_allowed(dumps, tmp_path):
+    a, b, _ = dumps
+    other = _copy(b, tmp_path)
+
+    def change_prompt(m):
+        m["compare_recipe"]["prompt"] = "a different prompt"
+        m["compare_hash"] = "0" * 64
+
+    _edit_manifest(other, change_prompt)
+    with pytest.raises(DumpError, match="different recipes.*prompt"):
+        compare_dumps(a, other)
+    result = compare_dumps(a, other, allow_different_recipe=True)
+    assert any("prompt" in w for w in result["warnings"])
+
+
+def test_machine_keys_do_not_change_the_compare_hash():
+    raw = {"model": "m", "prompt": "p", "backend": "cuda", "ops": {"attention": "x"}, "env": {"A": "1"},
+           "checkpoint_dir": "/data/a", "output": {"dir": "o"}, "sample": {"seed": 1}}
+    other = dict(raw, backend="ascend", ops={}, env={}, checkpoint_dir="/mnt/b", output={"dir": "p"})
+    assert comparable_recipe(raw) == comparable_recipe(other) == {"model": "m", "prompt": "p", "sample": {"seed": 1}}
+    assert comparable_recipe(dict(raw, sample={"seed": 2})) != comparable_recipe(raw)
+
+
+def test_corrupt_or_incomplete_dumps_give_clear_errors(dumps, tmp_path):
+    a = dumps[0]
+    missing = _copy(a, tmp_path, "missing")  # a tensor listed in the manifest is not in its file
+    from safetensors.torch import load_file, save_file
+
+    lat = load_file(os.path.join(missing, "latents.safetensors"))
+    del lat["latent.step001"]
+    save_file(lat, os.path.join(missing, "latents.safetensors"))
+    with pytest.raises(DumpError, match="'latent.step001' listed in dump.json is missing from latents.safetensors"):
+        compare_dumps(missing, a)
+
+    truncated = _copy(a, tmp_path, "truncated")
+    with open(os.path.join(truncated, "stats.safetensors"), "r+b") as f:
+        f.truncate(4)
+    with pytest.raises(DumpError, match="dump A .*corrupt"):
+        compare_dumps(truncated, a)
+
+    gone = _copy(a, tmp_path, "gone")
+    os.unlink(os.path.join(gone, "video.safetensors"))
+    with pytest.raises(DumpError, match="video.safetensors listed in dump.json is missing"):
+        compare_dumps(a, gone)
+
+    unfinished = _copy(a, tmp_path, "unfinished")
+    os.unlink(os.path.join(unfinished, MANIFEST))
+    with pytest.raises(DumpError, match="dump B .*no dump.json"):
+        compare_dumps(a, unfinished)
+
+    future = _copy(a, tmp_path, "future")
+    _edit_manifest(future, lambda m: m.update(version=99))
+    with pytest.raises(DumpError, match="format version 99"):
+        compare_dumps(a, future)
+
+    broken = _copy(a, tmp_path, "broken")
+    with open(os.path.join(broken, MANIFEST), "w") as f:
+        f.write("{not json")
+    with pytest.raises(DumpError, match="not readable JSON"):
+        compare_dumps(broken, a)
+    with pytest.raises(DumpError, match="folder not found"):
+        compare_dumps(str(tmp_path / "nowhere"), a)
+    assert main(["compare", str(tmp_path / "nowhere"), a]) == 6
+
+
+def test_dump_settings_are_checked_before_anything_runs(tiny_ckpt, tmp_path):
+    out = tmp_path / "d"
+    with pytest.raises(ConfigError, match="--blocks: 2 out of range; there are 2"):
+        dump_recipe(None, _overrides(tiny_ckpt), str(out), blocks="0,2")
+    with pytest.raises(ConfigError, match="--steps: 'x' is not a list"):
+        dump_recipe(None, _overrides(tiny_ckpt), str(out), steps="x")
+    assert not out.exists()  # nothing loaded, nothing written
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "file").write_text("x")
+    with pytest.raises(ConfigError, match="not empty and holds no dump"):
+        dump_recipe(None, _overrides(tiny_ckpt), str(busy))
+
+
+def test_indices_fingerprints_and_metrics():
+    assert parse_indices("0,39", "b") == (0, 39) and parse_indices("0-2,-1", "b") == (0, 1, 2, -1)
+    assert parse_indices("all", "b") is None and parse_indices(None, "b") == ()
+    assert resolve_indices((0, -1), 40, "b") == (0, 39) and resolve_indices(None, 3, "b") == (0, 1, 2)
+    i = fingerprint_index(10 ** 6, 64, 0)
+    assert torch.equal(i, fingerprint_index(10 ** 6, 64, 0)) and int(i.max()) < 10 ** 6
+    assert torch.equal(fingerprint_index(5, 64, 0), torch.arange(5))
+    x = torch.randn(1000, generator=torch.Generator().manual_seed(0))
+    m = tensor_metrics(x, x)
+    assert m["identical"] and m["cosine"] == 1.0 and m["rel_l2"] == 0.0
+    m = tensor_metrics(x * 1.01, x)
+    assert abs(m["rel_l2"] - 0.01) < 1e-6 and not m["identical"]
+    m = tensor_metrics(torch.tensor([1.0, float("nan")]), torch.tensor([1.0, 2.0]))
+    assert m["nonfinite"] == 1 and m["rel_l2"] is None
+    v = torch.randint(0, 256, (3, 32, 40, 3), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    noisy = (v.to(torch.int16) + 8).clamp(0, 255).to(torch.uint8)
+    assert psnr(v, v) is None and ssim(v, v) == 1.0
+    assert 25 < psnr(noisy, v) < 40 and ssim(noisy, v) < 1.0

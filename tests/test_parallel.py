@@ -1,0 +1,203 @@
+"""Parallelism on CPU with gloo and several processes: every layout gives the single-process
+result, including sequence lengths no degree divides; failures end every rank; bad layouts are
+refused before anything loads."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+import _parallel_workers as W
+from wanport import cli
+
+
+def rel(a, b):
+    return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+
+@pytest.fixture(scope="module")
+def dit_reference():
+    cfg, x, t, ctx = W.dit_case(False)
+    return W.dit_forward(cfg, x, t, ctx)
+
+
+@pytest.mark.parametrize("ulysses,ring", [(2, 1), (1, 2), (4, 1), (1, 4), (2, 2)])
+def test_sequence_parallel_dit_equals_single_process(ulysses, ring, dit_reference, tmp_path):
+    out = str(tmp_path / "y")
+    world = ulysses * ring
+    mp.spawn(W.sequence_parallel_worker, args=(world, W.free_port(), ulysses, ring, False, out), nprocs=world)
+    for r in range(world):
+        y = torch.load(out + ".rank%d" % r)
+        assert y.shape == dit_reference.shape
+        assert rel(y, dit_reference) <= 1e-5  # 45 tokens: padded to a multiple of the degree
+
+
+def test_sequence_parallel_per_token_timesteps(tmp_path):
+    cfg, x, t, ctx = W.dit_case(True)
+    ref = W.dit_forward(cfg, x, t, ctx)
+    out = str(tmp_path / "y")
+    mp.spawn(W.sequence_parallel_worker, args=(4, W.free_port(), 2, 2, True, out), nprocs=4)
+    assert rel(torch.load(out + ".rank0"), ref) <= 1e-5
+
+
+@pytest.mark.parametrize("world", [2, 4])
+def test_vae_parallel_decode_and_encode_equal_single_device(world, tmp_path):
+    vae = W.vae_case(8)
+    z = torch.randn(1, 16, 3, 9, 7, generator=torch.Generator().manual_seed(3))
+    frames = torch.randn(1, 3, 5, 72, 56, generator=torch.Generator().manual_seed(4)).clamp(-1, 1)
+    ref_video, ref_latent = vae.decode(z), vae.encode(frames)
+    out = str(tmp_path / "v")
+    mp.spawn(W.vae_worker, args=(world, W.free_port(), 8, out), nprocs=world)
+    results = [torch.load(out + ".rank%d" % r) for r in range(world)]
+    assert rel(results[0]["video"], ref_video) <= 1e-5  # 9 latent rows: uneven shards
+    assert all(r["video"] is None for r in results[1:])
+    for r in results:
+        assert rel(r["latent"], ref_latent) <= 1e-5
+
+
+BASE = ["sample.size=80*48", "sample.frame_num=5", "sample.steps=3", "precision=fp32", "output.name=par"]
+
+
+@pytest.fixture(scope="module")
+def pipeline_reference(tiny_ckpt, tmp_path_factory):
+    import wanport.io.video as video_io
+    from wanport.config import load_recipe
+    from wanport.pipeline.run import run
+
+    out = tmp_path_factory.mktemp("single")
+    got = {}
+    real = video_io.write_mp4
+    video_io.write_mp4 = lambda v, p, fps: (got.__setitem__("video", v.clone()), real(v, p, fps))
+    try:
+        cfg, raw = load_recipe(None, BASE + ["checkpoint_dir=%s" % tiny_ckpt, "output.dir=%s" % out])
+        run(cfg, raw, progress=False)
+    finally:
+        video_io.write_mp4 = real
+    return got["video"]
+
+
+@pytest.mark.parametrize("layout", [
+    ["parallel.cfg=2"],
+    ["parallel.ulysses=2"],
+    ["parallel.ring=2", "parallel.vae=true"],
+    ["parallel.cfg=2", "parallel.ulysses=2", "parallel.vae=true"],
+    ["parallel.ulysses=2", "parallel.ring=2"],
+], ids=["cfg2", "ulysses2", "ring2+vae", "cfg2xulysses2+vae", "ulysses2xring2"])
+def test_parallel_pipeline_video_equals_single_process(layout, tiny_ckpt, pipeline_reference, tmp_path):
+    world = 1
+    for item in layout:
+        if item.split("=")[0] in ("parallel.cfg", "parallel.ulysses", "parallel.ring"):
+            world *= int(item.split("=")[1])
+    overrides = BASE + layout + ["checkpoint_dir=%s" % tiny_ckpt, "output.dir=%s" % tmp_path]
+    out = str(tmp_path / "video.pt")
+    mp.spawn(W.pipeline_worker, args=(world, W.free_port(), overrides, out), nprocs=world)
+    got = torch.load(out)
+    assert rel(got["video"], pipeline_reference) <= 1e-5
+    par = got["report"]["parallel"]
+    assert par["world"] == world and len(par["ranks"]) == world
+    assert all(r["comm_s"] >= 0 and r["comm_calls"] > 0 for r in par["ranks"])
+    assert os.path.exists(tmp_path / "par.mp4") and os.path.exists(tmp_path / "par.json")
+
+
+def test_a_failing_rank_ends_every_rank_within_the_timeout(tmp_path):
+    port = W.free_port()
+    procs = []
+    start = time.time()
+    for rank in range(2):
+        env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2",
+                   LOCAL_RANK=str(rank))
+        procs.append(subprocess.Popen([sys.executable, "-c", W.failing_worker_script(), "15"], env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    codes = [p.wait(timeout=120) for p in procs]
+    elapsed = time.time() - start
+    assert codes[0] != 0 and codes[1] != 0
+    assert elapsed < 15 + 60  # the bound plus start-up
+    assert "should not get here" not in procs[0].stdout.read()
+
+
+@pytest.mark.parametrize("overrides,fragment", [
+    (["parallel.ulysses=8", "model=wan2.1-t2v-1.3b", "sample.size=832*480"],
+     "8 does not divide the 12 attention heads of wan2.1-t2v-1.3b"),
+    (["parallel.cfg=3"], "parallel.cfg: 3 is not one of 1, 2"),
+    (["parallel.cfg=2", "sample.guide_scale=1.0"], "guidance is off"),
+    (["parallel.ring=0"], "parallel.ring: must be >= 1"),
+    (["parallel.vae=true"], "parallel.vae: true needs several processes"),
+    (["parallel.t5_fsdp=true", "parallel.t5_cpu=true", "parallel.ulysses=2"], "exclude each other"),
+    (["parallel.timeout_s=0", "parallel.ulysses=2"], "parallel.timeout_s: must be > 0"),
+])
+def test_invalid_parallel_layouts_are_refused_before_loading(overrides, fragment, tiny_ckpt, tmp_path, capsys,
+                                                              monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    code = cli.main(["check", "checkpoint_dir=%s" % tiny_ckpt, "output.dir=%s" % tmp_path] + overrides)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert fragment in err
+
+
+def test_a_parallel_recipe_run_as_one_process_says_how_to_launch(tiny_ckpt, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    code = cli.main(["run", "checkpoint_dir=%s" % tiny_ckpt, "output.dir=%s" % tmp_path, "parallel.ulysses=2"])
+    err = capsys.readouterr().err
+    assert code == 2 and "needs 2 processes" in err and "torchrun --nproc_per_node 2" in err
+
+
+def test_tiny_checkpoint_heads_checked_once_known(tiny_ckpt, tmp_path, capsys, monkeypatch):
+    code = cli.main(["check", "checkpoint_dir=%s" % tiny_ckpt, "output.dir=%s" % tmp_path, "parallel.ulysses=4"])
+    err = capsys.readouterr().err
+    assert code == 2 and "4 does not divide the 2 attention heads" in err
+
+
+def test_nproc_is_the_layout_product():
+    from wanport.config import load_recipe
+    from wanport.parallel.config import world_size
+
+    cfg, _ = load_recipe(None, ["parallel.cfg=2", "parallel.ulysses=2", "parallel.ring=2"])
+    assert world_size(cfg.parallel) == 8
+
+
+def test_fsdp_sharded_dit_computes_the_same_function(tmp_path):
+    """Weights sharded per block across 2 ranks (FSDP2): each rank holds about half of them, and the
+    forward equals the unsharded one."""
+    from wanport.models.dit import WanDiT
+    from wanport.models.dit.requirements import dit_requirements
+    from wanport.precision import PRESETS
+    from wanport.registry import discover, resolve_ops
+
+    pytest.importorskip("torch.distributed.fsdp")
+    from wanport.parallel.fsdp import _fully_shard
+
+    if _fully_shard() is None:
+        pytest.skip("torch without FSDP2")
+    cfg, x, t, ctx = W.dit_case(False)
+    reg = discover()
+    table = resolve_ops(reg, reg.backends["reference"], dit_requirements(cfg, PRESETS["official"], "cpu"))
+    model = WanDiT.random(cfg, PRESETS["official"], torch.device("cpu"), seed=11).bind_ops(table)
+    with torch.no_grad():
+        ref = model(x, t, ctx)
+    total = sum(p.numel() for p in model.parameters())
+    out = str(tmp_path / "f")
+    mp.spawn(W.fsdp_worker, args=(2, W.free_port(), out), nprocs=2)
+    for r in range(2):
+        got = torch.load(out + ".rank%d" % r)
+        assert rel(got["y"], ref) <= 1e-6
+        assert 0.45 * total < got["local_params"] < 0.55 * total
+
+
+def test_fsdp_pipeline_run_equals_single_process(tiny_ckpt, pipeline_reference, tmp_path):
+    """dit_fsdp + t5_fsdp with CFG parallel: weights sharded across the 2 ranks, same video."""
+    from wanport.parallel.fsdp import _fully_shard
+
+    if _fully_shard() is None:
+        pytest.skip("torch without FSDP2")
+    overrides = BASE + ["parallel.cfg=2", "parallel.dit_fsdp=true", "parallel.t5_fsdp=true",
+                        "checkpoint_dir=%s" % tiny_ckpt, "output.dir=%s" % tmp_path]
+    out = str(tmp_path / "video.pt")
+    mp.spawn(W.pipeline_worker, args=(2, W.free_port(), overrides, out), nprocs=2)
+    got = torch.load(out)
+    assert rel(got["video"], pipeline_reference) <= 1e-5
