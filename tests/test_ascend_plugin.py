@@ -290,3 +290,38 @@ def test_tiny_t2v_end_to_end_on_the_emulated_npu(tiny_ckpt, tmp_path, clean_env,
     for video in (npu_new, npu_old):
         assert _rel(video, ref) < 2 * floor and (video - ref).abs().max().item() < 0.05
     assert _rel(npu_old, npu_new) < 1e-6  # reordered half mode == interleave mode
+
+
+# ------------------------------------------------------------------ the field's Atlas recipe
+
+ATLAS = os.path.join(os.path.dirname(__file__), os.pardir, "recipes", "atlas-800i-a2-wan2.2-i2v-a14b.yaml")
+
+
+def test_atlas_recipe_validates_and_ascend_resolves_every_op(registry, clean_env):
+    """The Atlas 800I A2 recipe (Wan2.2-I2V-A14B, 1280x720x81, 40 steps, 8 processes, Ulysses 8, VAE
+    parallel, DiT and T5 FSDP, seed 100) validates before anything loads, and on an NPU host the Ascend
+    backend resolves an implementation for every call site with the requirements this layout implies
+    (padded keys under Ulysses)."""
+    from wanport.config import load_recipe
+    from wanport.config.validate import plan_run
+    from wanport.models.dit import DiTConfig
+    from wanport.models.dit.requirements import dit_requirements
+    from wanport.registry import resolve_ops
+
+    cfg, _ = load_recipe(ATLAS)
+    plan = plan_run(cfg, "atlas recipe")
+    p = plan.parallel
+    assert (plan.world, p.cfg, p.ulysses, p.ring) == (8, 1, 8, 1)
+    assert p.vae and p.dit_fsdp and p.t5_fsdp and plan.seed == 100 and plan.num_steps == 40
+    assert (plan.width, plan.height, plan.frame_num) == (1280, 720, 81) and cfg.backend == "auto"
+    arch = dict(plan.preset.arch)
+    dit = DiTConfig(model_type=plan.preset.model_type, **arch)
+    with installed("v7"):
+        spec = select_backend(registry, cfg.backend)
+        assert spec.name == "ascend"
+        table = resolve_ops(registry, spec, dit_requirements(dit, plan.policy, spec.device_type, padded_keys=True))
+    impls = table.describe()
+    assert impls["self_attention"].startswith("ascend.") and impls["cross_attention"].startswith("ascend.")
+    for site in ("rotary", "rms_norm", "layer_norm", "layer_norm_modulate"):
+        assert impls[site].startswith("ascend."), (site, impls[site])
+    assert impls["qk_norm_rope"].startswith("composed(ascend.")
