@@ -60,7 +60,6 @@ def main(argv=None) -> int:
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
             model(x, t, ctx)
             torch.cuda.synchronize()
-    events = [e for e in prof.key_averages() if e.device_type.name == "CUDA" or getattr(e, "self_device_time_total", 0)]
     rows = []
     for e in prof.key_averages():
         us = getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0)

@@ -70,7 +70,6 @@ def sequence_parallel_worker(rank: int, world: int, port: int, ulysses: int, rin
 
 
 def vae_worker(rank: int, world: int, port: int, dim: int, out: str):
-    from wanport.models.vae.wan21 import WanVAE21
     from wanport.parallel.mesh import init_mesh, shutdown
     from wanport.parallel.vae import decode_split, encode_split
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import datetime
 import os
 from dataclasses import dataclass
-from typing import Any, List, Optional
+from typing import Any, List
 
 import torch
 import torch.distributed as dist

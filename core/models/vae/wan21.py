@@ -17,12 +17,12 @@ from ``/ std`` and ``* std`` by at most an ulp.)
 
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Sequence, Tuple
 
 import torch
 import torch.nn as nn
 
-from .cache import FeatureCache
+from .base import CausalVideoVAE
 from .layers import AttentionBlock, CausalConv3d, Resample, ResidualBlock, RMS_norm, VAEContext
 
 # Latent normalisation constants of the Wan2.1 VAE (16 channels), spec §5.1.
@@ -34,9 +34,6 @@ VAE21_STD: Tuple[float, ...] = (
     2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0743,
     3.2687, 2.1526, 2.8652, 1.5579, 1.6382, 1.1253, 2.8251, 1.9160,
 )
-
-ProgressFn = Callable[[int, int], None]
-
 
 class Encoder3d(nn.Module):
     """conv1 -> downsamples (res blocks + Resample) -> middle [Res, Attn, Res] -> head."""
@@ -111,8 +108,12 @@ class Decoder3d(nn.Module):
         return ctx.causal_conv(self.head[2], self.head[1](self.head[0](x)))
 
 
-class WanVAE21(nn.Module):
+class WanVAE21(CausalVideoVAE):
     """The Wan2.1 video VAE. Defaults are the official architecture (``_video_vae``)."""
+
+    NAME = "Wan2.1 VAE"
+    LATENT_MEAN = VAE21_MEAN
+    LATENT_STD = VAE21_STD
 
     def __init__(
         self,
@@ -154,67 +155,3 @@ class WanVAE21(nn.Module):
             raise ValueError("conv2.weight should be [z_dim, z_dim, 1, 1, 1], got %s" % (list(post),))
         return {"dim": enc[0], "z_dim": post[0]}
 
-    def _param(self) -> torch.Tensor:
-        return next(self.parameters())
-
-    def _scale(self, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
-        if self.z_dim != len(VAE21_MEAN):
-            raise ValueError("the Wan2.1 latent constants are for z_dim=16, this VAE has z_dim=%d" % self.z_dim)
-        mean = torch.tensor(VAE21_MEAN, dtype=torch.float32, device=device).view(1, -1, 1, 1, 1)
-        inv_std = 1.0 / torch.tensor(VAE21_STD, dtype=torch.float32, device=device).view(1, -1, 1, 1, 1)
-        return mean, inv_std
-
-    # ------------------------------------------------------------------------------------
-    @torch.no_grad()
-    def encode(self, video: torch.Tensor, context: Optional[VAEContext] = None) -> torch.Tensor:
-        """``[B,3,F,H,W]`` in [-1,1] -> normalised latent ``[B,z,(F-1)//4+1,H/8,W/8]`` (float32)."""
-        s, sp = self.temporal_stride, self.spatial_stride
-        if video.dim() != 5 or video.shape[1] != 3:
-            raise ValueError("encode expects a video [B,3,F,H,W], got %s" % (list(video.shape),))
-        f, h, w = video.shape[2:]
-        if f < 1 or (f - 1) % s != 0:
-            raise ValueError("encode needs F = %dn+1 frames, got F=%d" % (s, f))
-        if h % sp or w % sp:
-            raise ValueError("encode needs H and W multiples of %d, got %dx%d" % (sp, h, w))
-        p = self._param()
-        x = video.to(device=p.device, dtype=p.dtype)
-        # ``context``: e.g. wanport.parallel.vae.SplitVAEContext for a spatially split run
-        ctx = context if context is not None else VAEContext(FeatureCache())
-        outs = [self.encoder(x[:, :, :1], ctx)]
-        for start in range(1, f, s):
-            outs.append(self.encoder(x[:, :, start:start + s], ctx))
-        out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
-        del outs, ctx
-        mu = self.conv1(out)[:, : self.z_dim]
-        mean, inv_std = self._scale(mu.device)
-        return (mu.float() - mean) * inv_std
-
-    @torch.no_grad()
-    def decode(self, z: torch.Tensor, progress: Optional[ProgressFn] = None,
-               context: Optional[VAEContext] = None) -> torch.Tensor:
-        """Normalised latent ``[B,z,T,h,w]`` -> video ``[B,3,1+4(T-1),8h,8w]`` float32 in [-1,1]."""
-        if z.dim() != 5 or z.shape[1] != self.z_dim:
-            raise ValueError("decode expects a latent [B,%d,T,h,w], got %s" % (self.z_dim, list(z.shape)))
-        b, _, t, h, w = z.shape
-        if t < 1:
-            raise ValueError("decode needs at least one latent frame")
-        p = self._param()
-        mean, inv_std = self._scale(p.device)
-        x = z.to(device=p.device, dtype=torch.float32) / inv_std + mean
-        x = self.conv2(x.to(p.dtype))
-        s, sp = self.temporal_stride, self.spatial_stride
-        n_frames = 1 + s * (t - 1)
-        video = torch.empty(b, 3, n_frames, h * sp, w * sp, dtype=torch.float32, device=p.device)
-        # ``context``: e.g. wanport.parallel.vae.SplitVAEContext for a spatially split run
-        ctx = context if context is not None else VAEContext(FeatureCache())
-        pos = 0
-        for i in range(t):
-            y = self.decoder(x[:, :, i:i + 1], ctx)
-            video[:, :, pos:pos + y.shape[2]].copy_(y).clamp_(-1.0, 1.0)
-            pos += y.shape[2]
-            del y
-            if progress is not None:
-                progress(i + 1, t)
-        if pos != n_frames:  # pragma: no cover - structural invariant
-            raise RuntimeError("decoder produced %d frames, expected %d" % (pos, n_frames))
-        return video

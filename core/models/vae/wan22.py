@@ -24,13 +24,13 @@ both with one :class:`FeatureCache` per call.
 
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Sequence, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .cache import FeatureCache
+from .base import CausalVideoVAE
 from .layers import AttentionBlock, CausalConv3d, Resample, ResidualBlock, RMS_norm, VAEContext
 
 # Latent normalisation constants of the Wan2.2 VAE (48 channels), spec §5.4.
@@ -49,9 +49,6 @@ VAE22_STD: Tuple[float, ...] = (
 
 PATCH = 2  # the 2x2 patchify around encoder and decoder
 IO_CHANNELS = 3 * PATCH * PATCH
-
-ProgressFn = Callable[[int, int], None]
-
 
 def patchify(x: torch.Tensor, p: int = PATCH) -> torch.Tensor:
     """``[B, C, F, H*p, W*p] -> [B, C*p*p, F, H, W]``, channel index ``c*p*p + r*p + q`` for the
@@ -215,8 +212,12 @@ class Decoder22(nn.Module):
         return ctx.causal_conv(self.head[2], self.head[1](self.head[0](x)))
 
 
-class WanVAE22(nn.Module):
+class WanVAE22(CausalVideoVAE):
     """The Wan2.2 video VAE. Defaults are the official architecture (``Wan2_2_VAE``)."""
+
+    NAME = "Wan2.2 VAE"
+    LATENT_MEAN = VAE22_MEAN
+    LATENT_STD = VAE22_STD
 
     def __init__(
         self,
@@ -262,70 +263,11 @@ class WanVAE22(nn.Module):
             raise ValueError("conv2.weight should be [z_dim, z_dim, 1, 1, 1], got %s" % (list(post),))
         return {"dim": enc[0], "dec_dim": head[1], "z_dim": post[0]}
 
-    def _param(self) -> torch.Tensor:
-        return next(self.parameters())
+    def _encoder_input(self, x: torch.Tensor) -> torch.Tensor:
+        return patchify(x)
 
-    def _scale(self, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
-        if self.z_dim != len(VAE22_MEAN):
-            raise ValueError("the Wan2.2 latent constants are for z_dim=48, this VAE has z_dim=%d" % self.z_dim)
-        mean = torch.tensor(VAE22_MEAN, dtype=torch.float32, device=device).view(1, -1, 1, 1, 1)
-        inv_std = 1.0 / torch.tensor(VAE22_STD, dtype=torch.float32, device=device).view(1, -1, 1, 1, 1)
-        return mean, inv_std
-
-    # ------------------------------------------------------------------------------------
-    @torch.no_grad()
-    def encode(self, video: torch.Tensor, context: Optional[VAEContext] = None) -> torch.Tensor:
-        """``[B,3,F,H,W]`` in [-1,1] -> normalised latent ``[B,48,(F-1)//4+1,H/16,W/16]`` (float32)."""
-        s, sp = self.temporal_stride, self.spatial_stride
-        if video.dim() != 5 or video.shape[1] != 3:
-            raise ValueError("encode expects a video [B,3,F,H,W], got %s" % (list(video.shape),))
-        f, h, w = video.shape[2:]
-        if f < 1 or (f - 1) % s != 0:
-            raise ValueError("encode needs F = %dn+1 frames, got F=%d" % (s, f))
-        if h % sp or w % sp:
-            raise ValueError("encode needs H and W multiples of %d, got %dx%d" % (sp, h, w))
-        p = self._param()
-        x = patchify(video.to(device=p.device, dtype=p.dtype))
-        # ``context``: e.g. wanport.parallel.vae.SplitVAEContext for a spatially split run
-        ctx = context if context is not None else VAEContext(FeatureCache())
-        outs = [self.encoder(x[:, :, :1], ctx)]
-        for start in range(1, f, s):
-            outs.append(self.encoder(x[:, :, start:start + s], ctx))
-        out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
-        del outs, ctx
-        mu = self.conv1(out)[:, : self.z_dim]
-        mean, inv_std = self._scale(mu.device)
-        return (mu.float() - mean) * inv_std
-
-    @torch.no_grad()
-    def decode(self, z: torch.Tensor, progress: Optional[ProgressFn] = None,
-               context: Optional[VAEContext] = None) -> torch.Tensor:
-        """Normalised latent ``[B,48,T,h,w]`` -> video ``[B,3,1+4(T-1),16h,16w]`` float32 in [-1,1]."""
-        if z.dim() != 5 or z.shape[1] != self.z_dim:
-            raise ValueError("decode expects a latent [B,%d,T,h,w], got %s" % (self.z_dim, list(z.shape)))
-        b, _, t, h, w = z.shape
-        if t < 1:
-            raise ValueError("decode needs at least one latent frame")
-        p = self._param()
-        mean, inv_std = self._scale(p.device)
-        x = z.to(device=p.device, dtype=torch.float32) / inv_std + mean
-        x = self.conv2(x.to(p.dtype))
-        s, sp = self.temporal_stride, self.spatial_stride
-        n_frames = 1 + s * (t - 1)
-        video = torch.empty(b, 3, n_frames, h * sp, w * sp, dtype=torch.float32, device=p.device)
-        # ``context``: e.g. wanport.parallel.vae.SplitVAEContext for a spatially split run
-        ctx = context if context is not None else VAEContext(FeatureCache())
-        pos = 0
-        for i in range(t):
-            y = unpatchify(self.decoder(x[:, :, i:i + 1], ctx, first_chunk=(i == 0)))
-            video[:, :, pos:pos + y.shape[2]].copy_(y).clamp_(-1.0, 1.0)
-            pos += y.shape[2]
-            del y
-            if progress is not None:
-                progress(i + 1, t)
-        if pos != n_frames:  # pragma: no cover - structural invariant
-            raise RuntimeError("decoder produced %d frames, expected %d" % (pos, n_frames))
-        return video
+    def _decode_frame(self, x: torch.Tensor, ctx: VAEContext, first: bool) -> torch.Tensor:
+        return unpatchify(self.decoder(x, ctx, first_chunk=first))
 
 
 __all__ = ["WanVAE22", "VAE22_MEAN", "VAE22_STD", "patchify", "unpatchify", "AvgDown3D", "DupUp3D"]
