@@ -171,7 +171,7 @@ def cmd_bench_dit(args) -> int:
         ops[k.strip()] = v.strip()
     result = bench_dit(args.model, args.size, args.frames, backend=args.backend, ops=ops,
                        precision=args.precision, peer=args.peer, warmup=args.warmup, repeats=args.repeats,
-                       layers=args.layers)
+                       layers=args.layers, compile=args.compile)
     return _emit(args, dit, result)
 
 
@@ -292,6 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     bp.add_argument("--warmup", type=int, default=1)
     bp.add_argument("--repeats", type=int, default=3)
     bp.add_argument("--layers", type=int, default=None, help="fewer layers (quick checks)")
+    bp.add_argument("--compile", action="store_true", help="torch.compile each block (the warm-up compiles)")
     bp.add_argument("--out", default=None, help=OUT_HELP)
     bp.set_defaults(func=cmd_bench_dit)
     bp = bench.add_parser("scaling", help="per-step DiT latency per parallel layout: speedup, efficiency")

@@ -88,7 +88,9 @@ def bench_dit(
     layers: Optional[int] = None,
     seed: int = 0,
     env: Optional[Mapping[str, str]] = None,
+    compile: bool = False,
 ) -> Dict[str, Any]:
+    """``compile``: torch.compile each block (the warm-up absorbs the compilation)."""
     cfg = dit_config_for(model, layers)
     preset = MODELS[model]
     try:
@@ -130,6 +132,7 @@ def bench_dit(
         "ops": table.describe(),
         "warmup": warmup,
         "repeats": repeats,
+        "compile": compile,
         "versions": versions(backend_versions(spec)),
     }
 
@@ -137,6 +140,10 @@ def bench_dit(
     runtime.reset_peak_memory()
     with torch.no_grad():
         dit = WanDiT.random(cfg, policy, device, seed=seed).bind_ops(table)
+        if compile:
+            from ..pipeline.compile import compile_blocks
+
+            compile_blocks(dit)
         times = time_forward(lambda: dit(x, t, ctx), runtime, warmup, repeats)
     result["wanport"] = _summary(times, flops["total"], runtime.peak_memory_bytes())
     del dit

@@ -98,6 +98,9 @@ class RunConfig:
     backend: str = _f("auto", type="str", help="auto | reference | cuda | ascend | <plugin>")
     ops: Dict[str, str] = _f(type="str_map", help="per-op overrides, e.g. {attention: reference.math}", factory=dict)
     precision: Any = _f("official", type="precision", help="official | bf16 | fp32, or {preset: ..., <part>: dtype}")
+    compile: bool = _f(False, type="bool",
+                       help="torch.compile each DiT block (in place); measure with `wanport bench dit --compile` "
+                            "against the backend's kernels before turning it on")
     env: Dict[str, str] = _f(type="str_map", help="environment for the backend runtime (wins over plugin defaults)",
                              factory=dict)
     offload: OffloadConfig = _f(type="section", help="device memory policy", factory=OffloadConfig)

@@ -49,6 +49,8 @@ class RunPlan:
     park_inactive_expert: Union[str, bool] = "auto"
     #: the recipe's ParallelConfig (cfg x ulysses x ring processes, vae, fsdp, t5_cpu, timeout)
     parallel: Any = None
+    #: torch.compile the DiT blocks
+    compile: bool = False
 
     @property
     def world(self) -> int:
@@ -222,6 +224,7 @@ def plan_run(cfg: RunConfig, source: str = "recipe") -> RunPlan:
         boundary=boundary,
         park_inactive_expert=park,
         parallel=cfg.parallel,
+        compile=cfg.compile,
     )
 
 

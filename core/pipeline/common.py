@@ -156,6 +156,10 @@ def prepare(cfg: RunConfig, registry: Optional[Registry] = None, source: str = "
         weights = ShardedWeights(weights, p.dit_fsdp, p.t5_fsdp, spec.device_type, mesh.world)
         if p.dit_fsdp and plan.park_inactive_expert == "auto":  # sharded experts stay where they are
             plan = dataclasses.replace(plan, park_inactive_expert=False)
+    if plan.compile:
+        from .compile import CompiledWeights
+
+        weights = CompiledWeights(weights)
     session.runtime.reset_peak_memory()
     clock = StageClock(session.runtime)
     return Prepared(started, plan, image, size, registry, spec, ckpts, scheduler, session, ops, clock,
