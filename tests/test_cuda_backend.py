@@ -49,6 +49,81 @@ def test_cuda_impls_declare_device_and_refuse_cpu():
                     {"attention": "cuda.sdpa_cudnn"})
 
 
+def _fake_modules(monkeypatch, present):
+    """importlib.util.find_spec answering as if exactly the modules in ``present`` (plus the real
+    ones outside the flash-attn-4 set) were installed."""
+    import wanport_cuda.plugin as plugin
+
+    pieces = {m for m, _ in plugin.FA4_PIECES} | {"nvidia_cutlass_dsl", "flash_attn_2_cuda"}
+    real = plugin._has_module
+    monkeypatch.setattr(plugin, "_has_module", lambda name: name in present if name in pieces else real(name))
+    return plugin
+
+
+def test_fa4_unavailable_names_each_missing_piece(monkeypatch):
+    plugin = _fake_modules(monkeypatch, {"flash_attn.cute", "tvm_ffi", "nvidia_cutlass_dsl"})
+    ok, why = plugin._fa4_available()
+    assert not ok
+    for pip in ("nvidia-cutlass-dsl-libs-core", "torch-c-dlpack-ext", "quack-kernels"):
+        assert pip in why
+    assert "flash-attn-4," not in why and "apache-tvm-ffi" not in why
+    assert "dsl_packages" in why and "PYTHONPATH" in why  # the pip --target pitfall, named
+    plugin = _fake_modules(monkeypatch, set())
+    ok, why = plugin._fa4_available()
+    assert not ok and "dsl_packages" not in why and "wanport[fa4]" in why
+
+
+def test_fa4_present_without_gpu_and_fa2_not_confused_with_fa4(monkeypatch):
+    plugin = _fake_modules(monkeypatch, {m for m, _ in __import__("wanport_cuda.plugin").plugin.FA4_PIECES})
+    monkeypatch.setattr(plugin.torch.cuda, "is_available", lambda: False)
+    ok, why = plugin._fa4_available()
+    assert not ok and "no CUDA device" in why
+    monkeypatch.setattr(plugin.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(plugin.torch.cuda, "get_device_capability", lambda *a: (8, 0))
+    ok, why = plugin._fa4_available()
+    assert not ok and "sm80" in why
+    monkeypatch.setattr(plugin.torch.cuda, "get_device_capability", lambda *a: (9, 0))
+    assert plugin._fa4_available() == (True, "")
+    # flash-attn-4's namespace package "flash_attn" is not FlashAttention 2
+    ok, why = plugin._flash_attn2_available()
+    assert not ok and "FlashAttention 2" in why
+
+
+def test_resolver_prefers_fa4_and_falls_back_to_cudnn(monkeypatch):
+    """With every implementation's availability forced, the exact attention the resolver picks
+    for the DiT is flash_attn4 when it is available and cuDNN otherwise; ring attention (LSE)
+    takes flash_attn4 or cudnn_lse."""
+    import dataclasses
+
+    reg = discover()
+    cfg = DiTConfig(dim=256, ffn_dim=512, num_heads=2, num_layers=1)
+    for fa4_ok, plain, with_lse in ((True, "cuda.flash_attn4", "cuda.flash_attn4"),
+                                    (False, "cuda.sdpa_cudnn", "cuda.cudnn_lse")):
+        impls = []
+        for i in reg.impls:
+            if i.backend == "cuda":
+                ok = fa4_ok if i.name == "flash_attn4" else i.name not in ("flash_attn3", "flash_attn2", "sageattn")
+                i = dataclasses.replace(i, available=(lambda ok=ok: (ok, "" if ok else "forced off")),
+                                        load=lambda: (lambda *a, **k: None))  # no GPU here: nothing runs
+            impls.append(i)
+        forced = dataclasses.replace(reg, impls=tuple(impls))
+        table = resolve_ops(forced, forced.backends["cuda"], dit_requirements(cfg, PRESETS["official"], "cuda"))
+        assert table.self_attention.impl == plain and table.cross_attention.impl == plain
+        reqs = dit_requirements(cfg, PRESETS["official"], "cuda", ring_lse=True)
+        assert resolve_ops(forced, forced.backends["cuda"], reqs).self_attention.impl == with_lse
+
+
+def test_has_module_finds_submodules_without_importing(tmp_path, monkeypatch):
+    import wanport_cuda.plugin as plugin
+
+    (tmp_path / "nspkg_x" / "cute").mkdir(parents=True)
+    (tmp_path / "nspkg_x" / "cute" / "__init__.py").write_text("raise RuntimeError('imported')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert plugin._has_module("nspkg_x") and plugin._has_module("nspkg_x.cute")
+    assert not plugin._has_module("nspkg_x.other") and not plugin._has_module("no_such_top_level_pkg.cute")
+    assert "nspkg_x.cute" not in sys.modules
+
+
 def test_kv_lens_are_honoured_by_slicing():
     from wanport_cuda.attention import _per_length
     from wanport.reference.attention import attention_math
@@ -203,7 +278,8 @@ def test_linear_gelu_epilogue():
 
 
 @gpu
-@pytest.mark.parametrize("name", ["sdpa_cudnn", "sdpa_flash", "sdpa_efficient", "cudnn_lse", "flash_lse"])
+@pytest.mark.parametrize("name", ["flash_attn4", "sdpa_cudnn", "sdpa_flash", "sdpa_efficient", "cudnn_lse",
+                                  "flash_lse"])
 def test_attention_impls(name):
     from wanport.reference.attention import attention_math
 
@@ -236,7 +312,9 @@ def test_dit_cuda_backend_matches_reference_ops():
                        {"attention": "math", "rotary": "real_tables", "rms_norm": "torch", "layer_norm": "torch",
                         "layer_norm_modulate": "torch", "gated_residual": "torch", "linear_gelu": "torch"}.items()}
                       | {"qk_norm_rope": "composed"})
-    assert fast.self_attention.impl == "cuda.sdpa_cudnn" and fast.qk_norm_rope.impl == "cuda.triton"
+    fa4 = next(i for i in reg.impls if i.backend == "cuda" and i.name == "flash_attn4").available()[0]
+    assert fast.self_attention.impl == ("cuda.flash_attn4" if fa4 else "cuda.sdpa_cudnn")
+    assert fast.qk_norm_rope.impl == "cuda.triton"
     assert fast.linear_gelu.impl == "cuda.cublaslt_epilogue"
     assert ref.qk_norm_rope.impl.startswith("composed(reference")
     model = WanDiT.random(cfg, policy, dev, seed=3)

@@ -112,6 +112,26 @@ def make_flash_attn(version: int):
     return attention
 
 
+def make_fa4():
+    """FlashAttention-4 (the CuTe-DSL kernels of the ``flash-attn-4`` package, Hopper and
+    Blackwell). Takes [B, S, N, D] and returns ``(out, lse)`` with the natural-log LSE [B, N, S]
+    in float32. It JIT-compiles one kernel per shape on its first call (seconds), which the
+    pipeline's warm-up absorbs."""
+    from flash_attn.cute import flash_attn_func
+
+    def core(q, k, v, scale, return_lse):
+        out, lse = flash_attn_func(q, k, v, softmax_scale=scale, return_lse=return_lse)
+        if return_lse:
+            return out, lse.float()
+        return out
+
+    def attention(q, k, v, *, scale: float, kv_lens: Optional[Sequence[int]] = None, return_lse: bool = False):
+        return _per_length(core, q, k, v, scale, kv_lens, return_lse)
+
+    attention.__name__ = "flash_attn4"
+    return attention
+
+
 def make_sage():
     """SageAttention (INT8 QK^T, lossy): opt-in only."""
     from sageattention import sageattn

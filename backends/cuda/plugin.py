@@ -5,6 +5,7 @@ only when an implementation is loaded."""
 from __future__ import annotations
 
 import importlib.util
+import os
 
 import torch
 
@@ -31,7 +32,7 @@ def _start():
 
 def _versions():
     out = {"cuda": str(torch.version.cuda), "cudnn": str(torch.backends.cudnn.version())}
-    for pkg in ("triton", "flash_attn", "flash_attn_interface", "sageattention"):
+    for pkg in ("triton", "flash_attn", "flash_attn_interface", "sageattention", "quack"):
         if importlib.util.find_spec(pkg) is not None:
             try:
                 out[pkg] = str(getattr(__import__(pkg), "__version__", "installed"))
@@ -64,6 +65,60 @@ def _needs(module: str, why: str):
         return True, ""
 
     return check
+
+
+def _has_module(name: str) -> bool:
+    """Whether the module ``name`` is installed, importing nothing: a dotted name is looked up
+    as a folder or file inside its top-level package's locations. Never raises."""
+    top, _, rest = name.partition(".")
+    try:
+        spec = importlib.util.find_spec(top)
+    except Exception:
+        return False
+    if spec is None:
+        return False
+    if not rest:
+        return True
+    for loc in spec.submodule_search_locations or ():
+        path = os.path.join(loc, *rest.split("."))
+        if os.path.isdir(path) or os.path.isfile(path + ".py"):
+            return True
+    return False
+
+
+def _flash_attn2_available():
+    # flash-attn-4 installs a namespace package also called flash_attn (only flash_attn/cute in
+    # it), so that name alone does not mean FlashAttention 2 is there: look for FA2's extension
+    if not _has_module("flash_attn_2_cuda"):
+        return False, "flash_attn (FlashAttention 2) is not installed"
+    return True, ""
+
+
+#: what flash-attn-4 needs at run time: (module, the pip package that provides it)
+FA4_PIECES = (
+    ("flash_attn.cute", "flash-attn-4"),
+    ("cutlass", "nvidia-cutlass-dsl-libs-core"),
+    ("tvm_ffi", "apache-tvm-ffi"),
+    ("torch_c_dlpack_ext", "torch-c-dlpack-ext"),
+    ("quack", "quack-kernels"),
+)
+
+
+def _fa4_available():
+    missing = [pip for module, pip in FA4_PIECES if not _has_module(module)]
+    if missing:
+        why = "flash-attn-4 needs %s (pip install 'wanport[fa4]')" % ", ".join(missing)
+        if "nvidia-cutlass-dsl-libs-core" in missing and _has_module("nvidia_cutlass_dsl"):
+            why += ("; nvidia_cutlass_dsl is installed but its dsl_packages folder is not on the path (an "
+                    "install with pip --target skips its .pth file): add <target>/nvidia_cutlass_dsl/dsl_packages "
+                    "to PYTHONPATH")
+        return False, why
+    if not torch.cuda.is_available():
+        return False, "no CUDA device visible"
+    major, minor = torch.cuda.get_device_capability()
+    if major < 9:
+        return False, "flash-attn-4 has kernels for sm90 and newer; this GPU is sm%d%d" % (major, minor)
+    return True, ""
 
 
 def _sdpa_available():
@@ -101,7 +156,12 @@ _BF16_TOL = 1e-2
 def wanport_op_impls():
     att = dict(device_types=_CUDA)
     return [
-        # attention, fastest first (measured on H100 at Wan shapes, ../shared/anchors.md)
+        # attention, fastest first (measured at Wan shapes on H100/H200: flash-attn-4 674-682 TFLOP/s,
+        # cuDNN 563-629, FA2 363-377; docs/measurements.md)
+        OpImpl("attention", "flash_attn4", NAME, _loader("attention", "make_fa4"),
+               Constraints(dtypes=_HALF, max_head_dim=128, lse=True, **att), priority=45, tolerance=_BF16_TOL,
+               available=_fa4_available,
+               description="FlashAttention-4 CuTe-DSL kernels (sm90+), with LSE; JIT-compiled per shape on first call"),
         OpImpl("attention", "sdpa_cudnn", NAME, _loader("attention", "make_sdpa", "cudnn"),
                Constraints(dtypes=_HALF, max_head_dim=128, **att), priority=40, tolerance=_BF16_TOL,
                available=_sdpa_available, description="cuDNN fused attention via SDPA (fastest measured on H100)"),
@@ -114,7 +174,7 @@ def wanport_op_impls():
                available=_cudnn_lse_available, description="cuDNN attention returning the log-sum-exp"),
         OpImpl("attention", "flash_attn2", NAME, _loader("attention", "make_flash_attn", 2),
                Constraints(dtypes=_HALF, max_head_dim=256, lse=True, **att), priority=25, tolerance=_BF16_TOL,
-               available=_needs("flash_attn", "FlashAttention 2"), description="FlashAttention 2 (flash_attn)"),
+               available=_flash_attn2_available, description="FlashAttention 2 (flash_attn)"),
         OpImpl("attention", "sdpa_flash", NAME, _loader("attention", "make_sdpa", "flash"),
                Constraints(dtypes=_HALF, max_head_dim=256, **att), priority=20, tolerance=_BF16_TOL,
                available=_sdpa_available, description="FlashAttention-2 kernel inside SDPA"),
