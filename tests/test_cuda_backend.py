@@ -75,6 +75,10 @@ def test_fa4_unavailable_names_each_missing_piece(monkeypatch):
 
 def test_fa4_present_without_gpu_and_fa2_not_confused_with_fa4(monkeypatch):
     plugin = _fake_modules(monkeypatch, {m for m, _ in __import__("wanport_cuda.plugin").plugin.FA4_PIECES})
+    monkeypatch.setattr(plugin, "_cutlass_toolkit_flavour", lambda: False)
+    ok, why = plugin._fa4_available()  # every package, but no -libs-cu12/-cu13: import cutlass would raise
+    assert not ok and "nvidia-cutlass-dsl-libs-cu13" in why
+    monkeypatch.setattr(plugin, "_cutlass_toolkit_flavour", lambda: True)
     monkeypatch.setattr(plugin.torch.cuda, "is_available", lambda: False)
     ok, why = plugin._fa4_available()
     assert not ok and "no CUDA device" in why
@@ -122,6 +126,11 @@ def test_has_module_finds_submodules_without_importing(tmp_path, monkeypatch):
     assert plugin._has_module("nspkg_x") and plugin._has_module("nspkg_x.cute")
     assert not plugin._has_module("nspkg_x.other") and not plugin._has_module("no_such_top_level_pkg.cute")
     assert "nspkg_x.cute" not in sys.modules
+    (tmp_path / "cutlass" / "_mlir" / "_mlir_libs").mkdir(parents=True)
+    (tmp_path / "cutlass" / "__init__.py").write_text("raise RuntimeError('imported')\n")
+    assert not plugin._cutlass_toolkit_flavour()
+    (tmp_path / "cutlass" / "_mlir" / "_mlir_libs" / "_cutlass_ir.cu13.cpython-312-x86_64-linux-gnu.so").write_text("")
+    assert plugin._cutlass_toolkit_flavour() and "cutlass" not in sys.modules
 
 
 def test_kv_lens_are_honoured_by_slicing():

@@ -4,6 +4,7 @@ only when an implementation is loaded."""
 
 from __future__ import annotations
 
+import glob
 import importlib.util
 import os
 
@@ -104,6 +105,19 @@ FA4_PIECES = (
 )
 
 
+def _cutlass_toolkit_flavour() -> bool:
+    """Whether the CuTe DSL's compiled IR library for some CUDA version (the -libs-cu12/-cu13
+    wheel) is installed; without it ``import cutlass`` raises."""
+    try:
+        spec = importlib.util.find_spec("cutlass")
+    except Exception:
+        return False
+    for loc in (spec.submodule_search_locations if spec is not None else None) or ():
+        if glob.glob(os.path.join(loc, "_mlir", "_mlir_libs", "_cutlass_ir.cu*")):
+            return True
+    return False
+
+
 def _fa4_available():
     missing = [pip for module, pip in FA4_PIECES if not _has_module(module)]
     if missing:
@@ -113,6 +127,10 @@ def _fa4_available():
                     "install with pip --target skips its .pth file): add <target>/nvidia_cutlass_dsl/dsl_packages "
                     "to PYTHONPATH")
         return False, why
+    if not _cutlass_toolkit_flavour():
+        return False, ("flash-attn-4's CuTe DSL has no CUDA toolkit flavour installed (no "
+                       "cutlass/_mlir/_mlir_libs/_cutlass_ir.cu*.so): pip install nvidia-cutlass-dsl-libs-cu13 "
+                       "(CUDA 13) or -cu12")
     if not torch.cuda.is_available():
         return False, "no CUDA device visible"
     major, minor = torch.cuda.get_device_capability()

@@ -6,8 +6,8 @@
 # added to PYTHONPATH here (flash-attn-4 imports cutlass.cute from there).
 if ls /tmp/scratch/*.part.* >/dev/null 2>&1; then
   cat /tmp/scratch/*.part.* > /tmp/scratch/joined.whl
-  for n in $(unzip -Z1 /tmp/scratch/joined.whl | grep -m1 dist-info/ | cut -d/ -f1 | sed 's/\.dist-info//'); do
-    cp /tmp/scratch/joined.whl ".whl/$n-cp312-cp312-manylinux_2_28_x86_64.whl"; done
+  n=$(python3 -c "import zipfile; print(next(f.split('.dist-info')[0] for f in zipfile.ZipFile('/tmp/scratch/joined.whl').namelist() if '.dist-info/' in f))")
+  cp /tmp/scratch/joined.whl ".whl/$n-cp312-cp312-manylinux_2_28_x86_64.whl"
 fi
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || return 1
 export PYTHONPATH=/tmp/site:/tmp/site/nvidia_cutlass_dsl/dsl_packages${PYTHONPATH:+:$PYTHONPATH}
