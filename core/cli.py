@@ -113,6 +113,8 @@ def cmd_backends(args) -> int:
                 tag = "" if iok else " (unavailable: %s)" % iwhy
                 if not impl.exact:
                     tag += " (lossy, opt-in)"
+                elif impl.default_sites is not None:
+                    tag += " (default at %s)" % ", ".join(sorted(impl.default_sites))
                 cells.append(impl.name + tag)
             print("    %-20s %s" % (kind, ", ".join(cells)))
     orphans = [i for i in registry.impls if i.backend not in registry.backends]

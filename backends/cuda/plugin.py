@@ -179,6 +179,8 @@ def wanport_op_impls():
         OpImpl("attention", "flash_attn4", NAME, _loader("attention", "make_fa4"),
                Constraints(dtypes=_HALF, max_head_dim=128, lse=True, **att), priority=45, tolerance=_BF16_TOL,
                available=_fa4_available,
+               # the 512-key cross-attention runs faster on cuDNN (H200: 0.65 vs 0.90 ms at 14B 480p)
+               default_sites=frozenset({"self_attention"}),
                description="FlashAttention-4 CuTe-DSL kernels (sm90+), with LSE; JIT-compiled per shape on first call"),
         OpImpl("attention", "sdpa_cudnn", NAME, _loader("attention", "make_sdpa", "cudnn"),
                Constraints(dtypes=_HALF, max_head_dim=128, **att), priority=40, tolerance=_BF16_TOL,

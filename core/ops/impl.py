@@ -92,6 +92,9 @@ class OpImpl:
     available: Callable[[], Tuple[bool, str]] = _always
     exact: bool = True  # False for lossy kernels (never chosen automatically)
     tolerance: float = 0.0  # declared max relative error vs the float64 reference (0 = n/a)
+    #: the call sites where the resolver may pick it without being asked (None: every site of its
+    #: kind); a recipe may still name it anywhere -- for a kernel that is slower at some shapes
+    default_sites: Optional[FrozenSet[str]] = None
 
     def __post_init__(self):
         if self.kind not in OP_KINDS:

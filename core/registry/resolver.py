@@ -165,7 +165,7 @@ def resolve_ops(
         if not wanted:
             chosen, reason = None, ""
             for impl in _pool(registry, backend.name, kind):
-                if not impl.exact:
+                if not impl.exact or (impl.default_sites is not None and site not in impl.default_sites):
                     continue
                 ok, _ = _usable(impl, req)
                 if ok:
