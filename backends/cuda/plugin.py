@@ -101,7 +101,7 @@ _BF16_TOL = 1e-2
 def wanport_op_impls():
     att = dict(device_types=_CUDA)
     return [
-        # attention, fastest first (measured on H100 at Wan shapes, ../shared/anchors.md)
+        # attention, fastest first (measured on H100 at Wan shapes, docs/measurements.md §3)
         OpImpl("attention", "sdpa_cudnn", NAME, _loader("attention", "make_sdpa", "cudnn"),
                Constraints(dtypes=_HALF, max_head_dim=128, **att), priority=40, tolerance=_BF16_TOL,
                available=_sdpa_available, description="cuDNN fused attention via SDPA (fastest measured on H100)"),

@@ -1,7 +1,7 @@
 """Published reference numbers (not measured by wanport), each with its source.
 
 Set beside measured results in the benchmark reports, always labelled *published*. Figures as
-collected in the project's reference notes (``shared/anchors.md``); each row names where it was
+listed with their sources in ``docs/measurements.md §2``; each row names where it was
 published. A number here is the publisher's, under their settings (noted per row), not a
 measurement of this code.
 """
