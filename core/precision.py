@@ -1,6 +1,6 @@
 """Precision policy: which parts of the pipeline compute in which dtype. Configuration only.
 
-``official`` reproduces the official Wan single-GPU flow (spec §2.5): fp32 master weights
+``official`` reproduces the official Wan single-GPU flow (docs/wan-model.md §2.5): fp32 master weights
 under bf16 autocast. Autocast's bf16 copy of an fp32 weight is exactly ``w.to(bf16)``, so
 wanport stores those weights in bf16 once at load (half the memory, identical math) and keeps
 the float32 islands (time embedding, modulation, gated residual stream, norms' parameters,

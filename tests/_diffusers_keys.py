@@ -1,4 +1,4 @@
-"""Official Wan key names -> diffusers key names (spec §7.1 and §7.2), for the parity tests.
+"""Official Wan key names -> diffusers key names (docs/wan-model.md §7.1, §7.2), for the parity tests.
 
 Written from the mapping tables; diffusers is a test-only dependency used as an independent
 implementation to check ours against.

@@ -1,4 +1,4 @@
-"""Official Wan2.1 VAE key names -> diffusers ``AutoencoderKLWan`` key names (spec §7.2).
+"""Official Wan2.1 VAE key names -> diffusers ``AutoencoderKLWan`` key names (docs/wan-model.md §7.2).
 
 Written from the mapping table, for the parity tests only (diffusers is a test-only dependency
 used as an independent implementation).
@@ -53,7 +53,7 @@ def vae21_official_to_diffusers(key: str, num_res_blocks: int = 2) -> str:
 
 
 def vae22_official_to_diffusers(key: str, num_res_blocks: int = 2) -> str:
-    """Official Wan2.2 VAE key -> diffusers ``AutoencoderKLWan(is_residual=True)`` key (spec §7.2,
+    """Official Wan2.2 VAE key -> diffusers ``AutoencoderKLWan(is_residual=True)`` key (docs/wan-model.md §7.2,
     ``convert_vae_22``): the nested stage layout ``{en,de}coder.{down,up}samples.X.{down,up}samples.Y``
     becomes ``{down,up}_blocks.X.resnets.Y`` or, for the trailing Resample, ``.downsampler`` /
     ``.upsampler``; everything else maps as in Wan2.1."""

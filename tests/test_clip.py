@@ -1,7 +1,7 @@
 """The Wan2.1 I2V CLIP image encoder: the official key names load strictly into transformers'
 CLIPVisionModelWithProjection; the penultimate-layer output equals transformers' own
 ``hidden_states[-2]`` and an independent re-implementation of the official ViT forward
-(``use_31_block``), written here from spec §4.2; the official preprocessing; key errors."""
+(``use_31_block``), written here from docs/wan-model.md §4.2; the official preprocessing; key errors."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Flow-matching schedulers: official schedules, UniPC step math, Euler, argument checks.
 
 The UniPC step math is checked against an independent float64 evaluation of the formulas written
-below (spec §6.1; no call into wanport's scheduler code), with variants showing that the check
+below (docs/wan-model.md §6.1; no call into wanport's scheduler code), with variants showing that the check
 would catch a skipped corrector, a wrong warm-up or a missing lower-order final step.
 """
 
@@ -23,7 +23,7 @@ from wanport.schedulers import (
 )
 
 # ------------------------------------------------------------------------------------------
-# official test vectors (spec §6.1, computed with the official class)
+# official test vectors (docs/wan-model.md §6.1, computed with the official class)
 # ------------------------------------------------------------------------------------------
 
 OFFICIAL_TIMESTEPS = {
@@ -326,7 +326,7 @@ def test_float64_samples_keep_dtype():
 
 
 # ------------------------------------------------------------------------------------------
-# optional: diffusers' UniPC on the same sigmas (its own schedule differs, spec §7.3.1)
+# optional: diffusers' UniPC on the same sigmas (its own schedule differs, docs/wan-model.md §7.3)
 # ------------------------------------------------------------------------------------------
 
 

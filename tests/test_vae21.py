@@ -1,7 +1,7 @@
 """Wan2.1 VAE: state-dict layout, shape rules, determinism/causality, parity with diffusers.
 
 diffusers' ``AutoencoderKLWan`` is used only here, as an independent implementation: both
-models get the same random weights (every parameter, gammas included) through the spec §7.2
+models get the same random weights (every parameter, gammas included) through the docs/wan-model.md §7.2
 key map and must agree in fp32.
 """
 
@@ -68,7 +68,7 @@ def test_state_dict_matches_official_layout():
         vae = WanVAE21()
     sd = vae.state_dict()
     assert len(sd) == 194
-    assert sum(t.numel() for t in sd.values()) == 126_892_531  # 126.89 M (spec §5.1)
+    assert sum(t.numel() for t in sd.values()) == 126_892_531  # 126.89 M (docs/wan-model.md §5.1)
     expected = {
         "encoder.conv1.weight": (96, 3, 3, 3, 3),
         "encoder.downsamples.0.residual.0.gamma": (96, 1, 1, 1),

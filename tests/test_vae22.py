@@ -1,5 +1,5 @@
 """Wan2.2 VAE: official state-dict layout, patchify, shape rules, causality, parity with diffusers'
-independent ``AutoencoderKLWan(is_residual=True, ...)`` (spec §5.4, §7.2) on tiny random weights."""
+independent ``AutoencoderKLWan(is_residual=True, ...)`` (docs/wan-model.md §5.4, §7.2) on tiny random weights."""
 
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ def test_state_dict_matches_official_layout():
         vae = WanVAE22()
     sd = vae.state_dict()
     assert len(sd) == 196
-    assert sum(t.numel() for t in sd.values()) == 704_688_668  # 704.69 M (spec §5.4)
+    assert sum(t.numel() for t in sd.values()) == 704_688_668  # 704.69 M (docs/wan-model.md §5.4)
     expected = {
         "encoder.conv1.weight": (160, 12, 3, 3, 3),
         "encoder.downsamples.0.downsamples.0.residual.0.gamma": (160, 1, 1, 1),

@@ -175,7 +175,7 @@ def wanport_op_impls():
     att = dict(device_types=_CUDA)
     return [
         # attention, fastest first (measured at Wan shapes on H100/H200: flash-attn-4 674-682 TFLOP/s,
-        # cuDNN 563-629, FA2 363-377; docs/measurements.md)
+        # cuDNN 563-629, FA2 363-377; docs/measurements.md §3)
         OpImpl("attention", "flash_attn4", NAME, _loader("attention", "make_fa4"),
                Constraints(dtypes=_HALF, max_head_dim=128, lse=True, **att), priority=45, tolerance=_BF16_TOL,
                available=_fa4_available,

@@ -1,4 +1,4 @@
-"""FLOP counts of a Wan DiT forward, as ../shared/anchors.md counts them."""
+"""FLOP counts of a Wan DiT forward, as docs/measurements.md §1 counts them."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Published reference numbers (not measured by wanport), each with its source.
 
 Set beside measured results in the benchmark reports, always labelled *published*. Figures as
-collected in the project's reference notes (``shared/anchors.md``); each row names where it was
+listed with their sources in ``docs/measurements.md §2``; each row names where it was
 published. A number here is the publisher's, under their settings (noted per row), not a
 measurement of this code.
 """
@@ -15,7 +15,7 @@ LIGHTX2V_README = "LightX2V README, per-step comparison table (https://github.co
 WAN22 = "official Wan2.2 README, computational-efficiency tables (https://github.com/Wan-Video/Wan2.2)"
 WAN21 = "official Wan2.1 README, computational-efficiency tables (https://github.com/Wan-Video/Wan2.1)"
 ASCEND = "Ascend port of Wan2.2-I2V-A14B, Atlas 800I A2 release notes (two releases)"
-L4 = "field report of Wan2.1-T2V-1.3B on one NVIDIA L4 (source as recorded in the project's reference notes)"
+L4 = "field report of Wan2.1-T2V-1.3B on one NVIDIA L4 (no public link recorded; docs/measurements.md §2)"
 
 
 def _row(model: str, size: str, frames: int, steps: int, hardware: str, metric: str, value: float, unit: str,

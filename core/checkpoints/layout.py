@@ -1,6 +1,6 @@
 """The official Wan checkpoint folders, validated as a whole before any weight loads.
 
-Layouts (spec §1):
+Layouts (docs/wan-model.md §1.3):
 
 * single DiT (Wan2.1 T2V / I2V, Wan2.2 TI2V-5B): ``config.json``,
   ``diffusion_pytorch_model*.safetensors`` (+ index) in the folder itself;

@@ -1,4 +1,4 @@
-"""Known models: architecture numbers and official sampling defaults (spec §1.2)."""
+"""Known models: architecture numbers and official sampling defaults (docs/wan-model.md §1.2)."""
 
 from __future__ import annotations
 

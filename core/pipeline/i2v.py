@@ -1,5 +1,5 @@
 """Image-to-video, recipe to mp4: Wan2.1 I2V-14B (CLIP + one DiT) and Wan2.2 I2V-A14B (two
-experts, no CLIP) (spec §6.2 "Wan2.1 I2V", §3).
+experts, no CLIP) (docs/wan-model.md §6.2, §3).
 
 1. The image (opened and checked before any weight loads) sets the aspect ratio; the recipe's
    size is the maximum area: ``lat_h = round(sqrt(area * h/w) // 8 // 2 * 2)``, likewise lat_w.

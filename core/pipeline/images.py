@@ -1,4 +1,4 @@
-"""Input images: opening any file PIL reads, the official output sizing and resizing (spec §3, §6.2).
+"""Input images: opening any file PIL reads, the official output sizing and resizing (docs/wan-model.md §3, §6.2).
 
 * :func:`load_image` -- a local file -> an RGB ``PIL.Image``; EXIF orientation applied;
   palette / grayscale / alpha images converted to RGB the official way (``convert("RGB")``: the

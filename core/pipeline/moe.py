@@ -1,4 +1,4 @@
-"""Wan2.2 A14B: two experts switched at a timestep boundary, one shared scheduler (spec §3).
+"""Wan2.2 A14B: two experts switched at a timestep boundary, one shared scheduler (docs/wan-model.md §3).
 
 At a step with integer timestep ``t``: ``t >= boundary * 1000`` -> the high-noise expert with
 ``guide_scale[1]``, otherwise the low-noise expert with ``guide_scale[0]`` (the official tuple

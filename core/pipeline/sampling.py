@@ -1,4 +1,4 @@
-"""The denoising loop shared by every task (spec §6.1-§6.2, §3).
+"""The denoising loop shared by every task (docs/wan-model.md §6.1, §6.2, §3).
 
 Per step: pick the expert for the step's timestep (one model, or the Wan2.2 high/low-noise
 switch of :mod:`.moe`), a conditional and an unconditional forward with classifier-free guidance

@@ -1,4 +1,4 @@
-"""Text-to-video, recipe to mp4: Wan2.1 T2V (one DiT) and Wan2.2 T2V-A14B (two experts) (spec §6.2, §3).
+"""Text-to-video, recipe to mp4: Wan2.1 T2V (one DiT) and Wan2.2 T2V-A14B (two experts) (docs/wan-model.md §6.2, §3).
 
 Order of work: validate the recipe -> choose the backend -> inspect every checkpoint file
 (keys, shapes) -> start the runtime and resolve the op table -> load -> encode text ->

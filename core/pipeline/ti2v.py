@@ -1,4 +1,4 @@
-"""Wan2.2 TI2V-5B, recipe to mp4: text-to-video, or image-to-video with ``image:`` (spec §3).
+"""Wan2.2 TI2V-5B, recipe to mp4: text-to-video, or image-to-video with ``image:`` (docs/wan-model.md §3).
 
 * Wan2.2 VAE (z 48, 4x16x16), DiT with 48 in/out channels, 24 fps, 121 frames by default.
 * Text mode: exactly the T2V loop at the recipe's size (the official per-token timesteps are

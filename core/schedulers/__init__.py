@@ -1,4 +1,4 @@
-"""Flow-matching samplers (spec §6.1).
+"""Flow-matching samplers (docs/wan-model.md §6.1).
 
 ``make_scheduler(name, steps=..., shift=..., timesteps=...)`` is the entry point:
 

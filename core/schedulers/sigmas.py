@@ -1,6 +1,6 @@
 """Noise-level (sigma) schedules for flow-matching sampling, and their argument checks.
 
-Flow convention (spec §6.1): ``x_sigma = (1 - sigma) * x0 + sigma * noise``; sigma runs from about 1
+Flow convention (docs/wan-model.md §6.1): ``x_sigma = (1 - sigma) * x0 + sigma * noise``; sigma runs from about 1
 (pure noise) down to 0 (clean). The model is conditioned on an integer timestep on a 0..1000 scale,
 ``timestep = int(sigma * 1000)`` (truncation, exactly as the official code casts to int64), while the
 solvers use the float sigmas themselves.

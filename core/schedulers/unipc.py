@@ -1,7 +1,7 @@
 """UniPC multistep sampler for flow matching (Wan's default ``--sample_solver unipc``).
 
 Written from the UniPC method (Zhao et al. 2023, "UniPC: a unified predictor-corrector framework
-for fast sampling of diffusion models") in the variant the official Wan code runs (spec §6.1):
+for fast sampling of diffusion models") in the variant the official Wan code runs (docs/wan-model.md §6.1):
 data prediction (``predict_x0``), ``B(h) = expm1(-h)`` ("bh2"), solver order 2, lower order on the
 final step, the corrector on every step after the first, final sigma 0.
 
@@ -136,7 +136,7 @@ def _update_coefficients(
 class FlowUniPCScheduler(FlowScheduler):
     """The official Wan UniPC sampler (bh2, data prediction, lower order at the end).
 
-    ``FlowUniPCScheduler(steps, shift)`` builds the official schedule (spec §6.1): sigmas from a
+    ``FlowUniPCScheduler(steps, shift)`` builds the official schedule (docs/wan-model.md §6.1): sigmas from a
     linspace starting at 0.999, shifted, float32, final 0; timesteps ``int(sigma * 1000)``.
     ``solver_order`` may be 1, 2 (the official value) or 3.
     """

@@ -1,4 +1,4 @@
-"""The CLIP image encoder of Wan2.1 I2V (spec §4.2): the ViT-H/14 visual tower of the official
+"""The CLIP image encoder of Wan2.1 I2V (docs/wan-model.md §4.2): the ViT-H/14 visual tower of the official
 ``models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth`` loaded into transformers'
 ``CLIPVisionModelWithProjection`` by key map; the official preprocessing; the penultimate layer's
 257 tokens."""

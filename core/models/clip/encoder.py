@@ -5,7 +5,7 @@ Usage::
     clip = CLIPImageEncoder.load(path, dtype=torch.float16, device=device)
     tokens = clip.encode(image)   # image [3, H, W] in [-1, 1] -> [1, 257, 1280]
 
-Official numerics (``wan/modules/clip.py``, spec §4.2): the image at its own resolution,
+Official numerics (``wan/modules/clip.py``, docs/wan-model.md §4.2): the image at its own resolution,
 ``bicubic`` to 224x224 (aspect not kept, no crop, no antialias), back to [0, 1], normalised with
 the OpenAI CLIP mean/std, the visual tower run in fp16 (``clip_dtype``), and the hidden states
 after block 31 of 32 (the penultimate block, all 257 tokens incl. CLS, no post-norm) returned.

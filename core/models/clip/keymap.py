@@ -1,4 +1,4 @@
-"""Official Wan CLIP key names -> transformers ``CLIPVisionModelWithProjection`` (spec §4.2).
+"""Official Wan CLIP key names -> transformers ``CLIPVisionModelWithProjection`` (docs/wan-model.md §4.2).
 
 The official file holds the whole open-clip XLM-RoBERTa-large + ViT-H/14 model: ``visual.*``
 (the image tower, used), ``textual.*`` and ``log_scale`` (not used for video generation).

@@ -60,7 +60,7 @@ class CrossAttention(_Projections):
 
 
 class ImageCrossAttention(CrossAttention):
-    """Wan2.1 i2v cross-attention (spec §2.4): the text attention plus an attention of the same
+    """Wan2.1 i2v cross-attention (docs/wan-model.md §2.4): the text attention plus an attention of the same
     queries over the image-context tokens, with their own ``k_img``/``v_img`` projections and
     ``norm_k_img``. The two outputs are summed before the shared output projection ``o``, in the
     dtype of the normalised query (the official flash-attention outputs are cast back to it:

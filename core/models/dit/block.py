@@ -1,4 +1,4 @@
-"""One Wan DiT block (spec §2.3 step 6) and the output head (step 7)."""
+"""One Wan DiT block (docs/wan-model.md §2.3 step 6) and the output head (step 7)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""DiT architecture numbers, read from an official ``config.json`` (spec §1)."""
+"""DiT architecture numbers, read from an official ``config.json`` (docs/wan-model.md §1.1)."""
 
 from __future__ import annotations
 

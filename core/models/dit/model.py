@@ -1,4 +1,4 @@
-"""The Wan DiT (``WanModel``), written from the math of spec §2, official state-dict keys.
+"""The Wan DiT (``WanModel``), written from the math of docs/wan-model.md §2, official state-dict keys.
 
 All fused math goes through the op table bound with :meth:`WanDiT.bind_ops`; the precision
 policy decides each parameter's stored dtype (:func:`param_dtype`) and therefore the dtype

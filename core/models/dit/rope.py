@@ -1,4 +1,4 @@
-"""Wan's 3D rotary tables as real cos/sin, built once per video grid (spec §2.4).
+"""Wan's 3D rotary tables as real cos/sin, built once per video grid (docs/wan-model.md §2.4).
 
 The head dim D is split into three axes (frame, height, width) of real sizes
 ``D - 4*(D//6)``, ``2*(D//6)``, ``2*(D//6)`` (44/42/42 for D=128). Each axis has its own

@@ -1,4 +1,4 @@
-"""UMT5-XXL text encoder (spec §4.1): official Wan checkpoint -> transformers' UMT5EncoderModel,
+"""UMT5-XXL text encoder (docs/wan-model.md §4.1): official Wan checkpoint -> transformers' UMT5EncoderModel,
 official cleaning / tokenisation / trim rule and fp32-softmax attention numerics."""
 
 from .encoder import T5_CHECKPOINT_NAME, TOKENIZER_SUBDIR, WanTextEncoder, check_wan_t5_state

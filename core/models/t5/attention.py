@@ -1,4 +1,4 @@
-"""UMT5 self-attention with the official numerics (spec §4.1, §7.3.7).
+"""UMT5 self-attention with the official numerics (docs/wan-model.md §4.1, §7.3).
 
 Official (``wan/modules/t5.py``), per layer, in the compute dtype ``dt``::
 

@@ -1,4 +1,4 @@
-"""The UMT5-XXL text encoder as Wan uses it (spec §4.1): official checkpoint -> transformers'
+"""The UMT5-XXL text encoder as Wan uses it (docs/wan-model.md §4.1): official checkpoint -> transformers'
 ``UMT5EncoderModel``; official cleaning, tokenisation and trim rule; official softmax numerics.
 
 Usage::

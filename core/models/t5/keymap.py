@@ -1,4 +1,4 @@
-"""Official Wan UMT5 encoder key names <-> transformers ``UMT5EncoderModel`` (spec §4.1).
+"""Official Wan UMT5 encoder key names <-> transformers ``UMT5EncoderModel`` (docs/wan-model.md §4.1).
 
 Wan's file ``models_t5_umt5-xxl-enc-bf16.pth`` holds the encoder of ``wan/modules/t5.py``:
 

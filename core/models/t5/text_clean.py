@@ -1,4 +1,4 @@
-"""Prompt cleaning applied before tokenisation (official ``clean='whitespace'``, spec §4.1).
+"""Prompt cleaning applied before tokenisation (official ``clean='whitespace'``, docs/wan-model.md §4.1).
 
 Steps, in order: ``ftfy.fix_text``; ``html.unescape`` twice; strip; collapse every run of
 whitespace to one space; strip.

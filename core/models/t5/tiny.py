@@ -23,7 +23,7 @@ import torch
 from .encoder import T5_CHECKPOINT_NAME, TOKENIZER_SUBDIR
 from .keymap import EMBED_KEY, expected_wan_t5_shapes
 
-#: spec §1.1, the official ``sample_neg_prompt`` (Wan2.1 I2V prefixes ``镜头晃动，``)
+#: docs/wan-model.md §1.1, the official ``sample_neg_prompt`` (Wan2.1 I2V prefixes ``镜头晃动，``)
 _NEGATIVE_PROMPTS_ZH = (
     "色调艳丽，过曝，静态，细节模糊不清，字幕，风格，作品，画作，画面，静止，整体发灰，最差质量，低质量，"
     "JPEG压缩残留，丑陋的，残缺的，多余的手指，画得不好的手部，画得不好的脸部，畸形的，毁容的，形态畸形的肢体，"

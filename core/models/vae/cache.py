@@ -1,4 +1,4 @@
-"""Temporal feature cache of the Wan VAE's causal chunked encode/decode (spec §5.2).
+"""Temporal feature cache of the Wan VAE's causal chunked encode/decode (docs/wan-model.md §5.2).
 
 The Wan VAE runs its encoder on chunks of 1, 4, 4, ... frames and its decoder on one latent
 frame at a time. Every causal temporal conv keeps the last ``CACHE_T`` frames of its *input*

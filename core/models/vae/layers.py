@@ -1,4 +1,4 @@
-"""Building blocks of the Wan2.1 VAE (spec §5.1), written from the math.
+"""Building blocks of the Wan2.1 VAE (docs/wan-model.md §5.1), written from the math.
 
 Every layer's ``forward`` takes the activation and a :class:`VAEContext`. The context holds the
 temporal :class:`FeatureCache` of the current encode/decode call and the two places where

@@ -1,6 +1,6 @@
 """Wan2.1 VAE (``Wan2.1_VAE.pth``): causal 3D conv autoencoder, 4x temporal / 8x spatial.
 
-Written from the math in spec §5.1-§5.2. The module's ``state_dict`` has exactly the official
+Written from the math in docs/wan-model.md §5.1, §5.2. The module's ``state_dict`` has exactly the official
 key names and shapes (194 tensors at ``dim=96, z_dim=16``), so the official file loads with
 ``load_state_dict(..., strict=True)``.
 
@@ -25,7 +25,7 @@ import torch.nn as nn
 from .base import CausalVideoVAE
 from .layers import AttentionBlock, CausalConv3d, Resample, ResidualBlock, RMS_norm, VAEContext
 
-# Latent normalisation constants of the Wan2.1 VAE (16 channels), spec §5.1.
+# Latent normalisation constants of the Wan2.1 VAE (16 channels), docs/wan-model.md §5.1.
 VAE21_MEAN: Tuple[float, ...] = (
     -0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,
     0.4134, -0.0715, 0.5517, -0.3632, -0.1922, -0.9497, 0.2503, -0.2921,

@@ -1,6 +1,6 @@
 """Wan2.2 VAE (``Wan2.2_VAE.pth``): causal 3D conv autoencoder, 4x temporal / 16x spatial, z_dim 48.
 
-Written from the math in spec §5.4. What it shares with the Wan2.1 VAE (:mod:`.wan21`) is taken
+Written from the math in docs/wan-model.md §5.4. What it shares with the Wan2.1 VAE (:mod:`.wan21`) is taken
 from :mod:`.layers` unchanged: causal convs with the temporal feature cache, RMS norms, residual
 blocks, the mid-block attention, the resample stages (upsampling keeps the channel count here).
 What is new lives in this file:
@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from .base import CausalVideoVAE
 from .layers import AttentionBlock, CausalConv3d, Resample, ResidualBlock, RMS_norm, VAEContext
 
-# Latent normalisation constants of the Wan2.2 VAE (48 channels), spec §5.4.
+# Latent normalisation constants of the Wan2.2 VAE (48 channels), docs/wan-model.md §5.4.
 VAE22_MEAN: Tuple[float, ...] = (
     -0.2289, -0.0052, -0.1323, -0.2339, -0.2799, 0.0174, 0.1838, 0.1557, -0.1382, 0.0542, 0.2813, 0.0891,
     0.1570, -0.0098, 0.0375, -0.1825, -0.2246, -0.1207, -0.0698, 0.5109, 0.2665, -0.2108, -0.2158, 0.2502,
