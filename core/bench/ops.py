@@ -206,8 +206,11 @@ def _sig(x: float, digits: int = 4) -> float:
     return float("%.*g" % (digits, x))
 
 
-def measure_ceilings(device: torch.device, runtime, quick: bool) -> Dict[str, Any]:
-    n = 1024 if quick else 8192
+def measure_ceilings(device: torch.device, runtime, quick: bool, n: Optional[int] = None,
+                     copy_elements: Optional[int] = None) -> Dict[str, Any]:
+    """TFLOP/s of an n x n matmul in each of :data:`CEILING_DTYPES` (the ceiling: the fastest),
+    GB/s of a device copy."""
+    n = n or (1024 if quick else 8192)
     out: Dict[str, Any] = {}
     for name, dtype in CEILING_DTYPES:
         a = torch.randn(n, n, device=device).to(dtype)
@@ -218,7 +221,7 @@ def measure_ceilings(device: torch.device, runtime, quick: bool) -> Dict[str, An
     best = max(CEILING_DTYPES, key=lambda nd: out["%s_matmul_tflops" % nd[0]])[0]
     out["matmul_tflops"] = out["%s_matmul_tflops" % best]
     out["matmul_dtype"] = best
-    size = (2**22 if quick else 2**28)
+    size = copy_elements or (2**22 if quick else 2**28)
     src = torch.randn(size, device=device)
     dst = torch.empty_like(src)
     tc = statistics.median(time_forward(lambda: dst.copy_(src), runtime, 2, 5))

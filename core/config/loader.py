@@ -142,8 +142,11 @@ def _check_type(path: str, kind: str, value: Any, choices, problems: List[str]) 
         if value is None:
             return None
     elif base in ("str", "size"):
-        if base == "size" and isinstance(value, (list, tuple)) and len(value) == 2:
-            value = "%s*%s" % tuple(value)
+        if base == "size" and isinstance(value, (list, tuple)):
+            if len(value) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+                problems.append("%s: expected W*H or a pair of integers [W, H], got %r" % (path, value))
+                return None
+            value = "%d*%d" % tuple(value)
         if not isinstance(value, str):
             problems.append("%s: expected a string, got %r" % (path, value))
             return None

@@ -107,7 +107,7 @@ def prove_out_option(out: str, folder: bool = False) -> None:
     from .results import result_stem
 
     if folder:
-        directory, names = out, ["manifest.json"]
+        directory, names = out, ["dump.json", "blocks.safetensors"]
     else:
         stem = result_stem(out)
         directory, base = os.path.dirname(stem) or ".", os.path.basename(stem)
