@@ -451,3 +451,23 @@ def test_run_sh_two_recipes_is_an_error(tmp_path, fake_wanport):
     env, log = fake_wanport
     proc, calls = _runsh(["a.yaml", "b.yaml"], str(tmp_path), env, log)
     assert proc.returncode == 2 and "two recipes given" in proc.stderr and not calls
+
+
+def test_a_video_with_nan_is_flagged_in_the_report(tmp_path, capsys):
+    """NaN from the sampling itself (weights, precision) encodes as black frames: the run says so
+    on stderr and in the report instead of passing silently."""
+    import types
+
+    from wanport.pipeline.common import save_report, write_video
+    from wanport.pipeline.timing import StageClock
+    from wanport.reference.runtime import HostRuntime
+
+    plan = types.SimpleNamespace(video_path=str(tmp_path / "v.mp4"), report_path=str(tmp_path / "v.json"), fps=16)
+    prep = types.SimpleNamespace(plan=plan, is_main=True, mesh=None, observer=None, video_nonfinite=0,
+                                 clock=StageClock(HostRuntime()))
+    video = _video()
+    video[:, 0] = float("nan")
+    save_report(prep, {"output": {}}, write_video(prep, video))
+    assert "holds %d NaN/Inf values" % (3 * 32 * 32) in capsys.readouterr().err
+    report = _strict_loads(open(plan.report_path).read())
+    assert report["output"]["nonfinite_values"] == 3 * 32 * 32
