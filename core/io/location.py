@@ -64,7 +64,7 @@ def _check_names(directory: str, names: Sequence[str], what: str) -> List[str]:
         n = len(os.fsencode(name))
         if n > name_max:
             problems.append("%s: the file name %s is %d bytes; this file system allows %d (choose a shorter "
-                            "output.name)" % (what, _short(name), n, name_max))
+                            "%s)" % (what, _short(name), n, name_max, "output.name" if what == "output.dir" else what))
             continue
         full = len(os.fsencode(os.path.abspath(os.path.join(directory, name))))
         if full >= path_max:
