@@ -471,3 +471,27 @@ def test_a_video_with_nan_is_flagged_in_the_report(tmp_path, capsys):
     assert "holds %d NaN/Inf values" % (3 * 32 * 32) in capsys.readouterr().err
     report = _strict_loads(open(plan.report_path).read())
     assert report["output"]["nonfinite_values"] == 3 * 32 * 32
+
+
+def test_writers_that_wrap_the_os_error_still_give_one_message(tmp_path, monkeypatch):
+    """safetensors reports a full disk as SafetensorError("... (os error 28)"), torch.save as an
+    opaque RuntimeError: both become OutputError (the latter when the file system has no space
+    left), the temporary file is removed; any other exception passes through unchanged."""
+    from wanport.io import atomic
+
+    target = str(tmp_path / "w.safetensors")
+
+    def failing(message):
+        with atomic.atomic_path(target) as tmp:
+            open(tmp, "wb").write(b"part")
+            raise RuntimeError(message)
+
+    with pytest.raises(OutputError, match="No space left on device"):
+        failing("Error while serializing: I/O error: No space left on device (os error 28)")
+    with pytest.raises(RuntimeError, match="unexpected pos"):
+        failing("[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534")
+    full = os.statvfs_result((4096, 4096, 100, 0, 0, 100, 0, 0, 0, 255))
+    monkeypatch.setattr(atomic.os, "statvfs", lambda d: full)
+    with pytest.raises(OutputError, match="No space left on device"):
+        failing("[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534")
+    assert os.listdir(tmp_path) == []

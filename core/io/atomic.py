@@ -14,8 +14,9 @@ import errno
 import json
 import math
 import os
+import re
 import tempfile
-from typing import Any, Iterator, List
+from typing import Any, Iterator, List, Optional
 
 from ..errors import OutputError
 from .signals import signals_raise
@@ -23,6 +24,8 @@ from .signals import signals_raise
 #: the temporary file's name keeps at most this many characters of the final name, so that a
 #: final name close to the file system's limit still has a temporary name that fits
 _TMP_STEM = 64
+#: a file system with less free space than this counts as full when a writer fails opaquely
+_FULL_BYTES = 1 << 20
 
 
 def describe_os_error(exc: OSError) -> str:
@@ -62,10 +65,33 @@ def atomic_path(path: str, suffix: str = "") -> Iterator[str]:
             tmp = None
         except OSError as exc:
             raise OutputError("cannot write %s: %s" % (path, describe_os_error(exc))) from None
+        except Exception as exc:
+            # writers that wrap the OS error in their own (safetensors: "I/O error: ... (os error 28)",
+            # torch.save: an opaque RuntimeError): still a write failure when the cause is the disk
+            cause = _os_cause(exc, directory)
+            if cause is None:
+                raise
+            raise OutputError("cannot write %s: %s" % (path, describe_os_error(cause))) from None
         finally:
             if tmp is not None:
                 with contextlib.suppress(OSError):
                     os.unlink(tmp)
+
+
+def _os_cause(exc: Exception, directory: str) -> Optional[OSError]:
+    """The OS error behind a writer's own exception: an ``(os error N)`` in its message, or a
+    file system left with no free space."""
+    m = re.search(r"\(os error (\d+)\)", str(exc))
+    if m:
+        code = int(m.group(1))
+        return OSError(code, os.strerror(code))
+    try:
+        st = os.statvfs(directory)
+    except (OSError, AttributeError):
+        return None
+    if st.f_bavail * st.f_frsize < _FULL_BYTES:
+        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    return None
 
 
 def json_text(data: Any) -> str:
