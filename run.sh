@@ -25,6 +25,7 @@ want_value=""
 for a in "$@"; do
   if [ -n "$want_value" ]; then opts+=("$a"); overrides+=("$a"); want_value=""; continue; fi
   case "$a" in
+    -h|--help) exec wanport run --help ;;
     --set) opts+=("$a"); want_value=1 ;;
     --set=*) opts+=("$a"); overrides+=("${a#--set=}") ;;
     -*) opts+=("$a") ;;

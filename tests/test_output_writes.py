@@ -495,3 +495,9 @@ def test_writers_that_wrap_the_os_error_still_give_one_message(tmp_path, monkeyp
     with pytest.raises(OutputError, match="No space left on device"):
         failing("[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534")
     assert os.listdir(tmp_path) == []
+
+
+def test_run_sh_help_writes_nothing(tmp_path, fake_wanport):
+    env, log = fake_wanport
+    proc, calls = _runsh(["--no-progress", "--help"], str(tmp_path), env, log)
+    assert proc.returncode == 0 and calls == [[str(tmp_path), "run --help"]]
