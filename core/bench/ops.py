@@ -2,7 +2,7 @@
 
 For each case: median latency (backend timing events), achieved TFLOP/s (attention) or GB/s
 (the memory-bound ops: every input read once, every output written once), the same against
-ceilings measured in the same run (a large bf16 matmul, a large device copy), and the error
+ceilings measured in the same run (the faster of a large bf16 and fp32 matmul, a large device copy), and the error
 against a float64 evaluation of the op's contract (attention: on a subset of query rows).
 """
 
