@@ -6,10 +6,10 @@
 #
 # Paths: wanport runs in YOUR working directory, so every relative path -- the recipe, the
 # checkpoint_dir= / image= / output.dir= overrides and the paths written inside a recipe --
-# resolves from where you stand, exactly as with `wanport run`. The repository's tiny recipes
-# (the default one and recipes/tiny-*.yaml) are the exception run.sh makes: their checkpoint
-# lives in the repository's ckpts/ and their example image in its assets/, wherever you stand
-# (your own checkpoint_dir= / image= still win); their video goes to out/ under your directory.
+# resolves from where you stand, exactly as with `wanport run`. The repository's own recipes
+# (the default one and recipes/*.yaml) are the exception run.sh makes: their relative
+# checkpoint_dir (ckpts/...) and image (assets/...) point into the repository wherever you
+# stand (your own checkpoint_dir= / image= still win); their video goes to out/ under your folder.
 set -euo pipefail
 repo="$(cd "$(dirname "$0")" && pwd)"
 
@@ -40,15 +40,16 @@ for a in "$@"; do
 done
 if [ -n "$want_value" ]; then echo "run.sh: --set needs KEY=VALUE after it" >&2; exit 2; fi
 
-# the repository's tiny recipes: their checkpoint (written if missing) and image live in the repo
-layout=""
+# the repository's own recipes (the default and recipes/*.yaml): relative to the repository root
+in_repo=""
 if [ -z "$recipe" ]; then
   recipe="$repo/recipes/tiny-t2v.yaml"
-  layout=wan2.1-t2v
+  in_repo=1
   # make-tiny writes its marker file last: present means complete
   ( cd "$repo"
     [ -f ckpts/tiny-wan2.1-t2v/.wanport-tiny.json ] || wanport make-tiny ckpts/tiny-wan2.1-t2v --model wan2.1-t2v )
 elif [ -f "$recipe" ] && [ "$(cd "$(dirname "$recipe")" && pwd -P)" = "$(cd "$repo/recipes" && pwd -P)" ]; then
+  in_repo=1
   # recipes/tiny-<layout>.yaml runs a tiny checkpoint of that make-tiny layout: write it if missing
   case "$(basename "$recipe")" in
     tiny-wan*.yaml)
@@ -57,11 +58,14 @@ elif [ -f "$recipe" ] && [ "$(cd "$(dirname "$recipe")" && pwd -P)" = "$(cd "$re
         [ -f "ckpts/tiny-$layout/.wanport-tiny.json" ] || wanport make-tiny "ckpts/tiny-$layout" --model "$layout" ) ;;
   esac
 fi
+# a repository recipe's relative checkpoint_dir and image point into the repository
 repo_paths=()
-if [ -n "$layout" ]; then
-  repo_paths+=("checkpoint_dir=$repo/ckpts/tiny-$layout")
-  image=$(sed -n -e 's/[[:space:]]#.*$//' -e 's/^image:[[:space:]]*//p' "$recipe" | head -n 1 | tr -d "\"' ")
-  if [ -n "$image" ] && [ "${image#/}" = "$image" ]; then repo_paths+=("image=$repo/$image"); fi
+if [ -n "$in_repo" ]; then
+  for key in checkpoint_dir image; do
+    value=$(sed -n -e 's/[[:space:]]#.*$//' -e 's/[[:space:]]*$//' -e "s/^$key:[[:space:]]*//p" "$recipe" \
+            | head -n 1 | sed -e "s/^[\"']//" -e "s/[\"']\$//")
+    if [ -n "$value" ] && [ "${value#/}" = "$value" ]; then repo_paths+=("$key=$repo/$value"); fi
+  done
 fi
 
 # the repository's paths first: overrides given later (yours) win

@@ -501,3 +501,16 @@ def test_run_sh_help_writes_nothing(tmp_path, fake_wanport):
     env, log = fake_wanport
     proc, calls = _runsh(["--no-progress", "--help"], str(tmp_path), env, log)
     assert proc.returncode == 0 and calls == [[str(tmp_path), "run --help"]]
+
+
+def test_run_sh_full_size_repo_recipe_paths_point_into_the_repo(tmp_path, fake_wanport):
+    """A repository recipe's relative checkpoint_dir and image resolve in the repository; the
+    user's own image= (relative to the user's folder) comes later and wins."""
+    env, log = fake_wanport
+    recipe = os.path.join(REPO, "recipes", "wan2.1-i2v-14b-480p.yaml")
+    proc, calls = _runsh([recipe, "image=me.png"], str(tmp_path), env, log)
+    assert proc.returncode == 0, proc.stderr
+    run = [c for c in calls if c[1].startswith("run ")][0]
+    assert run == [str(tmp_path), "run %s checkpoint_dir=%s/ckpts/Wan2.1-I2V-14B-480P image=%s/assets/i2v_input.png "
+                                  "image=me.png" % (recipe, REPO, REPO)]
+    assert not any(c[1].startswith("make-tiny") for c in calls)
