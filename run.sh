@@ -1,34 +1,78 @@
 #!/usr/bin/env bash
-# Run a wanport recipe: ./run.sh [RECIPE.yaml] [key.path=value ...]
-# No recipe: write the tiny checkpoint if it is missing, then run recipes/tiny-t2v.yaml on the CPU.
+# Run a wanport recipe: ./run.sh [RECIPE.yaml] [key.path=value ...] [--no-progress] [--set key=value ...]
+# Options and overrides may come before or after the recipe. No recipe: write the tiny checkpoint
+# if it is missing, then run recipes/tiny-t2v.yaml on the CPU.
 # When a recipe needs several processes, torchrun launches them (one per device).
+#
+# Paths: wanport runs in YOUR working directory, so every relative path -- the recipe, the
+# checkpoint_dir= / image= / output.dir= overrides and the paths written inside a recipe --
+# resolves from where you stand, exactly as with `wanport run`. The repository's own recipes
+# (the default one and recipes/*.yaml) are the exception run.sh makes: their relative
+# checkpoint_dir (ckpts/...) and image (assets/...) point into the repository wherever you
+# stand (your own checkpoint_dir= / image= still win); their video goes to out/ under your folder.
 set -euo pipefail
-cd "$(dirname "$0")"
+repo="$(cd "$(dirname "$0")" && pwd)"
 
 if ! command -v wanport >/dev/null 2>&1; then
   echo "run.sh: the wanport command is not installed; run: pip install -e ." >&2
   exit 127
 fi
 
-if [ $# -eq 0 ] || [[ "$1" == *=* ]]; then
-  recipe=recipes/tiny-t2v.yaml
+recipe=""
+opts=()        # options and overrides for `wanport run`, in the order given
+overrides=()   # the KEY=VALUE overrides alone (for `wanport nproc`)
+want_value=""
+for a in "$@"; do
+  if [ -n "$want_value" ]; then opts+=("$a"); overrides+=("$a"); want_value=""; continue; fi
+  case "$a" in
+    -h|--help) exec wanport run --help ;;
+    --set) opts+=("$a"); want_value=1 ;;
+    --set=*) opts+=("$a"); overrides+=("${a#--set=}") ;;
+    -*) opts+=("$a") ;;
+    *.yaml|*.yml)
+      if [ -n "$recipe" ]; then echo "run.sh: two recipes given: $recipe and $a" >&2; exit 2; fi
+      recipe=$a ;;
+    *=*) opts+=("$a"); overrides+=("$a") ;;
+    *)
+      if [ -n "$recipe" ]; then echo "run.sh: two recipes given: $recipe and $a" >&2; exit 2; fi
+      recipe=$a ;;
+  esac
+done
+if [ -n "$want_value" ]; then echo "run.sh: --set needs KEY=VALUE after it" >&2; exit 2; fi
+
+# the repository's own recipes (the default and recipes/*.yaml): relative to the repository root
+in_repo=""
+if [ -z "$recipe" ]; then
+  recipe="$repo/recipes/tiny-t2v.yaml"
+  in_repo=1
   # make-tiny writes its marker file last: present means complete
-  [ -f ckpts/tiny-wan2.1-t2v/.wanport-tiny.json ] || wanport make-tiny ckpts/tiny-wan2.1-t2v --model wan2.1-t2v
-else
-  recipe=$1
-  shift
+  ( cd "$repo"
+    [ -f ckpts/tiny-wan2.1-t2v/.wanport-tiny.json ] || wanport make-tiny ckpts/tiny-wan2.1-t2v --model wan2.1-t2v )
+elif [ -f "$recipe" ] && [ "$(cd "$(dirname "$recipe")" && pwd -P)" = "$(cd "$repo/recipes" && pwd -P)" ]; then
+  in_repo=1
   # recipes/tiny-<layout>.yaml runs a tiny checkpoint of that make-tiny layout: write it if missing
   case "$(basename "$recipe")" in
     tiny-wan*.yaml)
       layout=$(basename "$recipe" .yaml); layout=${layout#tiny-}
-      [ -f "ckpts/tiny-$layout/.wanport-tiny.json" ] || wanport make-tiny "ckpts/tiny-$layout" --model "$layout" ;;
+      ( cd "$repo"
+        [ -f "ckpts/tiny-$layout/.wanport-tiny.json" ] || wanport make-tiny "ckpts/tiny-$layout" --model "$layout" ) ;;
   esac
 fi
-
-overrides=()
-for a in "$@"; do [[ "$a" == *=* && "$a" != -* ]] && overrides+=("$a"); done
-nproc=$(wanport nproc "$recipe" ${overrides[@]+"${overrides[@]}"})
-if [ "$nproc" -gt 1 ]; then
-  exec torchrun --standalone --nproc_per_node="$nproc" -m wanport run "$recipe" "$@"
+# a repository recipe's relative checkpoint_dir and image point into the repository
+repo_paths=()
+if [ -n "$in_repo" ]; then
+  for key in checkpoint_dir image; do
+    value=$(sed -n -e 's/[[:space:]]#.*$//' -e 's/[[:space:]]*$//' -e "s/^$key:[[:space:]]*//p" "$recipe" \
+            | head -n 1 | sed -e "s/^[\"']//" -e "s/[\"']\$//")
+    if [ -n "$value" ] && [ "${value#/}" = "$value" ]; then repo_paths+=("$key=$repo/$value"); fi
+  done
 fi
-exec wanport run "$recipe" "$@"
+
+# the repository's paths first: overrides given later (yours) win
+all=(${repo_paths[@]+"${repo_paths[@]}"} ${overrides[@]+"${overrides[@]}"})
+nproc=$(wanport nproc "$recipe" ${all[@]+"${all[@]}"})
+if [ "$nproc" -gt 1 ]; then
+  exec torchrun --standalone --nproc_per_node="$nproc" -m wanport run "$recipe" \
+    ${repo_paths[@]+"${repo_paths[@]}"} ${opts[@]+"${opts[@]}"}
+fi
+exec wanport run "$recipe" ${repo_paths[@]+"${repo_paths[@]}"} ${opts[@]+"${opts[@]}"}

@@ -12,7 +12,7 @@
     wanport compare A B [--out STEM]            compare two dumps: first divergent block and step
 
 A user error prints one message (no traceback) and exits non-zero: 2 recipe, 3 checkpoint,
-4 backend, 5 input, 6 dump.
+4 backend, 5 input, 6 dump, 7 output not writable, 8 out of memory (README: "Exit codes").
 """
 
 from __future__ import annotations
@@ -243,6 +243,11 @@ def cmd_nproc(args) -> int:
     return 0
 
 
+OVERRIDE_HELP = ("dotted overrides KEY=VALUE, e.g. sample.steps=4. The value is everything after the first '='. "
+                 "Text fields (prompt, negative_prompt, model, checkpoint_dir, image, task, backend, sample.solver, "
+                 "sample.noise, output.dir, output.name) take it verbatim ('#', ':' and quotes included; empty "
+                 "unsets an optional one); every other field reads it as one YAML value: a number, true/false, "
+                 "null, [a, list] or {a: mapping}. Relative paths resolve from the working directory.")
 OUT_HELP = "result stem: writes STEM.json, STEM.md and (with matplotlib) STEM*.png"
 
 
@@ -254,7 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     def recipe_args(sp, optional: bool):
         sp.add_argument("recipe", nargs="?" if optional else None, default=None,
                         help="YAML recipe (default: the embedded tiny recipe)" if optional else "YAML recipe")
-        sp.add_argument("overrides", nargs="*", help="dotted overrides, e.g. sample.steps=4")
+        sp.add_argument("overrides", nargs="*", help=OVERRIDE_HELP)
         sp.add_argument("--set", action="append", metavar="KEY=VALUE", help="dotted override (repeatable)")
 
     sp = sub.add_parser("run", help="run a recipe end to end")
@@ -375,6 +380,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     if extra:
         args.overrides = list(args.overrides) + extra
     try:
+        if getattr(args, "out", None):  # an unwritable --out fails now, not after the work
+            from .io.location import prove_out_option
+
+            prove_out_option(args.out, folder=args.command == "dump")
         return args.func(args)
     except WanportError as exc:
         print("wanport: error: %s" % exc, file=sys.stderr)

@@ -38,3 +38,33 @@ class DumpError(WanportError):
     dump it is compared with."""
 
     exit_code = 6
+
+
+class OutputError(WanportError):
+    """An output file cannot be written: the folder is not writable, a name is too long for the
+    file system, or the write failed (disk full, encoder error). The previous file of that name,
+    if any, is left untouched."""
+
+    exit_code = 7
+
+
+class ResourceError(WanportError):
+    """The machine is too small for the job (device or host memory ran out); says what it needs."""
+
+    exit_code = 8
+
+
+#: every exit code of the command line (README.md has the same table)
+EXIT_CODES = {
+    0: "success",
+    1: "other wanport error",
+    2: "recipe or command-line value invalid (ConfigError)",
+    3: "checkpoint file missing, corrupt or not matching the model (CheckpointError)",
+    4: "backend or op implementation unusable (BackendError)",
+    5: "input (image, ...) unusable (InputError)",
+    6: "dump folder missing, incomplete or not matching (DumpError)",
+    7: "output file cannot be written (OutputError)",
+    8: "out of memory: the machine is too small for the job (ResourceError)",
+    130: "interrupted (Ctrl-C)",
+    143: "terminated (SIGTERM); no partial output left behind",
+}

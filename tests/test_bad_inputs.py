@@ -86,6 +86,17 @@ RECIPE_CASES = [
     ("unknown-op-impl", {"ops": {"attention": "flashy"}}, 4, "unknown attention implementation 'flashy'"),
     ("unknown-op-kind", {"ops": {"atention": "math"}}, 4, "unknown op kind or call site 'atention'"),
     ("op-constraint-fails", {"ops": {"attention": "cuda.sdpa_cudnn"}}, 4, "cannot be used for self_attention"),
+    # non-finite numbers: one gate for every float field (tests/test_output_writes.py walks the schema)
+    ("guide-nan", {"sample__guide_scale": float("nan")}, 2, "sample.guide_scale: must be a finite number"),
+    ("guide-inf-in-pair", {"sample__guide_scale": [3.0, float("inf")]}, 2,
+     "sample.guide_scale[1]: must be a finite number"),
+    ("shift-nan", {"sample__shift": float("nan")}, 2, "sample.shift: must be a finite number"),
+    ("boundary-minus-inf", {"sample__boundary": float("-inf")}, 2, "sample.boundary: must be a finite number"),
+    # the output location, proven writable before anything loads
+    ("output-dir-unwritable", {"output__dir": "/proc/wanport-out"}, 2, "output.dir: cannot create /proc/wanport-out"),
+    ("output-name-too-long", {"output__name": "x" * 300}, 2, "bytes; this file system allows"),
+    ("output-dir-is-a-file", {"output__dir": "/etc/hostname"}, 2, "exists and is not a folder"),
+    ("text-with-nul", {"output__name": "a\0b"}, 2, "output.name: contains a NUL character"),
 ]
 
 
@@ -449,3 +460,13 @@ def test_wan22_i2v_model_rejects_a_clip_dit(tmp_path, tiny_layout, capsys, no_we
     recipe = _family_recipe(tmp_path, ckpt, "wan2.2-i2v-a14b", image=input_image)
     got, err = run_cli(capsys, ["check", recipe])
     assert got == 3 and "unexpected tensor 'img_emb." in err
+
+
+@pytest.mark.parametrize("case,changes,code,fragment", RECIPE_CASES, ids=[c[0] for c in RECIPE_CASES])
+def test_check_rejects_what_run_rejects(case, changes, code, fragment, tmp_path, tiny_ckpt, capsys,
+                                        no_weight_loading):
+    """`check` stops every bad recipe `run` stops, with the same exit code and message."""
+    recipe = write_recipe(tmp_path, tiny_ckpt, **changes)
+    got, err = run_cli(capsys, ["check", recipe])
+    assert got == code, err
+    assert fragment in err and "Traceback" not in err

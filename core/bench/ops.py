@@ -2,7 +2,7 @@
 
 For each case: median latency (backend timing events), achieved TFLOP/s (attention) or GB/s
 (the memory-bound ops: every input read once, every output written once), the same against
-ceilings measured in the same run (a large bf16 matmul, a large device copy), and the error
+ceilings measured in the same run (the faster of a large bf16 and fp32 matmul, a large device copy), and the error
 against a float64 evaluation of the op's contract (attention: on a subset of query rows).
 """
 
@@ -17,6 +17,7 @@ import torch
 
 from ..config.models import MODELS
 from ..errors import ConfigError
+from ..io.atomic import finite_or_none
 from ..models.dit.rope import rope_tables
 from ..ops.composites import COMPOSERS, with_out_dtype
 from ..ops.contracts import COMPOSABLE, OUT_DTYPE_KINDS
@@ -194,18 +195,43 @@ def build_cases(device: torch.device, pairs: Sequence[Tuple[str, str]], quick: b
     return cases
 
 
-def measure_ceilings(device: torch.device, runtime, quick: bool) -> Dict[str, float]:
-    n = 1024 if quick else 8192
-    a = torch.randn(n, n, device=device).bfloat16()
-    b = torch.randn(n, n, device=device).bfloat16()
-    t = statistics.median(time_forward(lambda: a @ b, runtime, 2, 5))
-    size = (2**22 if quick else 2**28)
+#: the dtypes whose dense matmul is timed for the TFLOP/s ceiling: the ops compute in these, and
+#: which one is fastest depends on the device (a CPU without native bf16 runs bf16 ~80x slower
+#: than fp32; a GPU the other way round), so the ceiling is the fastest of them
+CEILING_DTYPES = (("bf16", torch.bfloat16), ("fp32", torch.float32))
+
+
+def _sig(x: float, digits: int = 4) -> float:
+    """``x`` rounded to significant digits (a CPU's 0.0421 TFLOP/s must not print as 0.0)."""
+    return float("%.*g" % (digits, x))
+
+
+def measure_ceilings(device: torch.device, runtime, quick: bool, n: Optional[int] = None,
+                     copy_elements: Optional[int] = None) -> Dict[str, Any]:
+    """TFLOP/s of an n x n matmul in each of :data:`CEILING_DTYPES` (the ceiling: the fastest),
+    GB/s of a device copy."""
+    n = n or (1024 if quick else 8192)
+    out: Dict[str, Any] = {}
+    for name, dtype in CEILING_DTYPES:
+        a = torch.randn(n, n, device=device).to(dtype)
+        b = torch.randn(n, n, device=device).to(dtype)
+        t = statistics.median(time_forward(lambda: a @ b, runtime, 2, 5))
+        out["%s_matmul_tflops" % name] = _sig(2.0 * n ** 3 / t / 1e12)
+        del a, b
+    best = max(CEILING_DTYPES, key=lambda nd: out["%s_matmul_tflops" % nd[0]])[0]
+    out["matmul_tflops"] = out["%s_matmul_tflops" % best]
+    out["matmul_dtype"] = best
+    size = copy_elements or (2**22 if quick else 2**28)
     src = torch.randn(size, device=device)
     dst = torch.empty_like(src)
     tc = statistics.median(time_forward(lambda: dst.copy_(src), runtime, 2, 5))
-    return {"bf16_matmul_tflops": float("%.4g" % (2.0 * n ** 3 / t / 1e12)),
-            "copy_gbps": float("%.4g" % (2.0 * src.numel() * 4 / tc / 1e9)),
-            "matmul_n": n, "copy_bytes": src.numel() * 4}
+    out.update({"copy_gbps": _sig(2.0 * src.numel() * 4 / tc / 1e9), "matmul_n": n, "copy_bytes": src.numel() * 4})
+    return out
+
+
+def matmul_ceiling(ceilings: Mapping[str, Any]) -> float:
+    """The TFLOP/s ceiling of a result (older results only measured bf16)."""
+    return float(ceilings.get("matmul_tflops", ceilings.get("bf16_matmul_tflops", 0.0)) or 0.0)
 
 
 def _implementations(registry, backend: str, kind: str, device_type: str, case_dtypes):
@@ -265,19 +291,22 @@ def bench_ops(backend: str = "auto", models: Sequence[str] = DEFAULT_MODELS,
                 continue
             got = case.subset(out0) if case.subset else out0
             med = statistics.median(times)
-            row = {"kind": case.kind, "case": case.label, "impl": name, "median_ms": round(med * 1e3, 4),
-                   "rel_err_vs_f64": float("%.3g" % _rel(got, ref)) if ref is not None else None}
+            err = _rel(got, ref) if ref is not None else None
+            row = {"kind": case.kind, "case": case.label, "impl": name, "median_ms": _sig(med * 1e3),
+                   "rel_err_vs_f64": finite_or_none(float("%.3g" % err)) if err is not None else None}
+            if err is not None and row["rel_err_vs_f64"] is None:
+                row["nonfinite_output"] = True  # NaN/Inf in the output: no error figure, flagged instead
             if case.flops:
-                row["tflops"] = round(case.flops / med / 1e12, 1)
+                row["tflops"] = _sig(case.flops / med / 1e12, 3)
             if case.bytes:
-                row["gbps"] = round(case.bytes / med / 1e9, 1)
+                row["gbps"] = _sig(case.bytes / med / 1e9, 3)
             rows.append(row)
         del args, kwargs, ref, mine
         runtime.empty_cache()
     ceilings = measure_ceilings(device, runtime, quick)
     for row in rows:
-        if "tflops" in row and ceilings["bf16_matmul_tflops"] > 0:
-            row["pct_of_matmul_ceiling"] = round(100 * row["tflops"] / ceilings["bf16_matmul_tflops"], 1)
+        if "tflops" in row and matmul_ceiling(ceilings) > 0:
+            row["pct_of_matmul_ceiling"] = round(100 * row["tflops"] / matmul_ceiling(ceilings), 1)
         elif "gbps" in row and ceilings["copy_gbps"] > 0:
             row["pct_of_copy_ceiling"] = round(100 * row["gbps"] / ceilings["copy_gbps"], 1)
     return {
@@ -295,8 +324,11 @@ def bench_ops(backend: str = "auto", models: Sequence[str] = DEFAULT_MODELS,
 
 def markdown(result: Mapping[str, Any]) -> str:
     c = result["ceilings"]
-    lines = ["backend %s on %s; ceilings: bf16 matmul %.0f TFLOP/s, copy %.0f GB/s"
-             % (result["backend"], result["device"], c["bf16_matmul_tflops"], c["copy_gbps"]), "",
+    measured = ", ".join("%s %.4g" % (name, c["%s_matmul_tflops" % name]) for name, _ in CEILING_DTYPES
+                         if "%s_matmul_tflops" % name in c)
+    lines = ["backend %s on %s; ceilings: matmul %.4g TFLOP/s (the fastest of: %s), copy %.4g GB/s; a %% above "
+             "100 means the case ran from cache or in a dtype faster than the ceiling's"
+             % (result["backend"], result["device"], matmul_ceiling(c), measured, c["copy_gbps"]), "",
              "| op | case | impl | ms | TFLOP/s | GB/s | % ceiling | rel err vs fp64 |",
              "|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
@@ -306,7 +338,8 @@ def markdown(result: Mapping[str, Any]) -> str:
         pct = r.get("pct_of_matmul_ceiling", r.get("pct_of_copy_ceiling", ""))
         lines.append("| %s | %s | %s | %.3f | %s | %s | %s | %s |" % (
             r["kind"], r["case"], r["impl"], r["median_ms"], r.get("tflops", ""), r.get("gbps", ""), pct,
-            "n/a" if r.get("rel_err_vs_f64") is None else r["rel_err_vs_f64"]))
+            ("non-finite output" if r.get("nonfinite_output") else "n/a") if r.get("rel_err_vs_f64") is None
+            else r["rel_err_vs_f64"]))
     return "\n".join(lines)
 
 

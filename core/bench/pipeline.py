@@ -24,6 +24,7 @@ from ..config.validate import plan_run
 from ..errors import ConfigError
 from ..pipeline.weights import CHECKPOINT
 from . import published
+from .memory import out_of_memory_as_error
 
 GIB = 2.0 ** 30
 #: stages of a run report, in pipeline order; "compute" is their sum without load and write
@@ -109,7 +110,8 @@ def bench_pipeline(recipe: Optional[str], overrides: Sequence[str] = (), weights
         raise ConfigError("bench pipeline: the recipe lists sample.timesteps; --steps and a warm-up need a step "
                           "count (drop sample.timesteps, or pass --warmup-steps 0 and no --steps)")
     weight_source, described = choose_weights(weights, plan.checkpoint_dir, seed)
-    with tempfile.TemporaryDirectory(prefix="wanport-bench-") as tmp:
+    with out_of_memory_as_error(plan, lambda: weight_source.inspect(plan)), \
+            tempfile.TemporaryDirectory(prefix="wanport-bench-") as tmp:
         out = ["output.dir=%s" % tmp]
         if warmup_steps:
             cfg_w, raw_w = load_recipe(recipe, list(overrides) + out + ["output.name=warmup",

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import math
 import os
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -26,8 +27,18 @@ def read_yaml(path: str) -> Dict[str, Any]:
             hint = " (did you mean %s?)" % (candidate if os.path.isfile(candidate) else candidate + ".yaml")
         raise ConfigError("recipe %s not found%s" % (path, hint))
     try:
-        with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f)
+        with open(path, "rb") as f:
+            blob = f.read()
+    except OSError as exc:
+        raise ConfigError("recipe %s cannot be read: %s" % (path, exc.strerror or exc)) from None
+    try:
+        text = blob.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = blob[:exc.start].count(b"\n") + 1
+        raise ConfigError("recipe %s is not UTF-8 text (byte 0x%02x on line %d); save it as UTF-8"
+                          % (path, blob[exc.start], line)) from None
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError("recipe %s is not valid YAML: %s" % (path, exc)) from None
     if data is None:
@@ -56,22 +67,54 @@ def _suggest(path: str) -> str:
     return " (did you mean %r?)" % close[0] if close else ""
 
 
+def _kinds(cls=RunConfig, prefix: str = "") -> Dict[str, str]:
+    """Every dotted path -> its schema type (``str``, ``float?``, ``section``, ...)."""
+    out = {}
+    for f in dataclasses.fields(cls):
+        out[prefix + f.name] = f.metadata["type"]
+        if f.metadata.get("type") == "section":
+            out.update(_kinds(f.default_factory, prefix + f.name + "."))  # type: ignore[misc]
+    return out
+
+
+#: schema types whose command-line value is taken verbatim (the text after the first ``=``)
+VERBATIM = ("str", "str?")
+
+
+def text_paths() -> List[str]:
+    """The dotted paths whose override value is taken verbatim (README and ``--help`` list them)."""
+    return [p for p, kind in _kinds().items() if kind in VERBATIM]
+
+
+def parse_override(item: str) -> Tuple[str, Any]:
+    """``key.path=value`` -> (path, value). The rule (README, "Overrides"): everything after the
+    FIRST ``=`` is the value; for a text field (:func:`text_paths`: prompt, paths, names, choices)
+    it is taken verbatim -- ``#``, ``:``, quotes and spaces included, an empty value unsets an
+    optional one; for every other field it is read as one YAML value (a number, true/false,
+    null, a ``[list]`` or a ``{mapping}``)."""
+    if "=" not in item:
+        raise ConfigError("override %r must look like key.path=value (e.g. sample.steps=4)" % item)
+    path, _, text = item.partition("=")
+    path = path.strip()
+    if path.startswith("--"):
+        path = path[2:]
+    kinds = _kinds()
+    if path not in kinds:
+        raise ConfigError("override: unknown key %r%s" % (path, _suggest(path)))
+    if kinds[path] in VERBATIM:
+        return path, text
+    try:
+        value = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError("override %s: value %r is not valid YAML (%s)" % (path, text, exc)) from None
+    return path, value
+
+
 def apply_overrides(raw: Dict[str, Any], overrides: Sequence[str]) -> Dict[str, Any]:
-    """``sample.steps=4``-style assignments; values parse as YAML scalars/lists/maps."""
+    """``sample.steps=4``-style assignments (:func:`parse_override` says how values are read)."""
     data = copy.deepcopy(raw)
     for item in overrides:
-        if "=" not in item:
-            raise ConfigError("override %r must look like key.path=value (e.g. sample.steps=4)" % item)
-        path, _, text = item.partition("=")
-        path = path.strip()
-        if path.startswith("--"):
-            path = path[2:]
-        try:
-            value = yaml.safe_load(text) if text.strip() else ""
-        except yaml.YAMLError as exc:
-            raise ConfigError("override %s: value %r is not valid YAML (%s)" % (path, text, exc)) from None
-        if path not in _known_paths():
-            raise ConfigError("override: unknown key %r%s" % (path, _suggest(path)))
+        path, value = parse_override(item)
         node = data
         parts = path.split(".")
         for part in parts[:-1]:
@@ -95,31 +138,39 @@ def _check_type(path: str, kind: str, value: Any, choices, problems: List[str]) 
             problems.append("%s: expected an integer, got %r" % (path, value))
             return None
     elif base == "float":
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            problems.append("%s: expected a number, got %r" % (path, value))
+        value = _finite_number(path, value, "a number", problems)
+        if value is None:
             return None
-        value = float(value)
     elif base in ("str", "size"):
-        if base == "size" and isinstance(value, (list, tuple)) and len(value) == 2:
-            value = "%s*%s" % tuple(value)
+        if base == "size" and isinstance(value, (list, tuple)):
+            if len(value) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+                problems.append("%s: expected W*H or a pair of integers [W, H], got %r" % (path, value))
+                return None
+            value = "%d*%d" % tuple(value)
         if not isinstance(value, str):
             problems.append("%s: expected a string, got %r" % (path, value))
+            return None
+        if "\0" in value:
+            problems.append("%s: contains a NUL character" % path)
             return None
     elif base == "bool":
         if not isinstance(value, bool):
             problems.append("%s: expected true or false, got %r" % (path, value))
             return None
     elif base == "guide":
+        wanted = "a number or a pair [low_noise, high_noise]"
         if isinstance(value, (list, tuple)):
-            if len(value) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
-                problems.append("%s: expected a number or a pair [low_noise, high_noise], got %r" % (path, value))
+            if len(value) != 2 or not all(_is_number(v) for v in value):
+                problems.append("%s: expected %s, got %r" % (path, wanted, value))
                 return None
-            value = [float(v) for v in value]
-        elif isinstance(value, bool) or not isinstance(value, (int, float)):
-            problems.append("%s: expected a number or a pair [low_noise, high_noise], got %r" % (path, value))
-            return None
+            pair = [_finite_number("%s[%d]" % (path, i), v, wanted, problems) for i, v in enumerate(value)]
+            if None in pair:
+                return None
+            value = pair
         else:
-            value = float(value)
+            value = _finite_number(path, value, wanted, problems)
+            if value is None:
+                return None
     elif base == "auto_bool":
         if not isinstance(value, bool) and value != "auto":
             problems.append("%s: expected auto, true or false, got %r" % (path, value))
@@ -146,6 +197,26 @@ def _check_type(path: str, kind: str, value: Any, choices, problems: List[str]) 
         hint = " (did you mean %r?)" % close[0] if close else ""
         problems.append("%s: %r is not one of %s%s" % (path, value, ", ".join(map(str, choices)), hint))
     return value
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _finite_number(path: str, value: Any, wanted: str, problems: List[str]) -> Optional[float]:
+    """The one gate of every float in the recipe (``float`` fields and the guide-scale pair): a
+    finite number, or a problem. YAML's ``.nan``/``.inf`` and ints too large for a float stop here."""
+    if not _is_number(value):
+        problems.append("%s: expected %s, got %r" % (path, wanted, value))
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        number = math.inf
+    if not math.isfinite(number):
+        problems.append("%s: must be a finite number, got %r" % (path, value))
+        return None
+    return number
 
 
 def _build(cls, data: Mapping[str, Any], prefix: str, problems: List[str]):

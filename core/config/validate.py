@@ -170,12 +170,15 @@ def plan_run(cfg: RunConfig, source: str = "recipe") -> RunPlan:
     if os.sep in name or (os.altsep and os.altsep in name) or name in (".", ".."):
         problems.append("output.name: %r must be a file stem, not a path (use output.dir for the folder)" % name)
     out_dir = cfg.output.dir
-    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
-        problems.append("output.dir: %s exists and is not a folder" % out_dir)
-    else:
-        parent = _existing_parent(out_dir)
-        if not os.access(parent, os.W_OK):
-            problems.append("output.dir: %s is not writable (first existing folder: %s)" % (out_dir, parent))
+    if not out_dir or not out_dir.strip():
+        problems.append("output.dir: must not be empty (use . for the working directory)")
+    elif not any(p.startswith("output.name:") for p in problems):
+        from ..io.location import writable_problems
+        from ..parallel.config import world_size
+
+        # proven by writing a probe file (check does it too); several processes keep the folder
+        problems.extend(writable_problems(out_dir, [name + ".mp4", name + ".json"],
+                                          keep_created=world_size(cfg.parallel) > 1))
 
     policy = None
     try:
@@ -244,13 +247,3 @@ def _guide(value, preset: ModelPreset, problems: List[str]) -> GuideScale:
         problems.append("sample.guide_scale: must be > 0 (1.0 disables guidance), got %g" % value)
     # a single number for a two-expert model applies to both (as the official CLI does)
     return (float(value), float(value)) if preset.experts else float(value)
-
-
-def _existing_parent(path: str) -> str:
-    path = os.path.abspath(path)
-    while not os.path.exists(path):
-        parent = os.path.dirname(path)
-        if parent == path:
-            break
-        path = parent
-    return path

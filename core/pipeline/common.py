@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import os
+import sys
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
@@ -66,6 +67,8 @@ class Prepared:
     weights: Any = CHECKPOINT
     #: a :class:`~.sampling.LoopObserver` of the run (``wanport dump``), or None
     observer: Any = None
+    #: NaN/Inf values in the decoded video (set by :func:`write_video`; they encode as black)
+    video_nonfinite: int = 0
 
     @property
     def is_main(self) -> bool:
@@ -199,7 +202,12 @@ def write_video(prep: Prepared, video: Optional[torch.Tensor]) -> Optional[Dict[
     summary = parallel_summary(prep)
     if prep.observer is not None and video is not None:
         prep.observer.video_decoded(video)
-    if prep.is_main:
+    if prep.is_main and video is not None:
+        prep.video_nonfinite = int((~torch.isfinite(video)).sum())
+        if prep.video_nonfinite:
+            print("wanport: warning: the decoded video holds %d NaN/Inf values (they encode as black): the "
+                  "sampling diverged; the report records it under output.nonfinite_values"
+                  % prep.video_nonfinite, file=sys.stderr)
         with prep.clock.stage("write"):
             write_mp4(video, prep.plan.video_path, prep.plan.fps)
     return summary
@@ -212,6 +220,7 @@ def save_report(prep: Prepared, report: Dict[str, Any], summary: Optional[Dict[s
     if summary is not None:
         report["parallel"] = summary
     if prep.is_main:
+        report.setdefault("output", {})["nonfinite_values"] = prep.video_nonfinite
         write_json_atomic(prep.plan.report_path, report)
     return report
 
