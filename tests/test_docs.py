@@ -12,7 +12,7 @@ import re
 import pytest
 
 ROOT = os.path.normpath(os.path.join(os.path.dirname(__file__), os.pardir))
-SCANNED = ("core", "backends", "docs", "tests", "README.md")
+SCANNED = ("core", "backends", "docs", "tests", "recipes", "benchmarks", "examples", "README.md", "run.sh")
 TEXT_SUFFIXES = (".py", ".md", ".txt", ".yaml", ".yml", ".cfg", ".toml", ".sh", ".rst")
 SECTION = "\u00a7"
 FORBIDDEN = (
