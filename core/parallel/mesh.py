@@ -117,7 +117,16 @@ def init_mesh(cfg: int, ulysses: int, ring: int, dist_backend: str, timeout_s: f
         set_device(local_rank)
     if not dist.is_initialized():
         dev = device() if callable(device) else device
-        dist.init_process_group(backend=dist_backend, **init_kwargs(timeout_s, dev))
+        kwargs = init_kwargs(timeout_s, dev)
+        try:
+            dist.init_process_group(backend=dist_backend, **kwargs)
+        except (TypeError, ValueError):
+            # a torch / collective-library pair that declares device_id but refuses this device
+            # (checked before anything is started): fall back to the unbound start
+            if "device_id" not in kwargs or dist.is_initialized():
+                raise
+            kwargs.pop("device_id")
+            dist.init_process_group(backend=dist_backend, **kwargs)
         _register_teardown()
     sp = ulysses * ring
     cfg_index, rest = divmod(rank, sp)
