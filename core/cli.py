@@ -220,6 +220,8 @@ def cmd_dump(args) -> int:
     source = "recipe %s" % args.recipe if args.recipe else "the embedded tiny recipe"
     manifest = dump_recipe(args.recipe, args.overrides, args.out, blocks=args.blocks, steps=args.steps,
                            fingerprint=args.fingerprint, progress=not args.no_progress, source=source)
+    if manifest is None:  # under torchrun only rank 0 writes the dump
+        return 0
     d = manifest["dump"]
     print("wrote dump %s: %d steps x %d blocks (%s), %d full tensors, format %s v%d"
           % (args.out, d["num_steps"], d["num_blocks"], "+".join(d["branches"]),

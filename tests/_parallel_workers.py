@@ -166,3 +166,21 @@ def fsdp_worker(rank: int, world: int, port: int, out: str):
         torch.save({"y": y, "local_params": local}, "%s.rank%d" % (out, rank))
     finally:
         shutdown()
+
+
+def torchrun(nproc: int, args, timeout: float, cwd=None):
+    """``torchrun --standalone --nproc_per_node NPROC -m wanport ARGS`` as a user starts it (one
+    thread per rank, no launcher variables inherited); returns (CompletedProcess, seconds).
+    ``subprocess.TimeoutExpired`` past ``timeout``: a hang fails the test instead of stalling it."""
+    import subprocess
+    import sys
+    import time
+
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "LOCAL_WORLD_SIZE")}
+    env["OMP_NUM_THREADS"] = "1"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
+           "-m", "wanport"] + [str(a) for a in args]
+    start = time.time()
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=cwd)
+    return proc, time.time() - start

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from wanport.cli import main
-from wanport.dump.compare import compare_dumps
+from wanport.dump.compare import compare_dumps, markdown
 from wanport.dump.format import FILES, MANIFEST, comparable_recipe
 from wanport.dump.metrics import psnr, ssim, tensor_metrics
 from wanport.dump.observer import DumpObserver, fingerprint_index, parse_indices, resolve_indices
@@ -216,3 +216,111 @@ def test_indices_fingerprints_and_metrics():
     noisy = (v.to(torch.int16) + 8).clamp(0, 255).to(torch.uint8)
     assert psnr(v, v) is None and ssim(v, v) == 1.0
     assert 25 < psnr(noisy, v) < 40 and ssim(noisy, v) < 1.0
+
+
+# ---------------------------------------------------------------------------- dumps of parallel runs
+# 80x48, one frame: 5x3 = 15 tokens, which no degree divides (the sequence ranks carry padding)
+PAR_STEPS = 2
+
+
+def _par_overrides(ckpt):
+    return ["checkpoint_dir=%s" % ckpt, "sample.steps=%d" % PAR_STEPS, "sample.size=80*48", "sample.frame_num=1",
+            "precision=fp32"]
+
+
+# fp32 arithmetic (eps 2^-23): a parallel layout only reorders sums -- the attention's key blocks
+# merged through the log-sum-exp (ring), per-head attention on a head slice (Ulysses), token rows
+# of the matmuls in other shapes -- so one block's output may move by a few (8) ulps x sqrt(K) for
+# the longest reduction (the FFN, K = 512); the differences accumulate through the 2 blocks of a
+# forward, the 2 steps, and the guidance combine of the two branches (x2) that feeds the next step.
+FP32_BOUND = 8 * 2.0 ** -23 * 512 ** 0.5 * 2 * PAR_STEPS * 2  # 1.7e-4; measured: 0 (Ulysses), ~1e-6 (ring)
+
+
+@pytest.fixture(scope="module")
+def one_process_dump(tiny_ckpt, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("one") / "dump")
+    dump_recipe(None, _par_overrides(tiny_ckpt), out, blocks="all", steps="all")
+    return out
+
+
+@pytest.mark.parametrize("layout", [{"ulysses": 2}, {"cfg": 2, "ring": 2}], ids=["ulysses2", "cfg2xring2"])
+def test_parallel_dump_matches_a_one_process_dump(layout, tiny_ckpt, one_process_dump, tmp_path):
+    """Sequence chunks (with padding) reassembled in token order; with cfg 2 each branch comes from
+    its own rank group; the ring merges key blocks through the log-sum-exp (not bit-identical)."""
+    import _parallel_workers as W
+
+    out = tmp_path / "par"
+    world = 1
+    for v in layout.values():
+        world *= v
+    proc, seconds = W.torchrun(world, ["dump", "--no-progress", "--out", out, "--blocks", "all", "--steps", "all"]
+                               + _par_overrides(tiny_ckpt) + ["parallel.%s=%d" % kv for kv in layout.items()],
+                               timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert seconds < 300 and proc.stdout.count("wrote dump") == 1  # rank 0 alone reports and writes
+    with open(os.path.join(out, MANIFEST)) as f:
+        m = json.load(f)
+    p = m["parallel"]
+    assert p["world"] == world and len(p["ranks"]) == world
+    assert all(p[k] == v for k, v in layout.items())
+    assert m["dump"]["branches"] == ["cond", "uncond"]
+    result = compare_dumps(str(out), one_process_dump)  # the parallel keys are no recipe difference
+    assert not result["warnings"]
+    assert result["layout"]["a"]["processes"] == world and result["layout"]["b"]["processes"] == 1
+    assert result["first_divergence"] is None and result["first_latent_divergence"] is None
+    rel = [v for rows in result["blocks"]["rel_err"].values() for row in rows for v in row]
+    assert len(rel) == 2 * PAR_STEPS * 2 and all(v is not None and v <= FP32_BOUND for v in rel)
+    assert len(result["tensors"]) == 2 * PAR_STEPS * 2  # every block output, padding dropped
+    for t in result["tensors"]:
+        assert "error" not in t and t["rel_l2"] <= FP32_BOUND, t
+    for r in result["latents"]:
+        assert r["rel_l2"] <= FP32_BOUND
+    from safetensors.torch import load_file
+
+    sa, sb = load_file(os.path.join(out, FILES["stats"])), load_file(os.path.join(one_process_dump, FILES["stats"]))
+    for branch in ("cond", "uncond"):
+        a, b = sa["stats." + branch], sb["stats." + branch]  # [steps, blocks, (mean std abs_max l2 nan inf)]
+        assert torch.equal(a[..., 4:], b[..., 4:]) and not a[..., 4:].any()
+        assert ((a[..., 1:4] - b[..., 1:4]).abs() <= FP32_BOUND * b[..., 1:4].abs()).all()
+        rms = b[..., 3] / (15 * 256) ** 0.5  # l2 / sqrt(numel): 15 tokens x 256 channels
+        assert ((a[..., 0] - b[..., 0]).abs() <= FP32_BOUND * rms).all()
+    assert "layout (not a recipe difference): A %d processes" % world in markdown(result)
+
+
+def test_parallel_recipe_dumped_in_one_process_says_how_to_launch(tiny_ckpt, tmp_path, monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    with pytest.raises(ConfigError, match="needs 2 process.*torchrun --standalone --nproc_per_node 2 -m wanport dump"):
+        dump_recipe(None, _par_overrides(tiny_ckpt) + ["parallel.ulysses=2"], str(tmp_path / "d"))
+    assert not (tmp_path / "d").exists()
+
+
+def test_gathered_shards_are_put_back_in_token_order_per_branch(monkeypatch):
+    """The reassembly on rank 0 for cfg 2 x ring 2 (rank = cfg_index * 2 + sp_rank): each CFG
+    group's chunks in sequence-rank order, padding cut; a forward every group ran alike (guidance
+    off) is recorded once."""
+    import wanport.dump.gather as G
+
+    full = {"cond": torch.randn(1, 7, 3), "uncond": torch.randn(1, 7, 3)}  # 7 tokens, padded to 8
+    padded = {k: torch.cat([v, v[:, -1:]], dim=1) for k, v in full.items()}
+    layout = G.GatherLayout(cfg=2, ulysses=1, ring=2, rank=0)
+
+    def fake_all_gather(parts, x):
+        for r in range(4):
+            branch = ("cond", "uncond")[r // 2] if fake_all_gather.cfg_parallel else "cond"
+            parts[r].copy_(padded[branch][:, (r % 2) * 4:(r % 2 + 1) * 4])
+
+    monkeypatch.setattr(G.dist, "all_gather", fake_all_gather)
+    fake_all_gather.cfg_parallel = True
+    got = layout.reassemble(torch.zeros(1, 4, 3), ["cond", "cond", "uncond", "uncond"], tokens=7)
+    assert [b for b, _ in got] == ["cond", "uncond"]
+    assert all(torch.equal(t, full[b]) for b, t in got)
+    fake_all_gather.cfg_parallel = False
+    got = layout.reassemble(torch.zeros(1, 4, 3), ["cond"] * 4, tokens=7)
+    assert [b for b, _ in got] == ["cond"] and torch.equal(got[0][1], full["cond"])
+    assert G.GatherLayout(cfg=2, ulysses=1, ring=2, rank=3).reassemble(torch.zeros(1, 4, 3), ["cond"] * 4, 7) == []
+
+    class Model:
+        class cfg:
+            patch_size = (1, 2, 2)
+
+    assert G.token_count(Model(), torch.zeros(1, 16, 3, 6, 10)) == 45 and G.token_count(object(), torch.zeros(1)) is None

@@ -4,6 +4,7 @@ refused before anything loads."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -201,3 +202,62 @@ def test_fsdp_pipeline_run_equals_single_process(tiny_ckpt, pipeline_reference, 
     mp.spawn(W.pipeline_worker, args=(2, W.free_port(), overrides, out), nprocs=2)
     got = torch.load(out)
     assert rel(got["video"], pipeline_reference) <= 1e-5
+
+
+def test_init_process_group_gets_the_device_where_torch_takes_it():
+    import datetime
+
+    from wanport.parallel.mesh import init_kwargs
+
+    def new_torch(backend=None, init_method=None, timeout=None, device_id=None):
+        pass
+
+    def torch_2_1(backend=None, init_method=None, timeout=None):  # no device_id yet
+        pass
+
+    accel = torch.device("meta", 1)  # any device with an index stands for an accelerator here
+    got = init_kwargs(30, accel, new_torch)
+    assert got == {"timeout": datetime.timedelta(seconds=30), "device_id": accel}
+    assert "device_id" not in init_kwargs(30, accel, torch_2_1)
+    assert "device_id" not in init_kwargs(30, torch.device("cpu"), new_torch)  # the host: nothing to bind
+    assert "device_id" not in init_kwargs(30, None, new_torch)
+
+
+def test_shutdown_tears_the_group_down_once_and_is_idempotent(monkeypatch):
+    import torch.distributed as dist
+
+    from wanport.parallel.mesh import init_mesh, shutdown
+
+    for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(W.free_port()))
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    monkeypatch.setenv("RANK", "0")
+    shutdown()  # nothing started: a no-op
+    init_mesh(1, 1, 1, "gloo", 30, device=lambda: torch.device("cpu"))
+    assert dist.is_initialized()
+    shutdown()
+    assert not dist.is_initialized()
+    shutdown()  # again (e.g. at exit after an explicit call): still fine
+
+
+def test_bench_scaling_under_torchrun_reports_once_with_every_rank(tmp_path):
+    """2 gloo processes: completes within the bound, rank 0 alone prints and writes (one set of
+    files), its rows carry every rank's figures, and the process group is torn down."""
+    stem = tmp_path / "scaling"
+    proc, seconds = W.torchrun(2, ["bench", "scaling", "--model", "wan2.1-t2v-tiny", "--size", "64*64",
+                                   "--frames", "5", "--backend", "reference", "--warmup", "1", "--repeats", "1",
+                                   "--layouts", "u2", "cfg2", "r4", "--out", stem], timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert seconds < 300
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["scaling.json", "scaling.md"] + (["scaling.png"] if "scaling.png" in proc.stdout else []))
+    assert proc.stdout.count("| layout | world |") == 1 and proc.stdout.count("wrote ") == 1
+    result = json.loads((tmp_path / "scaling.json").read_text())
+    assert [r["layout"] for r in result["rows"]] == ["1", "u2", "cfg2"]  # r4 is not of world 2
+    for row in result["rows"][1:]:
+        assert [r["rank"] for r in row["ranks"]] == [0, 1]
+        assert all(r["comm_s_per_step"] > 0 and r["comm_calls_per_step"] > 0 for r in row["ranks"])
+        assert row["comm_s_per_step"] == max(r["comm_s_per_step"] for r in row["ranks"])
+    assert "destroy_process_group" not in proc.stderr

@@ -7,6 +7,10 @@ with the attention shaped as after the Ulysses all-to-all (all tokens of the rin
 and the ring's r key blocks merged through the log-sum-exp, and 2/cfg forwards per step. That is
 the compute floor of the layout on this device; the communication it leaves out is what the
 multi-GPU measurement adds.
+
+Under torchrun only rank 0 reports: every rank's step time, peak memory and communication time
+per step are gathered to it and appear in its rows (``ranks``; the markdown shows the maximum
+over the ranks), and the process group is torn down once at the end.
 """
 
 from __future__ import annotations
@@ -184,19 +188,37 @@ def _bench_launched(model, cfg, policy, registry, spec, session, dit, x, t, ctx,
                     repeats, width, height, frames, world):
     """Under torchrun: rank 0 times the 1-device step while the others wait, then every layout of
     this world size is timed for real (communication included)."""
+    from ..parallel.mesh import shutdown
+
+    runtime = session.runtime
+    rows: List[Dict[str, Any]] = []
+    todo = [p for p in layouts if p.world == world]
+    if not todo:
+        raise ConfigError("bench scaling: launched with %d processes, but no layout of world %d was given (%s)"
+                          % (world, world, ", ".join(p.name for p in layouts) or "none"))
+    try:
+        _launched_rows(todo, rows, cfg, policy, registry, spec, runtime, dit, x, t, ctx, ops, warmup, repeats)
+    finally:
+        shutdown()  # once, on every rank, also when a layout failed
+    return _result(model, width, height, frames, tokens, spec, runtime, policy, rows,
+                   "per-step DiT time (CFG: 2 forwards), measured on %d processes; per-rank figures gathered to "
+                   "rank 0 (comm s/step and peak memory: the maximum over the ranks)" % world)
+
+
+def _launched_rows(todo, rows, cfg, policy, registry, spec, runtime, dit, x, t, ctx, ops, warmup, repeats) -> None:
+    """The rows (rank 0) of every layout in ``todo``, each timed on all ranks."""
     import torch.distributed as dist
 
     from ..parallel.cfg import CfgParallel
     from ..parallel.mesh import CommClock, init_mesh
     from ..parallel.sequence import wrap_self_attention
 
-    runtime = session.runtime
-    rows: List[Dict[str, Any]] = []
     base = None
     with torch.no_grad():
         first = True
-        for lay in [p for p in layouts if p.world == world]:
-            mesh = init_mesh(lay.cfg, lay.ulysses, lay.ring, spec.dist_backend, 600, set_device=runtime.set_device)
+        for lay in todo:
+            mesh = init_mesh(lay.cfg, lay.ulysses, lay.ring, spec.dist_backend, 600, set_device=runtime.set_device,
+                             device=runtime.device)
             device = runtime.device()
             if first:  # the 1-device reference step, on rank 0
                 first = False
@@ -210,6 +232,7 @@ def _bench_launched(model, cfg, policy, registry, spec, session, dit, x, t, ctx,
                                  "step_s": round(base, 4), "speedup": 1.0, "efficiency": 1.0,
                                  "measured": "1 device"})
                 dist.barrier()
+            runtime.reset_peak_memory()
             comm = CommClock()
             reqs = dit_requirements(cfg, policy, spec.device_type, padded_keys=lay.sp > 1, ring_lse=lay.ring > 1)
             table = resolve_ops(registry, spec, reqs, ops or {})
@@ -223,14 +246,21 @@ def _bench_launched(model, cfg, policy, registry, spec, session, dit, x, t, ctx,
             else:
                 step_fn = lambda: [dit(xs, t, cs) for _ in range(2)]  # noqa: E731
             step = statistics.median(time_forward(step_fn, runtime, warmup, repeats))
+            calls = max(1, warmup + repeats)
+            mine = {"rank": mesh.rank, "step_s": round(step, 4), "peak_memory_bytes": runtime.peak_memory_bytes(),
+                    "comm_s_per_step": round(comm.seconds / calls, 5), "comm_calls_per_step": comm.calls // calls}
+            ranks: List[Any] = [None] * mesh.world
+            dist.all_gather_object(ranks, mine)
             if mesh.rank == 0:
+                peaks = [r["peak_memory_bytes"] for r in ranks if r["peak_memory_bytes"] is not None]
                 rows.append({"layout": lay.name, "world": lay.world, "cfg": lay.cfg, "ulysses": lay.ulysses,
                              "ring": lay.ring, "step_s": round(step, 4),
                              "speedup": round(base / step, 3) if base else None,
                              "efficiency": round(base / step / lay.world, 3) if base else None,
-                             "measured": "%d devices, communication included" % lay.world})
-    return _result(model, width, height, frames, tokens, spec, runtime, policy, rows,
-                   "per-step DiT time (CFG: 2 forwards), measured on %d processes" % world)
+                             "measured": "%d devices, communication included" % lay.world,
+                             "comm_s_per_step": max(r["comm_s_per_step"] for r in ranks),
+                             "peak_memory_bytes": max(peaks) if peaks else None,
+                             "ranks": ranks})
 
 
 def _result(model, width, height, frames, tokens, spec, runtime, policy, rows, note) -> Dict[str, Any]:
@@ -252,11 +282,14 @@ def markdown(result: Mapping[str, Any]) -> str:
     lines = ["%s %dx%d x %d frames (%d tokens), backend %s on %s" % (
         result["model"], result["size"]["width"], result["size"]["height"], result["size"]["frames"],
         result["size"]["video_tokens"], result["backend"], result["device"]), "",
-        "| layout | world | step s | speedup | efficiency | measured |", "|---|---|---|---|---|---|"]
+        "| layout | world | step s | speedup | efficiency | comm s/step | peak memory GiB | measured |",
+        "|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
-        lines.append("| %s | %d | %.4f | %s | %s | %s |" % (
+        comm, peak = r.get("comm_s_per_step"), r.get("peak_memory_bytes")
+        lines.append("| %s | %d | %.4f | %s | %s | %s | %s | %s |" % (
             r["layout"], r["world"], r["step_s"], "n/a" if r["speedup"] is None else "%.2f" % r["speedup"],
-            "n/a" if r["efficiency"] is None else "%.2f" % r["efficiency"], r["measured"]))
+            "n/a" if r["efficiency"] is None else "%.2f" % r["efficiency"], "" if comm is None else "%.4f" % comm,
+            "" if peak is None else "%.2f" % (peak / 2 ** 30), r["measured"]))
     return "\n".join(lines) + "\n\n" + result["note"]
 
 

@@ -5,6 +5,11 @@ the relative L2 error and cosine of the fingerprints; per step: the latents' cos
 relative L2; every full block output present in both dumps; the video's PSNR and SSIM. The first
 divergence is the first (step, branch, block) in execution order whose fingerprint error passes
 the threshold (or whose output is not finite in one dump only).
+
+A dump of a multi-process run (torchrun, ``parallel.*``) holds its block outputs gathered and
+reassembled as a one-process run holds them, so it compares against a one-process dump of the
+same recipe like any other: the ``parallel`` settings are not a recipe difference; they are
+reported as the layout of each side.
 """
 
 from __future__ import annotations
@@ -54,6 +59,26 @@ def check_comparable(a: Dump, b: Dump, allow_different_recipe: bool) -> List[str
             raise DumpError("the fingerprints were taken at different positions (A: --fingerprint %s, B: %s): dump "
                             "both with the same --fingerprint" % (da.get("fingerprint"), db.get("fingerprint")))
     return warnings
+
+
+def layout(d: Dump) -> Dict[str, Any]:
+    """How the dump's run was laid out: processes, the parallel degrees, the recipe's ``parallel``
+    settings (``{"processes": 1}`` for a one-process dump)."""
+    p = d.manifest.get("parallel")
+    settings = {k: v for k, v in _flatten((d.manifest.get("recipe") or {}).get("parallel") or {}, "parallel").items()}
+    if not p:
+        return {"processes": 1, "settings": settings}
+    return {"processes": p.get("world"), "cfg": p.get("cfg"), "ulysses": p.get("ulysses"), "ring": p.get("ring"),
+            "settings": settings, "recorded": p.get("recorded")}
+
+
+def describe_layout(lay: Mapping[str, Any]) -> str:
+    if lay.get("processes", 1) == 1:
+        return "one process"
+    degrees = ", ".join("%s %d" % (k, lay[k]) for k in ("cfg", "ulysses", "ring") if (lay.get(k) or 1) > 1)
+    extra = ", ".join("%s=%s" % (k, v) for k, v in sorted(lay.get("settings", {}).items())
+                      if k.split(".")[-1] not in ("cfg", "ulysses", "ring"))
+    return "%d processes (%s%s), gathered to rank 0" % (lay["processes"], degrees, "; " + extra if extra else "")
 
 
 def _num(x: float) -> Optional[float]:
@@ -181,6 +206,7 @@ def compare_dumps(dir_a: str, dir_b: str, threshold: float = DEFAULT_THRESHOLD,
         "video": video,
         "ops_differ": {s: {"a": ops_a.get(s), "b": ops_b.get(s)} for s in sorted(set(ops_a) | set(ops_b))
                        if ops_a.get(s) != ops_b.get(s)},
+        "layout": {"a": layout(a), "b": layout(b)},
         "warnings": warnings,
     }
 
@@ -201,6 +227,10 @@ def markdown(result: Mapping[str, Any]) -> str:
              "model %s; A measured against B; threshold %g (relative L2 error)"
              % (result["model"], result["threshold"]),
              ""]
+    lay = result.get("layout")
+    if lay and (lay["a"].get("processes", 1) > 1 or lay["b"].get("processes", 1) > 1):
+        lines.append("layout (not a recipe difference): A %s; B %s"
+                     % (describe_layout(lay["a"]), describe_layout(lay["b"])))
     for w in result["warnings"]:
         lines.append("**warning**: %s" % w)
     first = result["first_divergence"]
@@ -273,4 +303,4 @@ def plots(result: Mapping[str, Any]):
     return out
 
 
-__all__ = ["compare_dumps", "check_comparable", "markdown", "plots", "DEFAULT_THRESHOLD"]
+__all__ = ["compare_dumps", "check_comparable", "layout", "describe_layout", "markdown", "plots", "DEFAULT_THRESHOLD"]

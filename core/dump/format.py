@@ -23,6 +23,13 @@ versions, the recipe after overrides with its sha256, the *compare hash* (the re
 keys that may differ between machines: backend, ops, env, output, checkpoint path, offload,
 parallel; the input image by its content's sha256), the op table, the dump settings, and the
 list of tensors in every file (a listed tensor missing from its file: a corrupt dump).
+
+``parallel`` is null for a one-process run; for a multi-process run (torchrun) it holds the
+layout (world, cfg, ulysses, ring), the recipe's ``parallel`` settings (VAE split, FSDP, ...),
+how the tensors were recorded (every block output gathered to rank 0 and reassembled in token
+order, so the tensors have the shapes and meaning of a one-process dump) and the per-rank
+figures of the run report. It is layout information: ``compare`` reports it and compares the
+tensors as usual.
 """
 
 from __future__ import annotations
@@ -91,6 +98,16 @@ def stack_branches(obs: DumpObserver, steps: int) -> Dict[str, torch.Tensor]:
     return out
 
 
+def parallel_info(obs: DumpObserver, report: Mapping[str, Any]) -> Optional[Dict[str, Any]]:
+    """The layout of a multi-process dump (None for one process)."""
+    layout = getattr(obs, "layout", None)
+    if layout is None:
+        return None
+    summary = report.get("parallel") or {}
+    return dict(layout.to_json(), settings=dict((report.get("recipe") or {}).get("parallel") or {}),
+                dist_backend=summary.get("dist_backend"), ranks=summary.get("ranks"))
+
+
 def write_dump(directory: str, obs: DumpObserver, report: Mapping[str, Any]) -> Dict[str, Any]:
     """The tensor files, then the manifest; returns the manifest."""
     steps = len(report["sampling"]["timesteps"])
@@ -128,6 +145,7 @@ def write_dump(directory: str, obs: DumpObserver, report: Mapping[str, Any]) -> 
         "dump": dict(obs.config.to_json(), num_blocks=obs.num_blocks, num_steps=steps,
                      branches=[b for b in BRANCHES if "stats." + b in tensors["stats"]],
                      experts=[obs.experts.get(i) for i in range(steps)], notes=obs.notes),
+        "parallel": parallel_info(obs, report),
         "files": {FILES[name]: sorted(content) for name, content in tensors.items()},
         "run_report": os.path.basename(report["output"]["report"]),
         "video_file": os.path.basename(report["output"]["video"]),
@@ -210,4 +228,5 @@ class Dump:
                 "created_at": m.get("created_at"), "torch": v.get("torch"), "wanport": v.get("wanport")}
 
 
-__all__ = ["FORMAT", "VERSION", "MANIFEST", "FILES", "MACHINE_KEYS", "Dump", "write_dump", "comparable_recipe"]
+__all__ = ["FORMAT", "VERSION", "MANIFEST", "FILES", "MACHINE_KEYS", "Dump", "write_dump", "comparable_recipe",
+           "parallel_info"]

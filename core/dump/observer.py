@@ -8,6 +8,11 @@ relative error between two machines can be estimated for every block and step at
 cost. Full block outputs for the chosen blocks and steps, the latent after every step, and the
 decoded video. Statistics of one forward stay on the device until the forward ends (one
 transfer per forward, not per block). Hooks only read: nothing here modifies a tensor.
+
+In a multi-process run (``layout``: a :class:`~.gather.GatherLayout`) every rank hooks its blocks
+and takes part in gathering each block output to rank 0, which reassembles it in token order and
+records exactly what a one-process run records (both guidance branches included); the other
+ranks record nothing.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import torch
 from ..errors import ConfigError
 from ..io.video import to_uint8_frames
 from ..pipeline.sampling import Expert, LoopObserver
+from .gather import GatherLayout, token_count
 
 STAT_NAMES = ("mean", "std", "abs_max", "l2", "nan", "inf")
 BRANCHES = ("cond", "uncond")
@@ -80,8 +86,12 @@ def fingerprint_index(numel: int, n: int, seed: int) -> torch.Tensor:
 
 
 class DumpObserver(LoopObserver):
-    def __init__(self, config: DumpConfig) -> None:
+    def __init__(self, config: DumpConfig, layout: Optional[GatherLayout] = None) -> None:
         self.config = config
+        #: the rank layout of a multi-process run (None: one process)
+        self.layout = layout if layout is not None and layout.world > 1 else None
+        #: whether this process keeps records (one process, or rank 0)
+        self.recording = self.layout is None or self.layout.is_main
         self.timesteps: Dict[int, int] = {}
         self.experts: Dict[int, str] = {}
         #: (step, branch) -> host [blocks, len(STAT_NAMES)] / [blocks, N]
@@ -96,9 +106,11 @@ class DumpObserver(LoopObserver):
         self._device_index: Dict[Tuple[int, str], torch.Tensor] = {}
         self._hooks: List[Any] = []
         self._seen: set = set()
-        self._pending: List[Tuple[int, torch.Tensor, torch.Tensor]] = []
+        self._pending: List[Tuple[str, int, torch.Tensor, torch.Tensor]] = []
         self._step = -1
         self._branch = "cond"
+        self._rank_branches: List[str] = []
+        self._tokens: Optional[int] = None
 
     # ------------------------------------------------------------------ loop hooks
     def step_start(self, index: int, t: int, expert: Expert) -> None:
@@ -110,13 +122,17 @@ class DumpObserver(LoopObserver):
     def forward(self, index: int, branch: str) -> None:
         self._flush()
         self._branch = branch
+        if self.layout is not None:
+            self._rank_branches = self.layout.branches(branch)
 
     def step_end(self, index: int, latent: torch.Tensor) -> None:
         self._flush()
-        self.latents[index] = latent.detach().to(HOST, torch.float32, copy=True)
+        if self.recording:
+            self.latents[index] = latent.detach().to(HOST, torch.float32, copy=True)
 
     def video_decoded(self, video: torch.Tensor) -> None:
-        self.video = torch.from_numpy(to_uint8_frames(video))
+        if self.recording:
+            self.video = torch.from_numpy(to_uint8_frames(video))
 
     def close(self) -> None:
         self._flush()
@@ -134,12 +150,23 @@ class DumpObserver(LoopObserver):
             self.notes.append("a model without .blocks (%s): no per-block records for it" % type(model).__name__)
             return
         self.num_blocks = max(self.num_blocks, len(blocks))
+        if self.layout is not None and self.layout.sp > 1:
+            self._hooks.append(model.register_forward_pre_hook(self._tokens_hook(model), with_kwargs=True))
         for i, block in enumerate(blocks):
             self._hooks.append(block.register_forward_hook(self._hook(i)))
 
     def _hook(self, block: int):
         def hook(module, inputs, output):
             self._record(block, output)
+        return hook
+
+    def _tokens_hook(self, model: Any):
+        def hook(module, args, kwargs):
+            x = args[0] if args else kwargs.get("x")
+            self._tokens = token_count(model, x) if isinstance(x, torch.Tensor) else None
+            if self._tokens is None and "token count unknown" not in " ".join(self.notes):
+                self.notes.append("token count unknown for %s: gathered block outputs keep the sequence padding"
+                                  % type(model).__name__)
         return hook
 
     def _positions(self, numel: int, device: torch.device) -> torch.Tensor:
@@ -152,27 +179,36 @@ class DumpObserver(LoopObserver):
 
     def _record(self, block: int, output: torch.Tensor) -> None:
         x = output.detach()
+        if self.layout is None:
+            self._record_one(self._branch, block, x)
+            return
+        for branch, full in self.layout.reassemble(x, self._rank_branches, self._tokens):
+            self._record_one(branch, block, full)
+
+    def _record_one(self, branch: str, block: int, x: torch.Tensor) -> None:
         flat = x.reshape(-1).float()
         stats = torch.stack([flat.mean(), flat.std(), flat.abs().max(), flat.norm(),
                              torch.isnan(flat).sum().float(), torch.isinf(flat).sum().float()])
-        self._pending.append((block, stats, flat[self._positions(flat.numel(), flat.device)]))
+        self._pending.append((branch, block, stats, flat[self._positions(flat.numel(), flat.device)]))
         if self._step in self.config.steps and block in self.config.blocks:
-            self.full[full_key(self._branch, self._step, block)] = x.to(HOST, copy=True)
+            self.full[full_key(branch, self._step, block)] = x.to(HOST, copy=True)
 
     def _flush(self) -> None:
         if not self._pending:
             return
         pending, self._pending = self._pending, []
-        n_blocks = max(self.num_blocks, 1 + max(b for b, _, _ in pending))
-        width = pending[0][2].numel()
-        stats = torch.full((n_blocks, len(STAT_NAMES)), float("nan"))
-        fps = torch.full((n_blocks, width), float("nan"))
-        host_stats = torch.stack([s for _, s, _ in pending]).to(HOST)  # one transfer per forward
-        host_fps = torch.stack([f for _, _, f in pending]).to(HOST)
-        for row, (b, _, _) in enumerate(pending):
-            stats[b], fps[b] = host_stats[row], host_fps[row]
-        key = (self._step, self._branch)
-        self.stats[key], self.fingerprints[key] = stats, fps
+        n_blocks = max(self.num_blocks, 1 + max(p[1] for p in pending))
+        width = pending[0][3].numel()
+        host_stats = torch.stack([p[2] for p in pending]).to(HOST)  # one transfer per forward
+        host_fps = torch.stack([p[3] for p in pending]).to(HOST)
+        for branch in dict.fromkeys(p[0] for p in pending):  # execution order
+            stats = torch.full((n_blocks, len(STAT_NAMES)), float("nan"))
+            fps = torch.full((n_blocks, width), float("nan"))
+            for row, (br, b, _, _) in enumerate(pending):
+                if br == branch:
+                    stats[b], fps[b] = host_stats[row], host_fps[row]
+            key = (self._step, branch)
+            self.stats[key], self.fingerprints[key] = stats, fps
 
 
 def full_key(branch: str, step: int, block: int) -> str:

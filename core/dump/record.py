@@ -3,6 +3,12 @@
 The dump settings are checked against the model and the schedule before anything loads (the
 recipe, backend and checkpoint files are checked first, as for ``wanport check``); the video and
 run report land in DIR beside the dump files, the manifest last.
+
+Under torchrun (a recipe with ``parallel.*``) every rank runs the recipe and takes part in
+gathering the block outputs (:mod:`.gather`); only rank 0 prepares the folder and writes the
+dump, whose manifest records the layout::
+
+    torchrun --standalone --nproc_per_node 2 -m wanport dump RECIPE parallel.ulysses=2 --out DIR
 """
 
 from __future__ import annotations
@@ -13,14 +19,18 @@ from typing import Any, Dict, Optional, Sequence
 from ..config import load_recipe
 from ..errors import ConfigError
 from .format import MANIFEST, write_dump
+from .gather import GatherLayout
 from .observer import DumpConfig, DumpObserver, parse_indices, resolve_indices
 
 
-def prepare_folder(out: str) -> None:
+def prepare_folder(out: str, main: bool = True) -> None:
     """A new or empty folder, or an earlier dump (its manifest is removed first, so an
-    interrupted re-dump is never mistaken for a finished one)."""
+    interrupted re-dump is never mistaken for a finished one). Only the main rank looks inside
+    and changes the folder (another rank could see it half-way through)."""
     if os.path.exists(out) and not os.path.isdir(out):
         raise ConfigError("dump: --out %s exists and is not a folder" % out)
+    if not main:
+        return
     if os.path.isdir(out) and os.listdir(out):
         manifest = os.path.join(out, MANIFEST)
         if not os.path.isfile(manifest):
@@ -31,8 +41,10 @@ def prepare_folder(out: str) -> None:
 
 def dump_recipe(recipe: Optional[str], overrides: Sequence[str], out: str, blocks: Optional[str] = None,
                 steps: Optional[str] = None, fingerprint: int = 256, progress: bool = False,
-                source: str = "recipe", observer_class=DumpObserver) -> Dict[str, Any]:
-    """Validate, run with a :class:`DumpObserver`, write the dump; returns the manifest."""
+                source: str = "recipe", observer_class=DumpObserver) -> Optional[Dict[str, Any]]:
+    """Validate, run with a :class:`DumpObserver`, write the dump; returns the manifest (on
+    rank 0; None on the other ranks of a multi-process run)."""
+    from ..parallel.mesh import launched_rank, launched_world
     from ..pipeline.common import check_run
     from ..pipeline.run import run
 
@@ -41,17 +53,28 @@ def dump_recipe(recipe: Optional[str], overrides: Sequence[str], out: str, block
     block_sel, step_sel = parse_indices(blocks, "--blocks"), parse_indices(steps, "--steps")
     cfg, raw = load_recipe(recipe, list(overrides) + ["output.dir=%s" % out, "output.name=run"])
     plan, _, _, _, _, ckpts = check_run(cfg, source)  # recipe, image, backend, checkpoint files: nothing loaded
-    if getattr(plan, "world", 1) > 1:
-        raise ConfigError("dump: runs in one process, but the recipe asks for %d (parallel.*); dump with "
-                          "parallel.cfg=1 parallel.ulysses=1 parallel.ring=1" % plan.world)
+    world = plan.world
+    launched = launched_world()
+    if world != launched:
+        how = ("torchrun --standalone --nproc_per_node %d -m wanport dump ..." % world if world > 1
+               else "as one plain process (wanport dump ...)")
+        raise ConfigError("dump: the recipe needs %d process(es) (parallel: cfg x ulysses x ring) but %d were "
+                          "launched; start it %s, or change the parallel section" % (world, launched, how))
     config = DumpConfig(blocks=resolve_indices(block_sel, ckpts.dit.config.num_layers, "--blocks"),
                         steps=resolve_indices(step_sel, plan.num_steps, "--steps"), fingerprint=fingerprint)
-    prepare_folder(out)
-    observer = observer_class(config)
+    layout = None
+    if world > 1:
+        p = plan.parallel
+        layout = GatherLayout(cfg=int(p.cfg), ulysses=int(p.ulysses), ring=int(p.ring), rank=launched_rank())
+    main = layout is None or layout.is_main
+    prepare_folder(out, main)
+    observer = observer_class(config, layout) if layout is not None else observer_class(config)
     try:
-        report = run(cfg, raw, progress=progress, source=source, observer=observer)
+        report = run(cfg, raw, progress=progress and main, source=source, observer=observer)
     finally:
         observer.close()
+    if not main:
+        return None
     return write_dump(out, observer, report)
 
 

@@ -11,10 +11,12 @@ ranks of one ring slot hold one contiguous stretch of the sequence.
 
 from __future__ import annotations
 
+import atexit
 import datetime
+import inspect
 import os
 from dataclasses import dataclass
-from typing import Any, List
+from typing import Any, Callable, Dict, List, Optional, Union
 
 import torch
 import torch.distributed as dist
@@ -61,6 +63,31 @@ def launched_world() -> int:
         return 1
 
 
+def launched_rank() -> int:
+    """RANK from the launcher (torchrun), 0 when started as one plain process."""
+    try:
+        return int(os.environ.get("RANK", "0"))
+    except ValueError:
+        return 0
+
+
+def init_kwargs(timeout_s: float, device: Optional[torch.device] = None,
+                init_fn: Callable = dist.init_process_group) -> Dict[str, Any]:
+    """Keyword arguments of ``init_process_group`` beyond the backend name: the bounded timeout
+    and, where this torch has it (``device_id`` appeared after torch 2.1) and the device has an
+    index (an accelerator, not the host), this rank's device -- so the collective library binds
+    the right device instead of guessing it from the global rank."""
+    kwargs: Dict[str, Any] = {"timeout": datetime.timedelta(seconds=timeout_s)}
+    if device is not None and device.index is not None:
+        try:
+            params = inspect.signature(init_fn).parameters
+        except (TypeError, ValueError):
+            params = {}
+        if "device_id" in params:
+            kwargs["device_id"] = device
+    return kwargs
+
+
 def check_launch(needed: int) -> None:
     """The recipe's process count against how this process was started."""
     world = launched_world()
@@ -75,16 +102,32 @@ def check_launch(needed: int) -> None:
 
 
 def init_mesh(cfg: int, ulysses: int, ring: int, dist_backend: str, timeout_s: float,
-              set_device=None) -> Mesh:
-    """Start torch.distributed (env:// from torchrun) and build every group, on every rank."""
+              set_device=None, device: Union[None, torch.device, Callable[[], torch.device]] = None) -> Mesh:
+    """Start torch.distributed (env:// from torchrun) and build every group, on every rank.
+
+    ``set_device(local_rank)`` and ``device`` (a device, or a callable returning this rank's
+    device once set -- e.g. the backend runtime's ``device``) come from the backend runtime; the
+    device is handed to ``init_process_group`` where torch accepts it. The process group is torn
+    down once, by :func:`shutdown` or at interpreter exit, whichever comes first."""
     world = cfg * ulysses * ring
     check_launch(world)
-    rank = int(os.environ.get("RANK", "0"))
+    rank = launched_rank()
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if set_device is not None:
         set_device(local_rank)
     if not dist.is_initialized():
-        dist.init_process_group(backend=dist_backend, timeout=datetime.timedelta(seconds=timeout_s))
+        dev = device() if callable(device) else device
+        kwargs = init_kwargs(timeout_s, dev)
+        try:
+            dist.init_process_group(backend=dist_backend, **kwargs)
+        except (TypeError, ValueError):
+            # a torch / collective-library pair that declares device_id but refuses this device
+            # (checked before anything is started): fall back to the unbound start
+            if "device_id" not in kwargs or dist.is_initialized():
+                raise
+            kwargs.pop("device_id")
+            dist.init_process_group(backend=dist_backend, **kwargs)
+        _register_teardown()
     sp = ulysses * ring
     cfg_index, rest = divmod(rank, sp)
     ring_index, ulysses_index = divmod(rest, ulysses)
@@ -108,8 +151,21 @@ def init_mesh(cfg: int, ulysses: int, ring: int, dist_backend: str, timeout_s: f
                 cfg_group, sp_group, ulysses_group, ring_group, ring_ranks, timeout_s)
 
 
+_TEARDOWN_REGISTERED = False
+
+
+def _register_teardown() -> None:
+    global _TEARDOWN_REGISTERED
+    if not _TEARDOWN_REGISTERED:
+        atexit.register(shutdown)
+        _TEARDOWN_REGISTERED = True
+
+
 def shutdown() -> None:
-    if dist.is_initialized():
+    """Destroy the default process group (and with it every group of the mesh); idempotent: a
+    no-op for one process or when already torn down. Registered at exit by :func:`init_mesh`, so
+    a command that returns without calling it still tears the group down once."""
+    if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 
 
@@ -146,4 +202,4 @@ def tensor_like_all_gather(t: torch.Tensor, group, world: int) -> List[torch.Ten
     return parts
 
 
-__all__ = ["Mesh", "init_mesh", "check_launch", "launched_world", "shutdown", "CommClock", "tensor_like_all_gather"]
+__all__ = ["Mesh", "init_mesh", "init_kwargs", "check_launch", "launched_world", "launched_rank", "shutdown", "CommClock", "tensor_like_all_gather"]

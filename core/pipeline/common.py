@@ -129,7 +129,8 @@ def start_parallel(plan: RunPlan, spec, session: Session, ckpts: CheckpointSet):
     problems = check_heads(p, ckpts.dit.config.num_heads, plan.preset.name)
     if problems:
         raise ConfigError(problems[0])
-    mesh = init_mesh(p.cfg, p.ulysses, p.ring, spec.dist_backend, p.timeout_s, set_device=session.runtime.set_device)
+    mesh = init_mesh(p.cfg, p.ulysses, p.ring, spec.dist_backend, p.timeout_s, set_device=session.runtime.set_device,
+                     device=session.runtime.device)
     return dataclasses.replace(session, device=session.runtime.device()), mesh, comm
 
 
