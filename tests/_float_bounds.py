@@ -24,4 +24,15 @@ def f32_bound(k: int, ulps: float = 2.0) -> float:
     return ulps * math.sqrt(max(int(k), 1)) * EPS32
 
 
-__all__ = ["EPS32", "f32_bound"]
+
+
+
+def chain_terms(module) -> int:
+    """Every product summed on the way through ``module``'s convolutions and Linears (the sum of their
+    fan-ins): the ``k`` of a deep float32 network, whose layers' rounding errors add up like one
+    long sum (in quadrature). Counting parallel branches too makes it an over-estimate, never an under-."""
+    import torch
+
+    kinds = (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d, torch.nn.Linear)
+    return sum(m.weight[0].numel() for m in module.modules() if isinstance(m, kinds) and m.weight is not None)
+__all__ = ["EPS32", "f32_bound", "chain_terms"]
