@@ -27,12 +27,14 @@ def f32_bound(k: int, ulps: float = 2.0) -> float:
 
 
 
-def chain_terms(module) -> int:
-    """Every product summed on the way through ``module``'s convolutions and Linears (the sum of their
-    fan-ins): the ``k`` of a deep float32 network, whose layers' rounding errors add up like one
-    long sum (in quadrature). Counting parallel branches too makes it an over-estimate, never an under-."""
+def chain_terms(module, attention_terms: int = 0) -> int:
+    """The products summed on the way through ``module``: its convolutions' and Linears' fan-ins, plus
+    ``attention_terms`` for the reductions that are no module (per attention layer: head dim + 2 x keys,
+    summed over layers). That is the ``k`` of a deep float32 network, whose layers' rounding errors add
+    up like one long sum (in quadrature); parallel branches (q, k, v) are all counted, which over-counts."""
     import torch
 
     kinds = (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d, torch.nn.Linear)
-    return sum(m.weight[0].numel() for m in module.modules() if isinstance(m, kinds) and m.weight is not None)
+    return attention_terms + sum(m.weight[0].numel() for m in module.modules()
+                                 if isinstance(m, kinds) and m.weight is not None)
 __all__ = ["EPS32", "f32_bound", "chain_terms"]
