@@ -470,3 +470,332 @@ def test_check_rejects_what_run_rejects(case, changes, code, fragment, tmp_path,
     got, err = run_cli(capsys, ["check", recipe])
     assert got == code, err
     assert fragment in err and "Traceback" not in err
+
+
+# ------------------------------------------------------------------------------------------
+# safetensors headers: everything the loader would refuse is refused by `check` and `run` alike,
+# before any weight loads (the header is the only part read)
+
+SHARD1 = "diffusion_pytorch_model-00001-of-00002.safetensors"
+SHARD2 = "diffusion_pytorch_model-00002-of-00002.safetensors"
+INDEX = "diffusion_pytorch_model.safetensors.index.json"
+
+
+def _edit_header(path, fn):
+    """Rewrite a safetensors file's header (and data) through ``fn(header, data) -> (header, data)``."""
+    import struct
+
+    raw = open(path, "rb").read()
+    (n,) = struct.unpack("<Q", raw[:8])
+    header, data = json.loads(raw[8:8 + n]), raw[8 + n:]
+    header, data = fn(header, data)
+    blob = header if isinstance(header, bytes) else json.dumps(header).encode()
+    open(path, "wb").write(struct.pack("<Q", len(blob)) + blob + data)
+
+
+def _by_offset(header):
+    return sorted((k for k in header if k != "__metadata__"), key=lambda k: header[k]["data_offsets"])
+
+
+def _set(field, value_fn, which=0):
+    def fn(h, d):
+        key = _by_offset(h)[which]
+        h[key][field] = value_fn(h[key])
+        return h, d
+    return fn
+
+
+def _shift(which, by):
+    return _set("data_offsets", lambda e: [e["data_offsets"][0] + by, e["data_offsets"][1] + by], which)
+
+
+# (case id, header edit, message fragments)
+HEADER_CASES = [
+    ("offsets-strings", _set("data_offsets", lambda e: [str(o) for o in e["data_offsets"]]),
+     ["has data_offsets ['0', ", "expected two integers"]),
+    ("offsets-floats", _set("data_offsets", lambda e: [float(o) for o in e["data_offsets"]]),
+     ["has data_offsets [0.0, ", "expected two integers"]),
+    ("offsets-negative", _set("data_offsets", lambda e: [-4, e["data_offsets"][1]]), ["expected 0 <= begin <= end"]),
+    ("offsets-reversed", _set("data_offsets", lambda e: e["data_offsets"][::-1], which=1),
+     ["expected 0 <= begin <= end"]),
+    ("offsets-one-number", _set("data_offsets", lambda e: [e["data_offsets"][1]]), ["expected two integers"]),
+    ("offsets-overlap", _shift(1, -4), ["overlaps tensor"]),
+    ("offsets-gap", lambda h, d: (_shift(-1, 4)(h, d)[0], d + b"\0" * 4),
+     ["leaves a gap of 4 bytes"]),
+    ("offsets-past-end", _shift(-1, 4), ["of the data, but the file holds", "truncated download?"]),
+    ("span-does-not-match-shape", _set("shape", lambda e: [e["shape"][0] - 1] + e["shape"][1:]),
+     ["spans", "bytes, but shape"]),
+    ("shape-negative", _set("shape", lambda e: [-1] + e["shape"][1:]), ["expected a list of non-negative integers"]),
+    ("shape-not-a-list", _set("shape", lambda e: "big"), ["expected a list of non-negative integers"]),
+    ("dtype-unreadable", _set("dtype", lambda e: "F8_E4M3"), ["dtype 'F8_E4M3', which wanport cannot read"]),
+    ("dtype-unknown", _set("dtype", lambda e: "Q4"), ["dtype 'Q4', which wanport cannot read"]),
+    ("dtype-not-a-string", _set("dtype", lambda e: 32), ["dtype 32, which wanport cannot read"]),
+    ("entry-not-an-object", lambda h, d: ({**h, _by_offset(h)[0]: "weights"}, d), ["not an object"]),
+    ("entry-lacks-fields", lambda h, d: ({**h, _by_offset(h)[0]: {"dtype": "F32"}}, d),
+     ["lacks shape, data_offsets"]),
+    ("metadata-not-strings", lambda h, d: ({**h, "__metadata__": {"format": 1}}, d), ["__metadata__"]),
+    ("trailing-bytes", lambda h, d: (h, d + b"\0" * 16), ["the tensors cover"]),
+    ("header-not-utf8", lambda h, d: (b"\xff\xfe{}", d), ["corrupt safetensors header"]),
+    ("header-not-an-object", lambda h, d: (b"[1, 2]", d), ["not a JSON object"]),
+]
+
+
+@pytest.mark.parametrize("kind,edit,fragments", HEADER_CASES, ids=[c[0] for c in HEADER_CASES])
+def test_bad_safetensors_header(kind, edit, fragments, tmp_path, tiny_copy, capsys, no_weight_loading):
+    path = os.path.join(tiny_copy, SHARD1 if kind != "offsets-past-end" else SHARD2)
+    _edit_header(path, edit)
+    recipe = write_recipe(tmp_path, tiny_copy)
+    for command in (["check", recipe], ["run", recipe, "--no-progress"]):
+        got, err = run_cli(capsys, command)
+        assert got == 3, (command, err)
+        assert os.path.basename(path) in err and "Traceback" not in err, err
+        for fragment in fragments:
+            assert fragment in err, (fragment, err)
+
+
+def test_header_validation_agrees_with_the_loader(tmp_path):
+    """What wanport accepts, the safetensors reader reads tensor by tensor; each case above is also one
+    the reader refuses (bar the dtype wanport does not use), so no refusal is spurious; and random
+    header edits give either an accepted, fully readable file or one CheckpointError, never another
+    exception."""
+    import random
+
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from wanport.checkpoints.safetensors_files import read_header
+    from wanport.errors import CheckpointError
+
+    def loader_reads(path):
+        try:
+            with safe_open(path, framework="pt") as f:
+                [f.get_tensor(k) for k in f.keys()]
+            return True
+        except Exception:
+            return False
+
+    tensors = {"a": torch.ones(2, 3), "b": torch.zeros(0, 4, dtype=torch.bfloat16), "c": torch.arange(5),
+               "d": torch.ones(3, dtype=torch.bool), "e": torch.ones(1, dtype=torch.float16)}
+    path = str(tmp_path / "ok.safetensors")
+    save_file(tensors, path, metadata={"format": "pt"})
+    entries = read_header(path)
+    assert {k: (e.shape, e.dtype) for k, e in entries.items()} == {
+        "a": ((2, 3), "F32"), "b": ((0, 4), "BF16"), "c": ((5,), "I64"), "d": ((3,), "BOOL"), "e": ((1,), "F16")}
+    for kind, edit, _ in HEADER_CASES:
+        bad = str(tmp_path / (kind + ".safetensors"))
+        save_file(tensors, bad)
+        _edit_header(bad, edit)
+        with pytest.raises(CheckpointError):
+            read_header(bad)
+        assert not loader_reads(bad) or kind == "dtype-unreadable", kind
+    rng = random.Random(0)
+    fuzz = str(tmp_path / "fuzz.safetensors")
+    for trial in range(150):
+        save_file(tensors, fuzz)
+
+        def mutate(h, d):
+            key = rng.choice(sorted(k for k in h if k != "__metadata__"))
+            field = rng.choice(["data_offsets", "shape", "dtype"])
+            if field == "data_offsets":
+                i = rng.randrange(2)
+                h[key][field][i] += rng.choice([-8, -1, 1, 4, 8])
+            elif field == "shape":
+                h[key][field] = [max(0, x + rng.choice([-1, 1])) for x in h[key][field]] or [1]
+            else:
+                h[key][field] = rng.choice(["F32", "F16", "BF16", "I64", "U8", "F64"])
+            return h, d + (b"\0" * rng.choice([0, 0, 4]))
+
+        _edit_header(fuzz, mutate)
+        try:
+            read_header(fuzz)
+        except CheckpointError:
+            continue
+        assert loader_reads(fuzz), trial
+
+
+# ------------------------------------------------------------------------------------------
+# the shard index: strings only, files inside the checkpoint folder only
+
+
+@pytest.fixture
+def opened_shards(monkeypatch):
+    """Every path whose safetensors header is read."""
+    import wanport.checkpoints.safetensors_files as st
+
+    seen = []
+    real = st.read_header
+
+    def spy(path):
+        seen.append(os.path.realpath(path))
+        return real(path)
+
+    monkeypatch.setattr(st, "read_header", spy)
+    return seen
+
+
+def _remap(ckpt, fn):
+    path = os.path.join(ckpt, INDEX)
+    index = json.load(open(path))
+    fn(index)
+    json.dump(index, open(path, "w"))
+
+
+def _map_shard2_to(name):
+    def fn(index):
+        for k, v in index["weight_map"].items():
+            if v == SHARD2:
+                index["weight_map"][k] = name
+    return fn
+
+
+def _index_corrupt(kind, ckpt, outside):
+    import shutil
+
+    first = lambda index: sorted(index["weight_map"])[0]  # noqa: E731
+    if kind == "value-int":
+        _remap(ckpt, lambda ix: ix["weight_map"].__setitem__(first(ix), 5))
+    elif kind == "value-list":
+        _remap(ckpt, lambda ix: ix["weight_map"].__setitem__(first(ix), [SHARD1]))
+    elif kind == "value-null":
+        _remap(ckpt, lambda ix: ix["weight_map"].__setitem__(first(ix), None))
+    elif kind == "weight-map-list":
+        _remap(ckpt, lambda ix: ix.__setitem__("weight_map", [SHARD1]))
+    elif kind == "relative-outside":
+        shutil.move(os.path.join(ckpt, SHARD2), os.path.join(outside, "outside.safetensors"))
+        _remap(ckpt, _map_shard2_to("../outside/outside.safetensors"))
+    elif kind == "absolute-outside":
+        _remap(ckpt, _map_shard2_to("/etc/passwd"))
+    elif kind == "symlink-outside":
+        shutil.move(os.path.join(ckpt, SHARD2), os.path.join(outside, SHARD2))
+        os.symlink(os.path.join(outside, SHARD2), os.path.join(ckpt, SHARD2))
+
+
+# (index problem, message fragments)
+INDEX_CASES = [
+    ("value-int", ["index.json", "to 5, not to a shard file name"]),
+    ("value-list", ["index.json", "not to a shard file name"]),
+    ("value-null", ["index.json", "to None, not to a shard file name"]),
+    ("weight-map-list", ["index.json", "'weight_map' must be a non-empty object"]),
+    ("relative-outside", ["'../outside/outside.safetensors' is outside the checkpoint folder"]),
+    ("absolute-outside", ["'/etc/passwd' is outside the checkpoint folder"]),
+    ("symlink-outside", ["outside the checkpoint folder", "symbolic link"]),
+]
+
+
+@pytest.mark.parametrize("kind,fragments", INDEX_CASES, ids=[c[0] for c in INDEX_CASES])
+def test_bad_shard_index(kind, fragments, tmp_path, tiny_copy, capsys, no_weight_loading, opened_shards):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    _index_corrupt(kind, tiny_copy, str(outside))
+    recipe = write_recipe(tmp_path, tiny_copy)
+    for command in (["check", recipe], ["run", recipe, "--no-progress"]):
+        got, err = run_cli(capsys, command)
+        assert got == 3, (command, err)
+        assert "Traceback" not in err and err.startswith("wanport: error: ")
+        for fragment in fragments:
+            assert fragment in err, (fragment, err)
+    root = os.path.realpath(tiny_copy)
+    assert all(p.startswith(root + os.sep) for p in opened_shards), opened_shards  # nothing outside was read
+
+
+# ------------------------------------------------------------------------------------------
+# inputs that are not regular files: refused before anything opens them (a FIFO would block a
+# reader forever, so each test runs under a deadline and a regression fails instead of hanging)
+
+
+@pytest.fixture
+def deadline():
+    """Fail the test (instead of hanging the suite) when it runs longer than 60 s."""
+    import signal
+
+    def expired(signum, frame):
+        raise TimeoutError("blocked on a non-regular file: the input was opened before it was checked")
+
+    old = signal.signal(signal.SIGALRM, expired)
+    signal.alarm(60)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, old)
+
+
+def _replace_by(path, what):
+    import shutil
+
+    if os.path.isdir(path):
+        shutil.rmtree(path)
+    elif os.path.lexists(path):
+        os.remove(path)
+    if what == "fifo":
+        os.mkfifo(path)
+    else:
+        os.mkdir(path)
+
+
+# (file in the checkpoint, replaced by, message fragment)
+NOT_FILE_CASES = [
+    (SHARD2, "fifo", SHARD2 + ": is a named pipe (FIFO), not a regular file"),
+    (SHARD2, "folder", SHARD2 + ": is a folder, not a regular file"),
+    (INDEX, "fifo", INDEX + ": is a named pipe (FIFO)"),
+    ("config.json", "fifo", "config.json: is a named pipe (FIFO)"),
+    ("Wan2.1_VAE.pth", "fifo", "Wan2.1_VAE.pth: is a named pipe (FIFO)"),
+    ("Wan2.1_VAE.pth", "folder", "Wan2.1_VAE.pth: is a folder"),
+    ("models_t5_umt5-xxl-enc-bf16.pth", "fifo", "models_t5_umt5-xxl-enc-bf16.pth: is a named pipe (FIFO)"),
+    ("google/umt5-xxl/tokenizer_config.json", "fifo", "tokenizer_config.json: is a named pipe (FIFO)"),
+]
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes on this platform")
+@pytest.mark.parametrize("name,what,fragment", NOT_FILE_CASES, ids=["%s-%s" % (c[0], c[1]) for c in NOT_FILE_CASES])
+def test_checkpoint_file_that_is_not_a_file(name, what, fragment, tmp_path, tiny_copy, capsys, no_weight_loading,
+                                           deadline):
+    _replace_by(os.path.join(tiny_copy, name), what)
+    recipe = write_recipe(tmp_path, tiny_copy)
+    got, err = run_cli(capsys, ["check", recipe])
+    assert got == 3 and fragment in err and "Traceback" not in err, err
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes on this platform")
+def test_recipe_and_image_that_are_fifos(tmp_path, tiny_layout, capsys, no_weight_loading, deadline):
+    fifo = str(tmp_path / "fifo-recipe.yaml")
+    os.mkfifo(fifo)
+    got, err = run_cli(capsys, ["check", fifo])
+    assert got == 2 and "recipe %s: is a named pipe (FIFO), not a regular file" % fifo in err, err
+    image = str(tmp_path / "photo.png")
+    os.mkfifo(image)
+    recipe = _family_recipe(tmp_path, tiny_layout("wan2.1-i2v"), "wan2.1-i2v", image=image)
+    got, err = run_cli(capsys, ["run", recipe, "--no-progress"])
+    assert got == 5 and "image %s: is a named pipe (FIFO), not a regular file" % image in err, err
+
+
+# ------------------------------------------------------------------------------------------
+# a .pth holding pickled code: refused without running it, and without torch's advice to load it
+# with the safety off
+
+
+class _Payload:
+    """Unpickling this runs a shell command that creates a marker file."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, ("touch %s" % self.marker,))
+
+
+@pytest.mark.parametrize("name,legacy", [("Wan2.1_VAE.pth", False), ("models_t5_umt5-xxl-enc-bf16.pth", True)])
+def test_pickled_code_is_refused(name, legacy, tmp_path, tiny_copy, capsys, no_weight_loading):
+    import torch
+
+    marker = tmp_path / "pwned"
+    path = os.path.join(tiny_copy, name)
+    state = torch.load(path, weights_only=True)
+    state["payload"] = _Payload(str(marker))
+    torch.save(state, path, _use_new_zipfile_serialization=not legacy)
+    recipe = write_recipe(tmp_path, tiny_copy)
+    for command in (["check", recipe], ["run", recipe, "--no-progress"]):
+        got, err = run_cli(capsys, command)
+        assert got == 3, err
+        assert name in err and "holds pickled code" in err and "refused" in err, err
+        assert "weights_only" not in err and "Traceback" not in err, err  # torch's advice is not passed on
+    assert not marker.exists()

@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from _float_bounds import chain_terms, f32_bound
 from wanport.errors import CheckpointError
 from wanport.models.clip import (CLIPImageEncoder, check_clip_state, clip_config_from_shapes, expected_visual_shapes,
                                  hf_clip_config_kwargs, wan_clip_to_hf)
@@ -88,7 +89,10 @@ def test_strict_load_and_penultimate_layer(state, encoder):
     err_hf, err_official = _rel(ours, hidden[-2]), _rel(ours, official)
     print("CLIP penultimate layer: vs transformers hidden_states[-2] %.2e, vs official forward %.2e"
           % (err_hf, err_official))
-    assert err_hf == 0.0 or err_hf < 1e-6
+    # the same transformers layers, called through another entry point (attention kernel, one layer
+    # fewer): at most a float32 reorder through the tower, √K·eps32 over its summed products
+    # (+ per layer an 80-term score and a softmax over 257 tokens, in the 2 layers used)
+    assert err_hf < f32_bound(chain_terms(encoder.model, attention_terms=2 * (80 + 2 * 257)))
     assert err_official < 1e-5
     assert _rel(ours, hidden[-1]) > 1e-2  # and it is not the last layer
 
@@ -98,7 +102,8 @@ def test_preprocessing_is_the_official_squash(encoder):
     px = encoder.preprocess(image)
     ref = F.interpolate(image[None], size=(224, 224), mode="bicubic", align_corners=False) * 0.5 + 0.5
     ref = (ref - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
-    assert px.shape == (1, 3, 224, 224) and torch.equal(px, ref)  # aspect not kept, no crop
+    # aspect not kept, no crop; bit-exact: the same ops in the same order on the same shapes
+    assert px.shape == (1, 3, 224, 224) and torch.equal(px, ref)
 
 
 def test_fp16_close_to_fp32(state, encoder):

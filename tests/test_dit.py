@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from _diffusers_keys import dit_official_to_diffusers
+from _float_bounds import f32_bound
 from wanport.models.dit import DiTConfig, WanDiT
 from wanport.models.dit.requirements import dit_requirements
 from wanport.precision import PRESETS, PrecisionPolicy
@@ -79,7 +80,10 @@ def test_float64_agrees_to_rounding_of_diffusers_sinusoid(pair, registry):
         a = o64(x, torch.tensor([0]), ctx)
         b = t64(x, torch.tensor([0]), ctx, return_dict=False)[0]
     theirs.float()
-    assert rel(a, b) < 1e-7  # at t=0 the sinusoid is exact in any precision
+    # At t=0 the sinusoid is exact in any precision; what remains is diffusers' rotary tables, which it
+    # keeps in float32 even in a float64 model: each cos/sin carries one float32 rounding, so the rotated
+    # q/k are off by ~eps32 and the scores (128-term dot products) by ~√128·eps32 (measured 1.6·eps32).
+    assert rel(a, b) < f32_bound(128)
 
 
 def test_official_precision_stays_close_to_fp32(pair, registry):

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from _diffusers_keys import dit_official_to_diffusers
+from _float_bounds import chain_terms, f32_bound
 from wanport.checkpoints.dit_checkpoint import IMAGE_EMBED_KEY
 from wanport.errors import CheckpointError
 from wanport.models.dit import DiTConfig, WanDiT, param_dtype
@@ -125,7 +126,11 @@ def test_per_token_equal_to_scalar_when_uniform(registry):
     with torch.no_grad():
         a = ours(x, torch.tensor([640, 640]), ctx)
         b = ours(x, torch.full((2, TOKENS), 640), ctx)
-    assert _rel(a, b) < 1e-6  # the same math; only the broadcast shapes differ
+    # the same math; only the shapes differ (the time projection runs on [B·S, C] instead of [B, C]),
+    # which may change the float32 accumulation order: √K·eps32 over the DiT's summed products (its
+    # Linears, and per layer self-attention over the tokens and cross-attention over 512 text rows)
+    attention = cfg.num_layers * (2 * (cfg.dim // cfg.num_heads) + 2 * (TOKENS + 512))
+    assert _rel(a, b) < f32_bound(chain_terms(ours, attention))
 
 
 def test_official_key_names_and_dtypes_i2v_14b():

@@ -49,6 +49,88 @@ def test_modes_are_converted_to_rgb(tmp_path):
     assert np.array_equal(np.asarray(load_image(str(tmp_path / "clear.png")).image), np.asarray(base))
 
 
+def _official(path):
+    """What the official generate.py does with --image: ``Image.open(path).convert("RGB")``."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return np.asarray(Image.open(path).convert("RGB"))
+
+
+def _mode_images():
+    """(file name, image, the mode the file must reopen in) for every mode Pillow writes to a file."""
+    base = _rgb()
+    g = np.random.RandomState(0)
+    ramp16 = (np.arange(24 * 40).reshape(24, 40) * 67).astype(np.uint16)  # 0..64253: mostly > 255
+    pal = base.convert("P", palette=Image.ADAPTIVE, colors=16)
+    rgba = base.convert("RGBA")
+    rgba.putalpha(Image.fromarray(g.randint(0, 256, (24, 40)).astype(np.uint8)))
+    la = base.convert("LA")
+    la.putalpha(Image.fromarray(g.randint(0, 256, (24, 40)).astype(np.uint8)))
+    return [
+        ("bilevel.png", base.convert("1"), "1"),
+        ("gray.png", base.convert("L"), "L"),
+        ("gray-trns.png", base.convert("L"), "L", {"transparency": 100}),
+        ("gray-alpha.png", la, "LA"),
+        ("palette.png", pal, "P"),
+        ("palette-trns.png", pal, "P", {"transparency": 3}),
+        ("palette-trns-bytes.png", pal, "P", {"transparency": bytes([255] * 5 + [0, 128] + [255] * 9)}),
+        ("palette.gif", pal, "P", {"transparency": 2}),
+        ("rgb-trns.png", base, "RGB", {"transparency": (0, 9, 0)}),
+        ("rgba.png", rgba, "RGBA"),
+        ("cmyk.jpg", base.convert("CMYK"), "CMYK"),
+        ("cmyk.tif", base.convert("CMYK"), "CMYK"),
+        ("ycbcr.tif", base.convert("YCbCr"), "YCbCr"),
+        ("lab.tif", base.convert("LAB"), "LAB"),
+        ("gray16.png", Image.fromarray(ramp16), "I;16"),
+        ("gray16.tif", Image.fromarray(ramp16), "I;16"),
+        ("int32.tif", Image.fromarray(ramp16.astype(np.int32) - 3000), "I"),
+        ("float.tif", Image.fromarray(np.linspace(-0.5, 300.7, 24 * 40, dtype=np.float32).reshape(24, 40)), "F"),
+        ("float01.tif", Image.fromarray(np.linspace(0, 1, 24 * 40, dtype=np.float32).reshape(24, 40)), "F"),
+        ("gray.bmp", base.convert("L"), "L"),
+        ("rgb.webp", base, "RGB", {"lossless": True}),
+    ]
+
+
+def test_every_mode_comes_out_as_the_official_conversion(tmp_path):
+    """Pixel for pixel what ``Image.open(p).convert("RGB")`` gives, for every mode Pillow writes:
+    alpha dropped (not composited), palettes and their transparency mapped through the colours,
+    16-bit / 32-bit / float images clipped to 0..255 (not rescaled), CMYK, YCbCr and LAB converted."""
+    seen = set()
+    for name, im, mode, *opts in _mode_images():
+        path = tmp_path / name
+        try:
+            im.save(path, **(opts[0] if opts else {}))
+        except (OSError, KeyError, ValueError):  # this Pillow has no writer for the format
+            continue
+        assert Image.open(path).mode == mode, (name, Image.open(path).mode)  # the case tests what it says
+        got = load_image(str(path))
+        assert got.source_mode == mode and got.image.mode == "RGB" and not got.exif_rotated, name
+        assert np.array_equal(np.asarray(got.image), _official(path)), name
+        seen.add(mode)
+    assert {"1", "L", "LA", "P", "RGB", "RGBA", "CMYK", "YCbCr", "LAB", "I;16", "I", "F"} <= seen, seen
+    # 16-bit: clipped, as the official code does -- 67 stays 67, everything from 255 up is white
+    arr = np.asarray(load_image(str(tmp_path / "gray16.png")).image)
+    assert arr[0, 1, 0] == 67 and arr[0, 3, 0] == 201 and (arr[5:, :, :] == 255).all()
+
+
+def test_exif_orientation_then_the_official_conversion(tmp_path):
+    """An EXIF-rotated file in any mode: the official conversion of the upright picture (the one
+    deliberate difference from the official code, which ignores the tag)."""
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown rotated 90 degrees clockwise
+    for name, im in (("l.jpg", _rgb().convert("L")), ("cmyk.jpg", _rgb().convert("CMYK")),
+                     ("rgba.png", _rgb().convert("RGBA")), ("gray16.png", Image.fromarray(
+                         (np.arange(24 * 40).reshape(24, 40) * 67).astype(np.uint16)))):
+        path = tmp_path / name
+        im.save(path, exif=exif.tobytes())
+        got = load_image(str(path))
+        assert got.exif_rotated, name
+        official = Image.fromarray(_official(path)).transpose(Image.Transpose.ROTATE_270)
+        assert np.array_equal(np.asarray(got.image), np.asarray(official)), name
+
+
 def test_exif_orientation_is_applied(tmp_path):
     base = _rgb(40, 24)
     exif = Image.Exif()

@@ -15,6 +15,7 @@ import torch
 import torch.multiprocessing as mp
 
 import _parallel_workers as W
+from _float_bounds import chain_terms, f32_bound
 from wanport import cli
 
 
@@ -186,7 +187,10 @@ def test_fsdp_sharded_dit_computes_the_same_function(tmp_path):
     mp.spawn(W.fsdp_worker, args=(2, W.free_port(), out), nprocs=2)
     for r in range(2):
         got = torch.load(out + ".rank%d" % r)
-        assert rel(got["y"], ref) <= 1e-6
+        # the same weights and math; another process (thread count, shapes after the all-gather) may
+        # accumulate in another float32 order: √K·eps32 over the DiT's summed products
+        attention = cfg.num_layers * (2 * (cfg.dim // cfg.num_heads) + 2 * (45 + 512))  # 45 tokens, 512 text rows
+        assert rel(got["y"], ref) <= f32_bound(chain_terms(model, attention))
         assert 0.45 * total < got["local_params"] < 0.55 * total
 
 

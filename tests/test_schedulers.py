@@ -57,6 +57,8 @@ def test_official_unipc_timesteps(steps, shift):
 
 def test_official_unipc_sigmas_n50_shift5():
     sig = make_scheduler("unipc", steps=50, shift=5.0).sigmas
+    # float64 + - * / (correctly rounded on every IEEE machine) rounded once to float32: reproducible bit
+    # for bit; 1e-7 is the float32 half-ulp near 1 (3e-8) plus the 8-digit rounding of the official values
     assert abs(sig[0].item() - 0.99979985) < 1e-7
     assert abs(sig[49].item() - 0.09250686) < 1e-7
     # the schedule starts from the largest training sigma, float32(0.999), unshifted for shift 1
@@ -279,6 +281,8 @@ def test_straight_flow_is_integrated_exactly():
         x = (1 - sigma0) * data + sigma0 * noise
         for _ in range(sch.num_steps):
             x = sch.step(noise - data, x)
+        # element-wise float32 arithmetic only (no reductions), so the same on every machine; |x| <= ~4 and
+        # ~4 roundings per step over 7 steps: √28·4·eps32 ≈ 1.3e-6 typical
         torch.testing.assert_close(x, data, rtol=0, atol=2e-6)
 
 
@@ -361,8 +365,10 @@ def test_unipc_matches_diffusers_on_same_sigmas(steps, order):
         b = theirs.step(v, t, x, return_dict=False)[0]
         worst = max(worst, ((a - b).abs().max() / b.abs().max()).item())
         x = a
-    # orders 1 and 2 agree bit for bit in practice; order 3 sums its two differences in
-    # another order (einsum)
+    # orders 1 and 2 agree bit for bit: the same element-wise float32 ops in the same order (diffusers'
+    # einsum over one difference is one product), and element-wise IEEE ops are correctly rounded, so
+    # this holds on every machine; order 3 sums its two differences in another order (einsum): a
+    # two-term reorder, a few eps32 of the largest term relative to max|x| (1e-6 ≈ 17 eps32)
     assert worst <= (0.0 if order < 3 else 1e-6), worst
 
 
@@ -379,6 +385,7 @@ def test_euler_dpm_schedule():
     expect = 5.0 * raw / (1 + 4.0 * raw)
     assert sch.timesteps.tolist() == [1000, 937, 833, 625]
     assert sch.timesteps.dtype == torch.int64
+    # bit-exact: the same float64 expression, rounded once to float32
     torch.testing.assert_close(
         sch.sigmas, torch.tensor(list(expect) + [0.0], dtype=torch.float32), rtol=0, atol=0
     )

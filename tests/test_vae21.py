@@ -15,6 +15,7 @@ import torch
 from wanport.models.vae.wan21 import VAE21_MEAN, VAE21_STD, WanVAE21
 
 from _diffusers_vae_keys import vae21_official_to_diffusers
+from _float_bounds import chain_terms, f32_bound
 
 REL_TOL = 1e-5
 
@@ -150,7 +151,7 @@ def test_deterministic_and_reentrant(small_vae):
     d1 = vae.decode(z)
     e2 = vae.encode(video)  # a decode in between must not leak state into encode
     d2 = vae.decode(z)
-    assert torch.equal(e1, e2)
+    assert torch.equal(e1, e2)  # bit-exact: the same calls on the same shapes in one process
     assert torch.equal(d1, d2)
 
 
@@ -165,10 +166,14 @@ def test_chunked_processing_is_causal(small_vae):
     vae = small_vae
     video = _video(9, 16, 16)
     z_full, z_prefix = vae.encode(video), vae.encode(video[:, :, :5])
-    assert _rel(z_full[:, :, :2], z_prefix) <= 1e-6
+    # The same frames through the same layers, but some convolutions see tensors of another length and
+    # may accumulate in another order: a float32 reorder through the whole network, ~√K·eps32 with K
+    # the products summed on the way (its convolutions' fan-ins; ~1.4e-5 here, measured ~1e-7). A
+    # look-ahead would move the early frames by far more (the check below shows dependence is O(1)).
+    assert _rel(z_full[:, :, :2], z_prefix) <= f32_bound(chain_terms(vae.encoder))
     z = _latent(3, 2, 2)
     x_full, x_prefix = vae.decode(z), vae.decode(z[:, :, :2])
-    assert _rel(x_full[:, :, :5], x_prefix) <= 1e-6
+    assert _rel(x_full[:, :, :5], x_prefix) <= f32_bound(chain_terms(vae.decoder))  # ~1.6e-5 (measured 9.5e-7)
     # ... and the chunks do see their past: frame 1's latent depends on frame 0.
     other = video.clone()
     other[:, :, 0] = 0

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from _diffusers_vae_keys import vae22_official_to_diffusers
+from _float_bounds import chain_terms, f32_bound
 from wanport.models.vae.wan22 import VAE22_MEAN, VAE22_STD, WanVAE22, patchify, unpatchify
 
 REL_TOL = 1e-5
@@ -92,10 +93,12 @@ def test_shapes_and_causality(small):
     z = small.encode(video)
     assert z.shape == (1, 48, 3, 2, 4) and z.dtype == torch.float32
     assert small.encode(video[:, :, :1]).shape == (1, 48, 1, 2, 4)
-    assert _rel(small.encode(video[:, :, :5]), z[:, :, :2]) < 1e-6  # earlier latents ignore later frames
+    # earlier latents ignore later frames; a shorter video may change the float32 accumulation order of
+    # some convolutions: bounded by √K·eps32 over the network's summed products (tests/_float_bounds.py)
+    assert _rel(small.encode(video[:, :, :5]), z[:, :, :2]) < f32_bound(chain_terms(small.encoder))
     x = small.decode(z)
     assert x.shape == (1, 3, 9, 32, 64) and x.abs().max() <= 1
-    assert _rel(small.decode(z[:, :, :2]), x[:, :, :5]) < 1e-6
+    assert _rel(small.decode(z[:, :, :2]), x[:, :, :5]) < f32_bound(chain_terms(small.decoder))
     with pytest.raises(ValueError):
         small.encode(torch.zeros(1, 3, 5, 24, 32))  # not a multiple of 16
     with pytest.raises(ValueError):

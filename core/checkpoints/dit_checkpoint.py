@@ -10,6 +10,7 @@ from typing import Dict, Optional
 import torch
 
 from ..errors import CheckpointError
+from ..files import regular_file
 from ..models.dit import DiTConfig, WanDiT, param_dtype
 from ..precision import PrecisionPolicy
 from .safetensors_files import TensorEntry, check_against, index_weights, iter_tensors
@@ -31,8 +32,9 @@ class DiTCheckpoint:
 
 def read_dit_config(directory: str) -> Dict:
     path = os.path.join(directory, CONFIG_NAME)
-    if not os.path.isfile(path):
+    if not os.path.lexists(path):
         raise CheckpointError("%s: missing (the DiT folder needs the official config.json)" % path)
+    regular_file(path, CheckpointError)
     try:
         with open(path, encoding="utf-8") as f:
             return json.load(f)

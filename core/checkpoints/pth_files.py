@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-import os
+import pickle
+import re
 import zipfile
 from typing import Dict
 
 import torch
 
 from ..errors import CheckpointError
+from ..files import regular_file
 
 
 _LEGACY_PTH_HEAD = b"\x80\x02\x8a\x0a"  # pickle protocol 2 + the magic number of old torch.save
@@ -17,8 +19,7 @@ _LEGACY_PTH_HEAD = b"\x80\x02\x8a\x0a"  # pickle protocol 2 + the magic number o
 def pth_format(path: str) -> str:
     """``"zip"`` (torch >= 1.6, memory-mappable) or ``"legacy"``. CheckpointError when the file
     is missing, empty, truncated or not a PyTorch checkpoint at all."""
-    if not os.path.isfile(path):
-        raise CheckpointError("%s: file not found" % path)
+    regular_file(path, CheckpointError)
     try:
         with open(path, "rb") as f:
             head = f.read(4)
@@ -53,9 +54,7 @@ def load_pth(path: str) -> Dict[str, torch.Tensor]:
         except TypeError:  # a torch without the mmap argument
             data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        lines = str(exc).strip().splitlines()
-        raise CheckpointError("%s: unreadable checkpoint (%s: %s)"
-                              % (path, type(exc).__name__, lines[0][:200] if lines else "")) from None
+        raise _load_error(path, exc) from None
     if isinstance(data, dict) and "state_dict" in data and isinstance(data["state_dict"], dict):
         data = data["state_dict"]
     if not isinstance(data, dict):
@@ -64,6 +63,30 @@ def load_pth(path: str) -> Dict[str, torch.Tensor]:
         if not isinstance(k, str) or not isinstance(v, torch.Tensor):
             raise CheckpointError("%s: entry %r is not a named tensor (%s)" % (path, k, type(v).__name__))
     return data
+
+
+#: what torch's weights_only unpickler says when the pickle asks for anything but tensors and containers
+_CODE_SIGNS = re.compile(r"GLOBAL|Unsupported|blocked|allowlist|allowed global|Can only|unrecognized function|"
+                         r"not supported|setstate|__reduce__", re.IGNORECASE)
+
+
+def _load_error(path: str, exc: Exception) -> CheckpointError:
+    """torch.load's failure in wanport's words. A file that weights_only refuses holds pickled code
+    (calls or arbitrary objects, not only tensors): it is refused. torch's own text, which suggests
+    loading it again with the safety off, is never passed on."""
+    text = str(exc)
+    lines = [ln.strip() for ln in text.strip().splitlines()
+             if ln.strip() and "weights_only" not in ln and "Weights only load failed" not in ln
+             and "pytorch.org/docs" not in ln]
+    if isinstance(exc, pickle.UnpicklingError) and _CODE_SIGNS.search(text):
+        found = re.search(r"GLOBAL\s+([\w.]+)", text)
+        what = " (it calls or builds %s)" % found.group(1) if found else ""
+        return CheckpointError(
+            "%s: refused: the file holds pickled code%s, not only tensors, and wanport never runs code from a "
+            "checkpoint. Use a safetensors file, or re-export the weights as a plain dict of tensors (torch.save "
+            "of a state_dict) from a source you trust" % (path, what))
+    return CheckpointError("%s: unreadable checkpoint (%s%s); the file is corrupt or truncated: download it again"
+                           % (path, type(exc).__name__, ": " + lines[0][:200] if lines else ""))
 
 
 def save_pth_atomic(state: Dict[str, torch.Tensor], path: str) -> None:

@@ -16,10 +16,13 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import yaml
 
 from ..errors import ConfigError
+from ..files import regular_file
 from .schema import REQUIRED, TINY_RECIPE, RunConfig
 
 
 def read_yaml(path: str) -> Dict[str, Any]:
+    if os.path.exists(path):  # a folder, FIFO or device: refused before open() (a FIFO would block)
+        regular_file(path, ConfigError, "recipe")
     if not os.path.isfile(path):
         hint = ""
         candidate = os.path.join("recipes", path)

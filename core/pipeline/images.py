@@ -1,10 +1,15 @@
 """Input images: opening any file PIL reads, the official output sizing and resizing (docs/wan-model.md §3, §6.2).
 
-* :func:`load_image` -- a local file -> an RGB ``PIL.Image``; EXIF orientation applied;
-  palette / grayscale / alpha images converted to RGB the official way (``convert("RGB")``: the
-  alpha channel is dropped, not composited). Every problem (missing, a folder, a URL, not an
-  image, truncated, smaller than one DiT patch, absurd aspect ratio) is an :class:`InputError`
-  naming the file, raised before any weight loads.
+* :func:`load_image` -- a local file -> an RGB ``PIL.Image`` exactly as the official code makes it,
+  ``Image.open(path).convert("RGB")`` (Wan2.1 and Wan2.2 generate.py), for every mode Pillow opens:
+  the alpha channel is dropped, not composited; a palette maps through its colours; 16-bit ('I;16'),
+  32-bit integer ('I') and float ('F') images are clipped to 0..255, not rescaled (a 16-bit picture
+  comes out mostly white, as it does in the official code; ``source_mode`` in the report says so).
+  One deliberate difference: an EXIF orientation tag is applied first (the official code ignores
+  it and conditions on the stored, sideways pixels), so a phone photo is used the way every viewer
+  shows it; ``exif_rotated`` in the report says when this happened. Every problem (missing, a folder,
+  a FIFO or device, a URL, not an image, truncated, smaller than one DiT patch, absurd aspect ratio)
+  is an :class:`InputError` naming the file, raised before any weight loads.
 * :func:`max_area_size` -- Wan2.1 I2V / Wan2.2 I2V-A14B: the latent grid from the maximum area and
   the image's aspect ratio (``lat_h = round(sqrt(area * h/w) // 8 // 2 * 2)``).
 * :func:`best_output_size` -- Wan2.2 TI2V: the output size (multiples of 32) whose aspect ratio
@@ -26,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import InputError
+from ..files import regular_file
 
 MAX_POSITIONS = 1024  # rotary positions per axis (models/dit/rope.py)
 
@@ -59,6 +65,7 @@ def load_image(path: str, min_side: int = 16) -> InputImage:
         raise InputError("image %s: file not found" % path)
     if os.path.isdir(path):
         raise InputError("image %s: is a folder, not an image file" % path)
+    regular_file(path, InputError, "image")  # a FIFO or device would block the read below
     try:
         from PIL import Image, ImageOps, UnidentifiedImageError
     except ImportError:  # pragma: no cover - Pillow ships with imageio/transformers
@@ -77,6 +84,9 @@ def load_image(path: str, min_side: int = 16) -> InputImage:
     except (OSError, SyntaxError, ValueError) as exc:
         raise InputError("image %s: unreadable (%s: %s); the file may be truncated or corrupt"
                          % (path, type(exc).__name__, exc)) from None
+    except Exception as exc:  # a decoder's own failure on a malformed file (struct.error, IndexError, ...)
+        raise InputError("image %s: unreadable (%s: %s); the file may be corrupt; re-save it as PNG or JPEG"
+                         % (path, type(exc).__name__, exc)) from None
     w, h = rgb.size
     if min(w, h) < min_side:
         raise InputError("image %s: %dx%d is too small; each side needs at least %d pixels"
@@ -92,11 +102,13 @@ def _orientation(im) -> object:
 
 
 def _to_rgb(im):
-    if im.mode == "RGB":
-        return im.copy()
-    if im.mode == "P" and "transparency" in im.info:
-        im = im.convert("RGBA")  # palette transparency: through RGBA, as PIL recommends
-    return im.convert("RGB")
+    """The official conversion, ``convert("RGB")``, whatever the mode (tests/test_images.py checks
+    every mode Pillow writes against it pixel for pixel)."""
+    import warnings
+
+    with warnings.catch_warnings():  # Pillow's advice on palette transparency concerns RGBA output
+        warnings.simplefilter("ignore", UserWarning)
+        return im.convert("RGB")
 
 
 # ------------------------------------------------------------------------------ sizing

@@ -15,6 +15,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import torch
 
 from ...checkpoints.pth_files import load_pth, pth_format
+from ...files import regular_file
 from ...errors import CheckpointError
 from .attention import WANPORT_T5_ATTENTION, mask_is_hooked, select_attention_implementation
 from .keymap import (EMBED_KEY, expected_wan_t5_shapes, hf_keys_for, hf_umt5_config_kwargs,
@@ -77,6 +78,9 @@ def _load_tokenizer(folder: str) -> Any:
     if not os.path.isdir(folder):
         raise CheckpointError("%s: tokenizer folder not found (the official checkpoint folder holds %s/)"
                               % (folder, TOKENIZER_SUBDIR))
+    for entry in os.scandir(folder):  # a FIFO or device in place of a tokenizer file would hang the reader
+        if not entry.is_dir():
+            regular_file(entry.path, CheckpointError)
     try:
         from transformers import AutoTokenizer
 
