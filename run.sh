@@ -12,8 +12,8 @@ fi
 
 if [ $# -eq 0 ] || [[ "$1" == *=* ]]; then
   recipe=recipes/tiny-t2v.yaml
-  # make-tiny writes its marker file last: present means complete
-  [ -f ckpts/tiny-wan2.1-t2v/.wanport-tiny.json ] || wanport make-tiny ckpts/tiny-wan2.1-t2v --model wan2.1-t2v
+  # make-tiny renames its folder into place when complete (marker inside): present means complete
+  [ -f ckpts/tiny-wan2.1-t2v/.wanport-tiny.json ] || wanport make-tiny ckpts/tiny-wan2.1-t2v --model wan2.1-t2v --if-missing
 else
   recipe=$1
   shift
@@ -21,7 +21,7 @@ else
   case "$(basename "$recipe")" in
     tiny-wan*.yaml)
       layout=$(basename "$recipe" .yaml); layout=${layout#tiny-}
-      [ -f "ckpts/tiny-$layout/.wanport-tiny.json" ] || wanport make-tiny "ckpts/tiny-$layout" --model "$layout" ;;
+      [ -f "ckpts/tiny-$layout/.wanport-tiny.json" ] || wanport make-tiny "ckpts/tiny-$layout" --model "$layout" --if-missing ;;
   esac
 fi
 
