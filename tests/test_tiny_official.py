@@ -86,7 +86,7 @@ def test_tiny_folder_loads_with_the_official_constructors(layout, tiny_layout, t
         model = _official_dit(d, wan21)
         missing, unexpected = model.load_state_dict(_dit_state(d), strict=True, assign=True)
         assert not missing and not unexpected
-        assert model.text_embedding[0].weight.shape == (model.config.dim, 4096)
+        assert model.text_embedding[0].weight.shape[1] == 4096
 
     t5 = load_pth(os.path.join(folder, "models_t5_umt5-xxl-enc-bf16.pth"))
     vocab = t5["token_embedding.weight"].shape[0]
