@@ -136,3 +136,23 @@ def test_unwritable_parent(tmp_path, capsys, fast):
         assert "not writable" in capsys.readouterr().err
     finally:
         parent.chmod(0o700)
+
+
+def test_run_sh_uses_the_marker_and_if_missing():
+    """run.sh writes a missing tiny checkpoint exactly as make-tiny defines complete: the marker
+    inside a renamed folder; its calls never replace another layout (--if-missing)."""
+    text = open(os.path.join(os.path.dirname(__file__), os.pardir, "run.sh")).read()
+    calls = [line for line in text.splitlines() if "wanport make-tiny" in line and not line.lstrip().startswith("#")]
+    assert len(calls) == 2
+    for line in calls:
+        assert "/%s" % MARKER in line and line.rstrip(" ;").endswith("--if-missing")
+
+
+def test_cli_if_missing_heals_an_interrupted_older_folder(tmp_path, capsys, fast):
+    target = tmp_path / "ckpts" / "tiny-wan2.1-t2v"
+    target.mkdir(parents=True)
+    (target / "config.json").write_text("{}")  # what an older make-tiny left when interrupted
+    assert main(["make-tiny", str(target), "--model", "wan2.1-t2v", "--if-missing"]) == 0
+    assert is_tiny_checkpoint(str(target)) == "wan2.1-t2v"
+    assert main(["make-tiny", str(target), "--model", "wan2.1-t2v", "--if-missing"]) == 0
+    assert "kept existing" in capsys.readouterr().out
