@@ -12,8 +12,9 @@ fi
 
 if [ $# -eq 0 ] || [[ "$1" == *=* ]]; then
   recipe=recipes/tiny-t2v.yaml
-  # make-tiny renames its folder into place when complete (marker inside): present means complete
-  [ -f ckpts/tiny-wan2.1-t2v/.wanport-tiny.json ] || wanport make-tiny ckpts/tiny-wan2.1-t2v --model wan2.1-t2v --if-missing
+  # make-tiny renames its folder into place when complete (marker inside, with its format): present
+  # means complete; an older format is rewritten
+  grep -qs '"tiny_format": 2' ckpts/tiny-wan2.1-t2v/.wanport-tiny.json || wanport make-tiny ckpts/tiny-wan2.1-t2v --model wan2.1-t2v --if-missing
 else
   recipe=$1
   shift
@@ -21,7 +22,7 @@ else
   case "$(basename "$recipe")" in
     tiny-wan*.yaml)
       layout=$(basename "$recipe" .yaml); layout=${layout#tiny-}
-      [ -f "ckpts/tiny-$layout/.wanport-tiny.json" ] || wanport make-tiny "ckpts/tiny-$layout" --model "$layout" --if-missing ;;
+      grep -qs '"tiny_format": 2' "ckpts/tiny-$layout/.wanport-tiny.json" || wanport make-tiny "ckpts/tiny-$layout" --model "$layout" --if-missing ;;
   esac
 fi
 

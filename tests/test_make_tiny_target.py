@@ -25,7 +25,7 @@ def _fake_writer(fail_after=None):
         if fail_after is not None:
             raise fail_after
         with open(os.path.join(directory, MARKER), "w") as f:
-            json.dump({"layout": layout}, f)
+            json.dump({"layout": layout, "tiny_format": tiny.TINY_FORMAT}, f)
     return write
 
 
@@ -146,6 +146,7 @@ def test_run_sh_uses_the_marker_and_if_missing():
     assert len(calls) == 2
     for line in calls:
         assert "/%s" % MARKER in line and line.rstrip(" ;").endswith("--if-missing")
+        assert "'\"tiny_format\": %d'" % tiny.TINY_FORMAT in line  # the current format, as make-tiny writes it
 
 
 def test_cli_if_missing_heals_an_interrupted_older_folder(tmp_path, capsys, fast):
@@ -156,3 +157,16 @@ def test_cli_if_missing_heals_an_interrupted_older_folder(tmp_path, capsys, fast
     assert is_tiny_checkpoint(str(target)) == "wan2.1-t2v"
     assert main(["make-tiny", str(target), "--model", "wan2.1-t2v", "--if-missing"]) == 0
     assert "kept existing" in capsys.readouterr().out
+
+
+def test_if_missing_rewrites_an_older_format(tmp_path, fast):
+    """A tiny folder of an older wanport (64-wide T5, not loadable by the official WanModel) is
+    rewritten by --if-missing; the current format is kept."""
+    target = tmp_path / "ck"
+    target.mkdir()
+    (target / "config.json").write_text("{}")
+    (target / MARKER).write_text(json.dumps({"layout": "wan2.1-t2v", "seed": 0}))  # no tiny_format: format 1
+    assert tiny.tiny_format(str(target)) == 1
+    assert make_tiny(str(target), "wan2.1-t2v", if_missing=True)
+    assert tiny.tiny_format(str(target)) == tiny.TINY_FORMAT
+    assert make_tiny(str(target), "wan2.1-t2v", if_missing=True) is False

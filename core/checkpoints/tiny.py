@@ -63,6 +63,9 @@ from .safetensors_files import save_file_atomic
 from .tiny_target import check_target, commit, new_staging, remove_stale_staging, write_failure
 
 MARKER = ".wanport-tiny.json"
+#: the marker's ``tiny_format``: 2 = loadable by the official WanModel (4096-wide T5, 1280-wide CLIP);
+#: a folder of an older format is rewritten by ``--if-missing`` (run.sh looks for this line too)
+TINY_FORMAT = 2
 
 #: the official DiT loader always builds a 4096-wide text embedding (see above): d_model 4096,
 #: everything else small
@@ -93,6 +96,15 @@ def is_tiny_checkpoint(directory: str) -> Optional[str]:
             return json.load(f).get("layout")
     except (OSError, ValueError, AttributeError):
         return None
+
+
+def tiny_format(directory: str) -> int:
+    """The marker's ``tiny_format`` (1 for folders of older wanport versions, 0 without a marker)."""
+    try:
+        with open(os.path.join(directory, MARKER)) as f:
+            return int(json.load(f).get("tiny_format", 1))
+    except (OSError, ValueError, AttributeError, TypeError):
+        return 0
 
 
 def tiny_dit_config(layout: str) -> DiTConfig:
@@ -147,7 +159,8 @@ def make_tiny(directory: str, layout: str = "wan2.1-t2v", seed: int = 0, if_miss
         raise ConfigError("make-tiny: unknown layout %r; known: %s" % (layout, ", ".join(LAYOUTS)))
     directory = os.path.normpath(os.fspath(directory))
     existing = is_tiny_checkpoint(directory) if os.path.isdir(directory) else None
-    if not check_target(directory, layout, existing, if_missing):
+    current = existing is None or tiny_format(directory) >= TINY_FORMAT  # older format: rewritten
+    if not check_target(directory, layout, existing, if_missing, current):
         return False
     remove_stale_staging(directory)
     try:
@@ -185,7 +198,7 @@ def _write_layout(directory: str, layout: str, seed: int) -> None:
     _randomise_vae(vae, seed + 2)
     save_pth_atomic(vae.state_dict(), os.path.join(directory, vae_name))
 
-    info = {"layout": layout, "seed": seed, "dit": dict(cfg.to_json(), image_dim=cfg.image_dim), "t5": TINY_T5,
+    info = {"layout": layout, "tiny_format": TINY_FORMAT, "seed": seed, "dit": dict(cfg.to_json(), image_dim=cfg.image_dim), "t5": TINY_T5,
             "vae": dict(vae_cfg, kind=spec["vae"])}
     if spec["experts"]:
         info["experts"] = [sub for _, sub in EXPERTS]

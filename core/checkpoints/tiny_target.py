@@ -83,14 +83,14 @@ def remove_stale_staging(target: str) -> None:
             shutil.rmtree(os.path.join(head, name), ignore_errors=True)
 
 
-def check_target(target: str, layout: str, existing: Optional[str], if_missing: bool) -> bool:
+def check_target(target: str, layout: str, existing: Optional[str], if_missing: bool, current: bool = True) -> bool:
     """Validate ``target`` before anything is written. Returns False when there is nothing to do
-    (``if_missing`` and the same layout is already there)."""
+    (``if_missing`` and the same layout is already there in the ``current`` format)."""
     if os.path.lexists(target) and not os.path.isdir(target):
         raise ConfigError("make-tiny: %s exists and is not a folder; give the path of a new or empty folder "
                           "(e.g. ckpts/tiny-%s)" % (target, layout))
     if existing is not None:
-        if existing == layout and if_missing:
+        if existing == layout and if_missing and current:
             return False
         if existing != layout and if_missing:
             raise ConfigError("make-tiny: %s holds a tiny %s checkpoint, not %s; layouts are never mixed in one "
