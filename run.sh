@@ -45,9 +45,10 @@ in_repo=""
 if [ -z "$recipe" ]; then
   recipe="$repo/recipes/tiny-t2v.yaml"
   in_repo=1
-  # make-tiny writes its marker file last: present means complete
   ( cd "$repo"
-    [ -f ckpts/tiny-wan2.1-t2v/.wanport-tiny.json ] || wanport make-tiny ckpts/tiny-wan2.1-t2v --model wan2.1-t2v )
+    # make-tiny renames its folder into place when complete (marker inside, with its format):
+    # present means complete; an older format is rewritten
+    grep -qs '"tiny_format": 2' ckpts/tiny-wan2.1-t2v/.wanport-tiny.json || wanport make-tiny ckpts/tiny-wan2.1-t2v --model wan2.1-t2v --if-missing )
 elif [ -f "$recipe" ] && [ "$(cd "$(dirname "$recipe")" && pwd -P)" = "$(cd "$repo/recipes" && pwd -P)" ]; then
   in_repo=1
   # recipes/tiny-<layout>.yaml runs a tiny checkpoint of that make-tiny layout: write it if missing
@@ -55,7 +56,7 @@ elif [ -f "$recipe" ] && [ "$(cd "$(dirname "$recipe")" && pwd -P)" = "$(cd "$re
     tiny-wan*.yaml)
       layout=$(basename "$recipe" .yaml); layout=${layout#tiny-}
       ( cd "$repo"
-        [ -f "ckpts/tiny-$layout/.wanport-tiny.json" ] || wanport make-tiny "ckpts/tiny-$layout" --model "$layout" ) ;;
+        grep -qs '"tiny_format": 2' "ckpts/tiny-$layout/.wanport-tiny.json" || wanport make-tiny "ckpts/tiny-$layout" --model "$layout" --if-missing ) ;;
   esac
 fi
 # a repository recipe's relative checkpoint_dir and image point into the repository

@@ -1,7 +1,7 @@
 """Precision policy: which parts of the pipeline compute in which dtype. Configuration only.
 
-``official`` reproduces the official Wan single-GPU flow (docs/wan-model.md §2.5): fp32 master weights
-under bf16 autocast. Autocast's bf16 copy of an fp32 weight is exactly ``w.to(bf16)``, so
+``official`` reproduces the official Wan single-GPU flow (``wan/text2video.py``: fp32 master
+weights under bf16 autocast). Autocast's bf16 copy of an fp32 weight is exactly ``w.to(bf16)``, so
 wanport stores those weights in bf16 once at load (half the memory, identical math) and keeps
 the float32 islands (time embedding, modulation, gated residual stream, norms' parameters,
 head) in float32.
@@ -10,7 +10,7 @@ head) in float32.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
-from typing import Any, Dict, Mapping, Union
+from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 import torch
 
@@ -97,14 +97,59 @@ def parse_dtype(value: Any, where: str) -> torch.dtype:
     return _DTYPES[key]
 
 
+#: ``precision: auto``: ``official`` where the device computes bf16 matmuls natively, ``fp32``
+#: where bf16 would be emulated (a CPU without AVX512-BF16/AMX or ARM BF16: ~80x slower than fp32)
+AUTO = "auto"
+AUTO_NATIVE, AUTO_EMULATED = "official", "fp32"
+
+
+def is_auto(value: Union[str, Mapping[str, Any], None]) -> bool:
+    """Whether the recipe's precision leaves the preset to the device (``auto`` or ``{preset: auto}``)."""
+    if isinstance(value, Mapping):
+        value = value.get("preset", "official")
+    return value == AUTO
+
+
+def _with_preset(value: Union[str, Mapping[str, Any], None], preset: str) -> Union[str, Mapping[str, Any]]:
+    if isinstance(value, Mapping):
+        return dict(value, preset=preset)
+    return preset
+
+
+def resolve_policy(value: Union[str, Mapping[str, Any], None],
+                   native_bf16: Optional[Tuple[bool, str]] = None) -> Tuple[PrecisionPolicy, Dict[str, Any]]:
+    """The policy a run uses and how it was chosen (for the report).
+
+    ``native_bf16``: what the backend's runtime says about the device, ``(fast, why)``; read
+    only when the recipe asks for ``auto``. Returns ``(policy, {"requested", "resolved", "why"})``.
+    """
+    requested = value if value is not None else "official"
+    if not is_auto(value):
+        policy = policy_from_config(value)
+        return policy, {"requested": requested, "resolved": policy.name, "why": "as the recipe asks"}
+    if native_bf16 is None:
+        raise ValueError("precision: auto needs the device's bf16 capability")
+    fast, why = native_bf16
+    preset = AUTO_NATIVE if fast else AUTO_EMULATED
+    policy = policy_from_config(_with_preset(value, preset))
+    because = ("%s: bf16 matmuls run natively, so the official flow" if fast else
+               "%s: bf16 matmuls would be emulated (far slower than fp32), so fp32 throughout") % why
+    return policy, {"requested": requested, "resolved": policy.name, "why": because}
+
+
 def policy_from_config(value: Union[str, Mapping[str, Any], None]) -> PrecisionPolicy:
-    """``precision: official`` or ``precision: {preset: official, vae: bf16, ...}``."""
+    """``precision: official`` or ``precision: {preset: official, vae: bf16, ...}``.
+
+    ``auto`` (also as the mapping's ``preset``) is decided once the backend has started
+    (:func:`resolve_policy`); before that it stands for ``official`` (e.g. to check a recipe)."""
     if value is None:
         return PRESETS["official"]
     if isinstance(value, str):
+        if value == AUTO:
+            return PRESETS[AUTO_NATIVE]
         if value not in PRESETS:
             raise ConfigError(
-                "precision: unknown preset %r; use one of %s (or a mapping with `preset:` and "
+                "precision: unknown preset %r; use auto or one of %s (or a mapping with `preset:` and "
                 "per-part dtypes: %s)" % (value, ", ".join(PRESETS), ", ".join(_FIELDS))
             )
         return PRESETS[value]

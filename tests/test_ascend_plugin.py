@@ -230,7 +230,8 @@ def _run(tiny_ckpt, out_dir, backend, extra=(), capture=None):
 
     cfg, raw = load_recipe(None, ["checkpoint_dir=%s" % tiny_ckpt, "output.dir=%s" % out_dir, "sample.steps=2",
                                   "sample.size=32*32", "sample.frame_num=5", "backend=%s" % backend,
-                                  "output.name=%s" % backend] + list(extra))
+                                  "output.name=%s" % backend,
+                                  "precision=official"] + list(extra))  # the same policy on both backends
     return t2v.run_t2v(cfg, raw, progress=False)
 
 

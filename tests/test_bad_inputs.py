@@ -393,7 +393,7 @@ def _layout_corrupt(kind, ckpt):
     elif kind == "clip-key-missing":
         path = j("models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth")
         sd = torch.load(path, weights_only=True)
-        del sd["visual.transformer.2.attn.to_qkv.bias"]
+        del sd["visual.transformer.1.attn.to_qkv.bias"]
         torch.save(sd, path)
     elif kind == "clip-truncated":
         path = j("models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth")
@@ -419,7 +419,7 @@ LAYOUT_CASES = [
     ("wan2.2-t2v-a14b", "none", "wan2.1-t2v-tiny", ["holds high_noise_model/ expert folders", "single DiT"]),
     ("wan2.1-t2v", "none", "wan2.2-t2v-a14b-tiny", ["high_noise_model: expert folder missing"]),
     ("wan2.1-i2v", "clip-missing", None, ["models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth: file not found"]),
-    ("wan2.1-i2v", "clip-key-missing", None, ["missing key 'visual.transformer.2.attn.to_qkv.bias'"]),
+    ("wan2.1-i2v", "clip-key-missing", None, ["missing key 'visual.transformer.1.attn.to_qkv.bias'"]),
     ("wan2.1-i2v", "clip-truncated", None, ["vit-huge-14.pth: corrupt or truncated checkpoint"]),
     ("wan2.1-i2v", "image-attention-missing", None, ["missing tensor(s) 'blocks.0.cross_attn.k_img.weight'"]),
     ("wan2.2-ti2v-5b", "vae22-missing-vae21-present", None, ["Wan2.2_VAE.pth: file not found (found Wan2.1_VAE.pth"]),

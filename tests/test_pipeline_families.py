@@ -56,7 +56,7 @@ def test_wan21_i2v(tiny_layout, input_image, tmp_path, capsys):
     assert report["size"] == {"width": w, "height": h, "frames": FRAMES, "fps": 16}
     assert _fps(report["output"]["video"]) == 16
     assert report["image"]["mode"] == "RGBA" and report["image"]["output"] == {"width": w, "height": h}
-    assert report["conditioning"]["clip_tokens"] == [257, 160] and report["conditioning"]["y_channels"] == 20
+    assert report["conditioning"]["clip_tokens"] == [257, 1280] and report["conditioning"]["y_channels"] == 20
     assert report["negative_prompt"].startswith("镜头晃动，")  # the Wan2.1 I2V default
     assert {"image_encode_s", "vae_encode_s", "denoise_s", "vae_decode_s"} <= set(report["stages"])
     assert "experts" not in report

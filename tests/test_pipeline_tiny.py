@@ -59,7 +59,11 @@ def test_run_writes_video_and_complete_report(tiny_ckpt, tmp_path):
     assert report["peak_memory"]["bytes"] > 0
     assert report["versions"]["torch"] == torch.__version__
     assert len(report["recipe_hash"]) == 64
-    assert report["precision"]["name"] == "official"
+    from wanport.reference.runtime import HostRuntime
+
+    native, why = HostRuntime().native_bf16_matmul()  # precision: auto asks the host CPU
+    assert report["precision"]["requested"] == "auto" and report["precision"]["why"].startswith(why)
+    assert report["precision"]["name"] == report["precision"]["resolved"] == ("official" if native else "fp32")
     assert not [p for p in os.listdir(out) if p.startswith(".")]  # no temp files left behind
 
 

@@ -18,7 +18,8 @@ from ..models.dit import DiTConfig, WanDiT
 from ..models.dit.requirements import dit_requirements
 from ..pipeline.report import backend_versions, versions
 from ..pipeline.session import choose_backend, start_session
-from ..precision import policy_from_config
+from ..precision import is_auto, policy_from_config, resolve_policy
+from ..registry.backend import native_bf16
 from ..registry import resolve_ops
 from .flops import dit_forward_flops
 
@@ -105,10 +106,11 @@ def bench_dit(
         raise ConfigError("bench dit: --repeats must be >= 1 and --warmup >= 0")
     if peer not in (None, "diffusers"):
         raise ConfigError("bench dit: --peer must be 'diffusers'")
-    policy = policy_from_config(precision)
+    policy_from_config(precision)  # a bad value is a ConfigError before the runtime starts
     registry, spec = choose_backend(backend)
     session = start_session(registry, spec, env or {})
     runtime, device = session.runtime, session.device
+    policy, _ = resolve_policy(precision, native_bf16(runtime, spec.name) if is_auto(precision) else None)
     table = resolve_ops(registry, spec, dit_requirements(cfg, policy, spec.device_type), ops or {})
 
     lat = (cfg.in_dim, (frames - 1) // 4 + 1, height // 8, width // 8)

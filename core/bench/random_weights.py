@@ -134,7 +134,8 @@ class RandomWeights:
         from ..models.clip import clip_config_from_shapes
         from ..models.clip.tiny import tiny_clip_state
 
-        state = tiny_clip_state(0, TINY_CLIP["width"], TINY_CLIP["layers"], TINY_CLIP["projection_dim"])
+        state = tiny_clip_state(0, TINY_CLIP["width"], TINY_CLIP["layers"], TINY_CLIP["projection_dim"],
+                                    mlp=TINY_CLIP["mlp"])
         return clip_config_from_shapes({k: tuple(v.shape) for k, v in state.items()})
 
     # ------------------------------------------------------------------ models

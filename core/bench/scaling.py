@@ -32,7 +32,8 @@ from ..ops.table import ResolvedOp
 from ..parallel.sequence import merge_partial
 from ..pipeline.report import backend_versions, versions
 from ..pipeline.session import choose_backend, start_session
-from ..precision import policy_from_config
+from ..precision import is_auto, policy_from_config, resolve_policy
+from ..registry.backend import native_bf16
 from ..registry import resolve_ops
 from .dit import dit_config_for, time_forward
 
@@ -137,10 +138,11 @@ def bench_scaling(model: str, size: str, frames: int, layouts: Sequence[str], ba
         if cfg.num_heads % lay.ulysses:
             raise ConfigError("bench scaling: ulysses %d does not divide the %d heads of %s"
                               % (lay.ulysses, cfg.num_heads, model))
-    policy = policy_from_config(precision)
+    policy_from_config(precision)  # a bad value is a ConfigError before the runtime starts
     registry, spec = choose_backend(backend)
     session = start_session(registry, spec, {})
     runtime, device = session.runtime, session.device
+    policy, _ = resolve_policy(precision, native_bf16(runtime, spec.name) if is_auto(precision) else None)
     lat = (cfg.in_dim, (frames - 1) // preset.vae_stride[0] + 1, height // preset.vae_stride[1],
            width // preset.vae_stride[2])
     tokens = lat[1] * (lat[2] // cfg.patch_size[1]) * (lat[3] // cfg.patch_size[2])

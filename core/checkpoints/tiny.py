@@ -11,12 +11,38 @@ Layouts (``--model``):
 * ``wan2.2-t2v-a14b`` / ``wan2.2-i2v-a14b``: ``high_noise_model/`` and ``low_noise_model/`` (two
   different random DiTs), Wan2.1 VAE, T5;
 * ``wan2.2-ti2v-5b``: one DiT (ti2v, 48 channels), the Wan2.2 VAE (z_dim 48), T5.
+
+What the official Wan code (``wan/modules/*.py`` of Wan2.1 and Wan2.2) can load from a tiny folder:
+
+* the DiT: ``WanModel.from_pretrained(folder)`` (diffusers reads ``config.json``). ``text_dim`` is
+  in its ``ignore_for_config``, so it is always the default 4096, and Wan2.1's i2v ``img_emb`` is
+  always ``MLPProj(1280, dim)``. The tiny DiT therefore has ``text_dim`` 4096 (so the tiny T5 is
+  4096 wide: ``d_model`` 4096 with a small vocabulary, 2 layers, 4 heads of 16, FFN 128) and the
+  tiny CLIP tower is 1280 wide (2 layers, MLP 128); everything else comes from ``config.json``.
+* the T5 file: the official ``T5Encoder(vocab, dim=4096, dim_attn=64, dim_ffn=128, num_heads=4,
+  num_layers=2, num_buckets=32)`` loads it strictly. The ``T5EncoderModel`` wrapper cannot: it
+  always builds ``umt5_xxl`` (vocabulary 256384, 24 layers, 5.7 B parameters).
+* the VAEs: Wan2.1 ``_video_vae(path, z_dim=16, dim=8)`` and Wan2.2 ``_video_vae(path, z_dim=48,
+  dim=8, dec_dim=8)`` load them (their ``**kwargs`` reach the constructor). The ``WanVAE`` and
+  ``Wan2_2_VAE`` wrappers cannot: ``WanVAE`` passes no width (``dim`` 96) and ``Wan2_2_VAE`` no
+  ``dec_dim`` (256). A real-width VAE would make the tiny decode the full-size one (hundreds of
+  GFLOP per frame at 256x256), so the tiny VAEs stay narrow.
+* the CLIP file: the official ``VisionTransformer`` with ``dim=1280, mlp_ratio=0.1, num_heads=16,
+  num_layers=2`` loads ``visual.*``; the ``CLIPModel`` wrapper builds the real ViT-H/14 and
+  XLM-RoBERTa and cannot.
+
+``tests/test_tiny_official.py`` builds each model from those official constructor arguments
+(the DiT's through diffusers' own config loading) and loads the tiny files strictly.
+
+The folder is written under a temporary sibling name and renamed at the end
+(:mod:`.tiny_target`), so an interrupted make-tiny leaves no partial checkpoint.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 from typing import Dict, Optional
 
 import torch
@@ -34,14 +60,21 @@ from .dit_checkpoint import CONFIG_NAME, WEIGHTS_STEM
 from .layout import VAE21_NAME, VAE22_NAME
 from .pth_files import save_pth_atomic
 from .safetensors_files import save_file_atomic
+from .tiny_target import check_target, commit, new_staging, remove_stale_staging, write_failure
 
 MARKER = ".wanport-tiny.json"
+#: the marker's ``tiny_format``: 2 = loadable by the official WanModel (4096-wide T5, 1280-wide CLIP);
+#: a folder of an older format is rewritten by ``--if-missing`` (run.sh looks for this line too)
+TINY_FORMAT = 2
 
-TINY_T5 = dict(d_model=64, num_layers=2, num_heads=4, d_kv=16, d_ff=128)
+#: the official DiT loader always builds a 4096-wide text embedding (see above): d_model 4096,
+#: everything else small
+TINY_T5 = dict(d_model=4096, num_layers=2, num_heads=4, d_kv=16, d_ff=128)
 TINY_DIT = dict(dim=256, ffn_dim=512, num_heads=2, num_layers=2, in_dim=16, out_dim=16)
 TINY_VAE = dict(dim=8, z_dim=16)
 TINY_VAE22 = dict(dim=8, dec_dim=8, z_dim=48)
-TINY_CLIP = dict(width=160, layers=3, projection_dim=32)
+#: 1280 wide like ViT-H (the official Wan2.1 img_emb is built for it), 2 layers, a narrow MLP
+TINY_CLIP = dict(width=1280, layers=2, projection_dim=32, mlp=128)
 
 #: layout -> DiT architecture changes from TINY_DIT, VAE, whether it has experts / CLIP
 _LAYOUTS = {
@@ -63,6 +96,15 @@ def is_tiny_checkpoint(directory: str) -> Optional[str]:
             return json.load(f).get("layout")
     except (OSError, ValueError, AttributeError):
         return None
+
+
+def tiny_format(directory: str) -> int:
+    """The marker's ``tiny_format`` (1 for folders of older wanport versions, 0 without a marker)."""
+    try:
+        with open(os.path.join(directory, MARKER)) as f:
+            return int(json.load(f).get("tiny_format", 1))
+    except (OSError, ValueError, AttributeError, TypeError):
+        return 0
 
 
 def tiny_dit_config(layout: str) -> DiTConfig:
@@ -109,20 +151,35 @@ def _randomise_vae(vae: torch.nn.Module, seed: int) -> None:
 
 
 def make_tiny(directory: str, layout: str = "wan2.1-t2v", seed: int = 0, if_missing: bool = False) -> bool:
-    """Write the tiny checkpoint; returns False when ``if_missing`` and it already exists."""
+    """Write the tiny checkpoint; returns False when ``if_missing`` and it already exists.
+
+    Written into a temporary sibling folder and renamed onto ``directory`` when complete; any
+    problem with the target is a ConfigError (exit 2) before anything is written."""
     if layout not in LAYOUTS:
         raise ConfigError("make-tiny: unknown layout %r; known: %s" % (layout, ", ".join(LAYOUTS)))
-    existing = is_tiny_checkpoint(directory)
-    if if_missing and existing == layout:
+    directory = os.path.normpath(os.fspath(directory))
+    existing = is_tiny_checkpoint(directory) if os.path.isdir(directory) else None
+    current = existing is None or tiny_format(directory) >= TINY_FORMAT  # older format: rewritten
+    if not check_target(directory, layout, existing, if_missing, current):
         return False
-    if os.path.isdir(directory) and os.listdir(directory) and existing is None:
-        raise ConfigError("make-tiny: %s is not empty and holds no tiny checkpoint; refusing to write into it "
-                          "(choose an empty or new folder)" % directory)
-    os.makedirs(directory, exist_ok=True)
-    marker = os.path.join(directory, MARKER)
-    if os.path.exists(marker):
-        os.unlink(marker)  # incomplete until rewritten at the end
+    remove_stale_staging(directory)
+    try:
+        staging = new_staging(directory)
+    except OSError as exc:
+        raise write_failure(directory, exc) from None
+    try:
+        _write_layout(staging, layout, seed)
+        commit(staging, directory)
+    except OSError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise write_failure(directory, exc) from None
+    except BaseException:  # Ctrl-C included: nothing partial stays behind
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return True
 
+
+def _write_layout(directory: str, layout: str, seed: int) -> None:
     spec = _LAYOUTS[layout]
     write_tiny_t5(directory, seed=seed, **TINY_T5)
 
@@ -141,12 +198,11 @@ def make_tiny(directory: str, layout: str = "wan2.1-t2v", seed: int = 0, if_miss
     _randomise_vae(vae, seed + 2)
     save_pth_atomic(vae.state_dict(), os.path.join(directory, vae_name))
 
-    info = {"layout": layout, "seed": seed, "dit": dict(cfg.to_json(), image_dim=cfg.image_dim), "t5": TINY_T5,
+    info = {"layout": layout, "tiny_format": TINY_FORMAT, "seed": seed, "dit": dict(cfg.to_json(), image_dim=cfg.image_dim), "t5": TINY_T5,
             "vae": dict(vae_cfg, kind=spec["vae"])}
     if spec["experts"]:
         info["experts"] = [sub for _, sub in EXPERTS]
     if spec["clip"]:
         write_tiny_clip(os.path.join(directory, CLIP_CHECKPOINT_NAME), seed=seed + 3, **TINY_CLIP)
         info["clip"] = TINY_CLIP
-    write_json_atomic(marker, info)
-    return True
+    write_json_atomic(os.path.join(directory, MARKER), info)  # last: present means complete

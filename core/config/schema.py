@@ -23,7 +23,7 @@ TINY_RECIPE = {
                "solver": "unipc", "seed": 42, "noise": "cpu"},
     "backend": "reference",
     "ops": {},
-    "precision": "official",
+    "precision": "auto",
     "output": {"dir": "out", "name": "tiny-t2v"},
 }
 
@@ -97,7 +97,9 @@ class RunConfig:
     sample: SampleConfig = _f(type="section", help="sampling", factory=SampleConfig)
     backend: str = _f("auto", type="str", help="auto | reference | cuda | ascend | <plugin>")
     ops: Dict[str, str] = _f(type="str_map", help="per-op overrides, e.g. {attention: reference.math}", factory=dict)
-    precision: Any = _f("official", type="precision", help="official | bf16 | fp32, or {preset: ..., <part>: dtype}")
+    precision: Any = _f("auto", type="precision",
+                        help="auto (official where the device has native bf16 matmuls, else fp32) | official | "
+                             "bf16 | fp32, or {preset: ..., <part>: dtype}")
     compile: bool = _f(False, type="bool",
                        help="torch.compile each DiT block (in place); measure with `wanport bench dit --compile` "
                             "against the backend's kernels before turning it on")

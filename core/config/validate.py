@@ -6,7 +6,7 @@ import difflib
 import os
 import re
 from dataclasses import dataclass
-from typing import Any, List, Optional, Tuple, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 from ..errors import ConfigError
 from ..precision import PrecisionPolicy, policy_from_config
@@ -51,6 +51,9 @@ class RunPlan:
     parallel: Any = None
     #: torch.compile the DiT blocks
     compile: bool = False
+    #: how ``policy`` was chosen (``requested``, ``resolved``, ``why``); set once the backend has
+    #: started (``precision: auto`` asks its runtime), None before
+    precision_choice: Optional[Dict[str, Any]] = None
 
     @property
     def world(self) -> int:

@@ -49,6 +49,10 @@ def check_comparable(a: Dump, b: Dump, allow_different_recipe: bool) -> List[str
                             "the same recipe (only %s may differ), or pass --allow-different-recipe"
                             % (ma["compare_hash"][:12], mb["compare_hash"][:12], text, ", ".join(MACHINE_KEYS)))
         warnings.append("different recipes: " + text)
+    pa, pb = (m.get("precision", {}).get("name") for m in (ma, mb))
+    if pa != pb:  # e.g. `precision: auto` resolved per device: fp32 on a CPU without bf16, official elsewhere
+        warnings.append("different precision policies: A %s, B %s (dump both with an explicit precision=... to "
+                        "compare like with like)" % (pa, pb))
     da, db = ma["dump"], mb["dump"]
     for key in ("num_blocks", "num_steps"):
         if da.get(key) != db.get(key):

@@ -22,7 +22,9 @@ from ..config import RunConfig
 from ..config.validate import RunPlan, plan_run
 from ..models.dit.requirements import dit_requirements
 from ..ops.table import OpTable
+from ..precision import is_auto, resolve_policy
 from ..registry import Registry, resolve_ops
+from ..registry.backend import native_bf16
 from ..schedulers import make_scheduler
 from .images import InputImage, load_image, output_size
 from .report import backend_versions, recipe_hash, versions
@@ -115,6 +117,14 @@ def resolve_dit_ops(registry: Registry, spec, ckpts: CheckpointSet, plan: RunPla
     return resolve_ops(registry, spec, reqs, overrides)
 
 
+def resolve_precision(plan: RunPlan, requested: Any, runtime, backend: str) -> RunPlan:
+    """The plan with its final policy: ``precision: auto`` asks the started runtime whether bf16
+    matmuls are native there (official) or emulated (fp32); the choice goes into the report."""
+    capability = native_bf16(runtime, backend) if is_auto(requested) else None
+    policy, choice = resolve_policy(requested, capability)
+    return dataclasses.replace(plan, policy=policy, precision_choice=choice)
+
+
 def start_parallel(plan: RunPlan, spec, session: Session, ckpts: CheckpointSet):
     """(session with this rank's device, mesh, comm clock) -- mesh None for one process."""
     from ..errors import ConfigError
@@ -141,6 +151,7 @@ def prepare(cfg: RunConfig, registry: Optional[Registry] = None, source: str = "
     scheduler = make_scheduler(plan.solver, steps=plan.steps, shift=plan.shift,
                                timesteps=list(plan.timesteps) if plan.timesteps else None)
     session = start_session(registry, spec, cfg.env)
+    plan = resolve_precision(plan, cfg.precision, session.runtime, spec.name)
     session, mesh, comm = start_parallel(plan, spec, session, ckpts)
     ops = resolve_dit_ops(registry, spec, ckpts, plan, cfg.ops, mesh)
     cfg_parallel = None
@@ -290,7 +301,7 @@ def base_report(prep: Prepared, cfg: RunConfig, raw: Mapping[str, Any], width: i
         },
         "ops": {site: {"impl": op.impl, "why": op.why} for site, op in
                 ((s, getattr(ops, s)) for s in ops.describe())},
-        "precision": plan.policy.to_dict(),
+        "precision": dict(plan.policy.to_dict(), **(plan.precision_choice or {})),
         "stages": dict(clock.as_dict(), total_s=round(clock.total(), 4)),
         "peak_memory": {"bytes": runtime.peak_memory_bytes(),
                         "kind": getattr(runtime, "peak_memory_kind", "device peak allocated")},

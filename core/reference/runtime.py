@@ -42,6 +42,7 @@ class HostRuntime:
 
     device_type = "cpu"
     peak_memory_kind = "host peak RSS (whole process, not resettable)"
+    _bf16: Optional[Tuple[bool, str]] = None
 
     def device(self, index: Optional[int] = None) -> torch.device:
         return torch.device(self.device_type)
@@ -79,6 +80,14 @@ class HostRuntime:
 
     def empty_cache(self) -> None:
         return None
+
+    def native_bf16_matmul(self) -> Tuple[bool, str]:
+        """(bf16 matmuls run natively on this CPU, why): decides ``precision: auto``."""
+        if self._bf16 is None:
+            from .cpu_features import host_bf16_matmul
+
+            self._bf16 = host_bf16_matmul()
+        return self._bf16
 
     def describe(self) -> str:
         return "%s (%s, %d threads)" % (platform.processor() or platform.machine(), platform.system(),

@@ -52,6 +52,23 @@ class DeviceRuntime(Protocol):
     def describe(self) -> str:
         """Human-readable device name (e.g. the GPU model) for reports."""
 
+    # Optional: ``native_bf16_matmul() -> (bool, why)``, whether bf16 matmuls run natively on the
+    # device (``precision: auto`` keeps ``official`` when they do, else runs fp32). A runtime
+    # without it is an accelerator's and counts as native; read through :func:`native_bf16`.
+
+
+def native_bf16(runtime: DeviceRuntime, backend: str = "") -> Tuple[bool, str]:
+    """What ``runtime`` says about bf16 matmuls, ``(fast, why)``; a runtime that does not say is an
+    accelerator's, taken as native."""
+    probe = getattr(runtime, "native_bf16_matmul", None)
+    if probe is None:
+        return True, "backend %s runs on an accelerator" % (backend or "?")
+    try:
+        fast, why = probe()
+    except Exception as exc:  # a capability probe must never take the run down
+        return False, "bf16 probe raised %s: %s" % (type(exc).__name__, exc)
+    return bool(fast), str(why)
+
 
 def _unavailable_reason() -> Tuple[bool, str]:
     return True, ""

@@ -1,8 +1,9 @@
 """A tiny random-weight CLIP file in the official Wan layout, written without downloads.
 
 ``models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth`` holds the whole open-clip model under
-the official key names: the visual tower (``visual.*``; tiny width, the real 224 px input, 14 px
-patches, so the real 257 tokens and the ViT-H head dim 80), a small text tower (``textual.*``,
+the official key names: the visual tower (``visual.*``; few layers and a narrow MLP, the real
+width when make-tiny writes it (the official ``img_emb`` is built for 1280-wide tokens), the real
+224 px input, 14 px patches, so the real 257 tokens and the ViT-H head dim 80), a small text tower (``textual.*``,
 XLM-RoBERTa layout) and ``log_scale``. The text tower is there only so the file looks like the
 official one; inference ignores it.
 """
@@ -40,8 +41,10 @@ def _textual_shapes(dim: int, layers: int, vocab: int, max_len: int, out_dim: in
 
 
 def tiny_clip_state(seed: int = 0, width: int = 2 * HEAD_DIM, layers: int = 3, projection_dim: int = 32,
-                    dtype: torch.dtype = torch.float16) -> Dict[str, torch.Tensor]:
-    cfg = {"hidden_size": width, "intermediate_size": 4 * width, "num_hidden_layers": layers,
+                    dtype: torch.dtype = torch.float16, mlp: int = 0) -> Dict[str, torch.Tensor]:
+    """``mlp``: the MLP's hidden width (0: ``4 * width``, ViT-H's ratio; the official
+    ``VisionTransformer`` takes it as ``mlp_ratio = mlp / width``)."""
+    cfg = {"hidden_size": width, "intermediate_size": mlp or 4 * width, "num_hidden_layers": layers,
            "num_attention_heads": width // HEAD_DIM, "image_size": 224, "patch_size": 14,
            "projection_dim": projection_dim}
     shapes = dict(expected_visual_shapes(cfg))
@@ -66,11 +69,12 @@ def tiny_clip_state(seed: int = 0, width: int = 2 * HEAD_DIM, layers: int = 3, p
 
 
 def write_tiny_clip(path: str, seed: int = 0, width: int = 2 * HEAD_DIM, layers: int = 3,
-                    projection_dim: int = 32) -> Dict[str, int]:
+                    projection_dim: int = 32, mlp: int = 0) -> Dict[str, int]:
     """Write the tiny file (fp16, like ``clip_dtype``) atomically; returns the visual numbers."""
-    state = tiny_clip_state(seed, width, layers, projection_dim)
+    state = tiny_clip_state(seed, width, layers, projection_dim, mlp=mlp)
     save_pth_atomic(state, path)
-    return {"hidden_size": width, "num_hidden_layers": layers, "projection_dim": projection_dim}
+    return {"hidden_size": width, "num_hidden_layers": layers, "projection_dim": projection_dim,
+            "intermediate_size": mlp or 4 * width}
 
 
 __all__ = ["write_tiny_clip", "tiny_clip_state"]

@@ -87,7 +87,41 @@ class CausalConv3d(nn.Conv3d):
             x = torch.cat([context, x], dim=2)
             pads[4] = max(pads[4] - context.shape[2], 0)
         x = (ctx or _DEFAULT_CTX).pad(x, pads)
+        if _fold_as_conv2d(x, self):
+            return _conv3d_as_conv2d(x, self.weight, self.bias, self.stride)
         return F.conv3d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+
+
+#: PyTorch's host conv3d takes its oneDNN kernel only when ``B*C*T*H > 20480`` (or for batch > 1;
+#: aten/src/ATen/native/Convolution.cpp, ``use_mkldnn``); below that it runs an im2col kernel
+#: several times slower, which is what the few-channel convs of a small VAE hit. Folding the
+#: temporal taps into channels makes the same sums one 2D conv, which takes the fast kernel.
+_FOLD_MAX = 20480
+
+
+def _fold_as_conv2d(x: torch.Tensor, conv: nn.Conv3d) -> bool:
+    return (x.shape[0] == 1 and x.shape[0] * x.shape[1] * x.shape[2] * x.shape[3] <= _FOLD_MAX
+            and conv.groups == 1 and tuple(conv.dilation) == (1, 1, 1))
+
+
+def _conv3d_as_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                      stride: Sequence[int]) -> torch.Tensor:
+    """``conv3d(x, weight)`` (no padding, no dilation) as one conv2d over ``[B*T', kt*C, H, W]``:
+    output frame ``t`` sees input frames ``t*st .. t*st+kt-1``, stacked along the channels in the
+    order of the kernel's temporal taps."""
+    b, c, t, h, w = x.shape
+    o, _, kt, kh, kw = weight.shape
+    st = stride[0]
+    t_out = (t - kt) // st + 1
+    if kt == 1 and st == 1:
+        frames = x.transpose(1, 2).reshape(b * t, c, h, w)
+    else:
+        # [B, T', kt, C, H, W]: tap k of output frame i is input frame i*st + k
+        frames = x.transpose(1, 2).unfold(1, kt, st)[:t_out]  # [B, T', C, H, W, kt]
+        frames = frames.permute(0, 1, 5, 2, 3, 4).reshape(b * t_out, kt * c, h, w)
+    w2 = weight.permute(0, 2, 1, 3, 4).reshape(o, kt * c, kh, kw)
+    y = F.conv2d(frames, w2, bias, tuple(stride[1:]))
+    return y.reshape(b, t_out, o, y.shape[-2], y.shape[-1]).transpose(1, 2)
 
 
 class SpatialConv2d(nn.Conv2d):
