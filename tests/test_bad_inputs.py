@@ -666,9 +666,10 @@ def _index_corrupt(kind, ckpt, outside):
         _remap(ckpt, _map_shard2_to("../outside/outside.safetensors"))
     elif kind == "absolute-outside":
         _remap(ckpt, _map_shard2_to("/etc/passwd"))
-    elif kind == "symlink-outside":
+    elif kind == "linked-folder-outside":
         shutil.move(os.path.join(ckpt, SHARD2), os.path.join(outside, SHARD2))
-        os.symlink(os.path.join(outside, SHARD2), os.path.join(ckpt, SHARD2))
+        os.symlink(outside, os.path.join(ckpt, "linked"))
+        _remap(ckpt, _map_shard2_to("linked/" + SHARD2))
 
 
 # (index problem, message fragments)
@@ -679,7 +680,7 @@ INDEX_CASES = [
     ("weight-map-list", ["index.json", "'weight_map' must be a non-empty object"]),
     ("relative-outside", ["'../outside/outside.safetensors' is outside the checkpoint folder"]),
     ("absolute-outside", ["'/etc/passwd' is outside the checkpoint folder"]),
-    ("symlink-outside", ["outside the checkpoint folder", "symbolic link"]),
+    ("linked-folder-outside", ["outside the checkpoint folder", "linked folder"]),
 ]
 
 
@@ -697,6 +698,20 @@ def test_bad_shard_index(kind, fragments, tmp_path, tiny_copy, capsys, no_weight
             assert fragment in err, (fragment, err)
     root = os.path.realpath(tiny_copy)
     assert all(p.startswith(root + os.sep) for p in opened_shards), opened_shards  # nothing outside was read
+
+
+def test_shard_file_linked_into_a_cache_is_read(tmp_path, tiny_copy, capsys):
+    """A Hugging Face download keeps each big file as a link into its cache: the folder's own
+    link is accepted (only the index's names are confined to the folder)."""
+    import shutil
+
+    cache = tmp_path / "hf-cache" / "blobs"
+    cache.mkdir(parents=True)
+    shutil.move(os.path.join(tiny_copy, SHARD2), str(cache / "0123abcd"))
+    os.symlink(str(cache / "0123abcd"), os.path.join(tiny_copy, SHARD2))
+    recipe = write_recipe(tmp_path, tiny_copy)
+    got, err = run_cli(capsys, ["check", recipe])
+    assert got == 0, err
 
 
 # ------------------------------------------------------------------------------------------

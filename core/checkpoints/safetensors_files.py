@@ -155,7 +155,10 @@ def _check_with_library(path: str) -> None:
 
 def shard_path(directory: str, name, index: str) -> str:
     """The file an index entry names, which must lie inside ``directory``: a relative path without
-    ``..`` whose real path (symbolic links resolved) stays in the folder. CheckpointError otherwise."""
+    ``..`` whose folder (symbolic links resolved) stays in the checkpoint folder. The shard file
+    itself may be a symbolic link -- Hugging Face downloads keep big files as links into their
+    cache -- since the link is the folder's own content, not something the index can point at.
+    CheckpointError otherwise."""
     if not isinstance(name, str) or not name.strip():
         raise CheckpointError("%s: 'weight_map' values must be shard file names (strings), found %r; "
                               "re-download the index" % (index, name))
@@ -165,11 +168,11 @@ def shard_path(directory: str, name, index: str) -> str:
                               "%s (re-download the index)" % (index, name, directory))
     path = os.path.join(directory, name)
     root = os.path.realpath(directory)
-    real = os.path.realpath(path)
-    if os.path.commonpath([root, real]) != root:
-        raise CheckpointError("%s: shard %r resolves to %s, outside the checkpoint folder %s (a symbolic link?); "
+    folder = os.path.realpath(os.path.dirname(path))
+    if os.path.commonpath([root, folder]) != root:
+        raise CheckpointError("%s: shard %r lies in %s, outside the checkpoint folder %s (a linked folder); "
                               "only files inside the folder are read: copy the shard into it"
-                              % (index, name, real, directory))
+                              % (index, name, folder, directory))
     return path
 
 
