@@ -145,6 +145,11 @@ def cmd_make_tiny(args) -> int:
 
     wrote = make_tiny(args.dir, args.model, seed=args.seed, if_missing=args.if_missing)
     print("%s tiny %s checkpoint in %s" % ("wrote" if wrote else "kept existing", args.model, args.dir))
+    if args.lora:
+        from .lora.tiny import make_tiny_loras
+
+        for path in make_tiny_loras(args.dir, args.model, seed=args.seed, if_missing=args.if_missing).values():
+            print("tiny LoRA %s" % path)
     return 0
 
 
@@ -276,6 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="layout: wan2.1-t2v (default), wan2.1-i2v, wan2.2-t2v-a14b, wan2.2-i2v-a14b, wan2.2-ti2v-5b")
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--if-missing", action="store_true", help="do nothing if DIR already holds it")
+    sp.add_argument("--lora", action="store_true",
+                    help="also write a tiny LoRA in each supported key format to DIR/lora/")
     sp.set_defaults(func=cmd_make_tiny)
 
     sp = sub.add_parser("bench", help="benchmarks")

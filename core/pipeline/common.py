@@ -20,6 +20,7 @@ from ..checkpoints.layout import CheckpointSet
 from ..config import RunConfig
 from ..config.validate import RunPlan, plan_run
 from ..models.dit.requirements import dit_requirements
+from ..lora.weights import as_lora_source
 from ..ops.table import OpTable
 from ..registry import Registry, resolve_ops
 from ..schedulers import make_scheduler
@@ -66,6 +67,8 @@ class Prepared:
     weights: Any = CHECKPOINT
     #: a :class:`~.sampling.LoopObserver` of the run (``wanport dump``), or None
     observer: Any = None
+    #: the recipe's LoRAs, inspected (``wanport.lora.weights.LoraWeights``)
+    loras: Any = None
 
     @property
     def is_main(self) -> bool:
@@ -97,7 +100,7 @@ def check_run(cfg: RunConfig, source: str = "recipe", registry: Optional[Registr
         image = load_image(plan.image_path, min_side=plan.preset.spatial_multiple)
         size = output_size(plan.preset, image, plan.width * plan.height)
     registry, spec = choose_backend(cfg.backend, registry)
-    ckpts = (weights or CHECKPOINT).inspect(plan)
+    ckpts = as_lora_source(weights or CHECKPOINT).inspect(plan)  # every LoRA file matched too
     return plan, image, size, registry, spec, ckpts
 
 
@@ -133,9 +136,11 @@ def start_parallel(plan: RunPlan, spec, session: Session, ckpts: CheckpointSet):
 def prepare(cfg: RunConfig, registry: Optional[Registry] = None, source: str = "recipe", weights=None,
             observer=None) -> Prepared:
     started = datetime.datetime.now(datetime.timezone.utc)
+    weights = loras = as_lora_source(weights or CHECKPOINT)
     plan, image, size, registry, spec, ckpts = check_run(cfg, source, registry, weights)
     scheduler = make_scheduler(plan.solver, steps=plan.steps, shift=plan.shift,
-                               timesteps=list(plan.timesteps) if plan.timesteps else None)
+                               timesteps=list(plan.timesteps) if plan.timesteps else None,
+                               denoising_step_list=plan.denoising_step_list)
     session = start_session(registry, spec, cfg.env)
     session, mesh, comm = start_parallel(plan, spec, session, ckpts)
     ops = resolve_dit_ops(registry, spec, ckpts, plan, cfg.ops, mesh)
@@ -163,7 +168,7 @@ def prepare(cfg: RunConfig, registry: Optional[Registry] = None, source: str = "
     session.runtime.reset_peak_memory()
     clock = StageClock(session.runtime)
     return Prepared(started, plan, image, size, registry, spec, ckpts, scheduler, session, ops, clock,
-                    mesh, comm, cfg_parallel, weights=weights, observer=observer)
+                    mesh, comm, cfg_parallel, weights=weights, observer=observer, loras=loras)
 
 
 def vae_decode(prep: Prepared, vae, latent: torch.Tensor) -> Optional[torch.Tensor]:
@@ -269,7 +274,9 @@ def base_report(prep: Prepared, cfg: RunConfig, raw: Mapping[str, Any], width: i
         "size": {"width": width, "height": height, "frames": frames, "fps": plan.fps},
         "sampling": {"solver": plan.solver, "steps": prep.scheduler.num_steps, "shift": plan.shift,
                      "guide_scale": list(plan.guide_scale) if isinstance(plan.guide_scale, tuple) else plan.guide_scale,
-                     "timesteps": [int(t) for t in prep.scheduler.timesteps]},
+                     "timesteps": [int(t) if float(t).is_integer() else round(float(t), 4)
+                                   for t in prep.scheduler.timesteps]},
+        "lora": prep.loras.report() if prep.loras is not None else None,
         "backend": {
             "name": spec.name,
             "device_type": spec.device_type,
