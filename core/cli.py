@@ -137,6 +137,11 @@ def cmd_models(args) -> int:
         print("%-21s %s %s: %s, steps %d, shift %g%s, guide %s, %d frames @ %d fps%s" % (
             name, p.family, p.task, p.size, p.steps, p.shift, extra, p.describe_guide(), p.frame_num, p.fps,
             ("; " + p.notes) if p.notes else ""))
+    from .config.distilled import DISTILLED_RECIPES
+
+    print("\nstep-distilled (4 steps, no CFG; sample.solver: distill):")
+    for recipe, model, what in DISTILLED_RECIPES:
+        print("  recipes/%-40s %-21s %s" % (recipe, model, what))
     return 0
 
 
