@@ -211,7 +211,9 @@ def cmd_bench_pipeline(args) -> int:
     source = "recipe %s" % args.recipe if args.recipe else "the embedded tiny recipe"
     result = pipeline.bench_pipeline(args.recipe, args.overrides, weights=args.weights, steps=args.steps,
                                      warmup_steps=args.warmup_steps, seed=args.seed,
-                                     progress=not args.no_progress, source=source)
+                                     progress=not args.no_progress, source=source, random_lora=args.random_lora,
+                                     lora_modes=("merged", "unmerged") if args.lora_mode == "both"
+                                     else (args.lora_mode,))
     return _emit(args, pipeline, result)
 
 
@@ -339,6 +341,11 @@ def build_parser() -> argparse.ArgumentParser:
     bp.add_argument("--steps", type=int, default=None, help="denoising steps (default: the recipe's)")
     bp.add_argument("--warmup-steps", type=int, default=1, help="steps of the warm-up run (0: none)")
     bp.add_argument("--seed", type=int, default=0, help="seed of the random weights")
+    bp.add_argument("--random-lora", type=int, default=None, metavar="RANK",
+                    help="also run with a random LoRA of this rank (e.g. 64) on every block Linear and the head, "
+                         "merged and unmerged, and report the overhead against the run without it")
+    bp.add_argument("--lora-mode", choices=["merged", "unmerged", "both"], default="both",
+                    help="with --random-lora: which way(s) to apply it (default both)")
     bp.add_argument("--no-progress", action="store_true", help="no progress bar")
     bp.add_argument("--out", default=None, help=OUT_HELP)
     bp.set_defaults(func=cmd_bench_pipeline)
