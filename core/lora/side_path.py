@@ -49,6 +49,8 @@ class LoraSide:
             f = t.factor
             if f == 0.0:
                 continue
+            if t.down.device != x.device:  # the model was moved (e.g. a parked expert activated)
+                t.down, t.up = t.down.to(x.device), t.up.to(x.device)
             h = F.linear(x.to(t.down.dtype), t.down)
             out = out + F.linear(h * f, t.up)
         return out

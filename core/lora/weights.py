@@ -10,6 +10,7 @@ random benchmark weights) and attaches the side path of the ``merge: false`` one
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Any, Dict, List, Optional
 
 from ..errors import CheckpointError
@@ -32,6 +33,7 @@ def inspect_loras(plan, ckpts) -> Dict[str, List[LoadedLora]]:
     experts = dict(ckpts.experts) if ckpts.experts else {"": ckpts.dit}
     files: Dict[str, Any] = {}
     out: Dict[str, List[LoadedLora]] = {}
+    warned = set()
     for name, ckpt in experts.items():
         model = _structure(ckpt.config, plan.policy)
         out[name] = []
@@ -40,7 +42,13 @@ def inspect_loras(plan, ckpts) -> Dict[str, List[LoadedLora]]:
                 continue
             if spec.path not in files:
                 files[spec.path] = read_lora_file(spec.path)
-            out[name].append(match_lora(spec, files[spec.path], model, strict))
+            lora = match_lora(spec, files[spec.path], model, strict)
+            if lora.unmatched and id(spec) not in warned:  # once per entry, not per expert
+                warned.add(id(spec))
+                first = lora.unmatched[0]
+                warnings.warn("LoRA file %s: %d key(s) match no layer and are skipped (lora_strict: false), e.g. "
+                              "%r %s" % (spec.path, len(lora.unmatched), first.key, first.why), stacklevel=2)
+            out[name].append(lora)
     for spec in specs:
         if not any(l.spec is spec for ls in out.values() for l in ls):
             raise CheckpointError("LoRA file %s: expert %r matches no expert of this model (%s)"
