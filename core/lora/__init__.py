@@ -12,3 +12,13 @@
 
 This package's ``__init__`` imports nothing, so the recipe loader stays torch-free.
 """
+
+__all__ = ["set_lora_strengths", "lora_strengths"]
+
+
+def __getattr__(name):  # lazy: importing the package stays torch-free
+    if name in __all__:
+        from . import side_path
+
+        return getattr(side_path, name)
+    raise AttributeError("module 'wanport.lora' has no attribute %r" % name)
