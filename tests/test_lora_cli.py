@@ -74,3 +74,15 @@ def test_bench_lora_synthesis_and_overhead_table(tmp_path):
     assert section["modes"]["unmerged"]["step_overhead_pct"] == pytest.approx(10.0)
     text = lora_bench.markdown(section)
     assert "| merged |" in text and "+10.00 %" in text
+
+
+def test_check_exits_3_for_a_bad_lora(tiny_ckpt, tmp_path, capsys):
+    import torch
+    from safetensors.torch import save_file
+
+    path = str(tmp_path / "nan.safetensors")
+    save_file({"diffusion_model.blocks.0.self_attn.q.lora_down.weight": torch.full((2, 256), float("nan")),
+               "diffusion_model.blocks.0.self_attn.q.lora_up.weight": torch.zeros(256, 2)}, path)
+    code = main(["check", "checkpoint_dir=%s" % tiny_ckpt, "lora=[{path: %s}]" % path])
+    err = capsys.readouterr().err
+    assert code == 3 and path in err and "blocks.0.self_attn.q.lora_down.weight" in err and "NaN" in err

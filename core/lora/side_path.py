@@ -52,7 +52,7 @@ class LoraSide:
             if t.down.device != x.device:  # the model was moved (e.g. a parked expert activated)
                 t.down, t.up = t.down.to(x.device), t.up.to(x.device)
             h = F.linear(x.to(t.down.dtype), t.down)
-            out = out + F.linear(h * f, t.up)
+            out = out.add_(F.linear(h * f, t.up))  # out is the layer's fresh output: added in place
         return out
 
 
