@@ -65,6 +65,8 @@ class LoraWeights:
         self._ckpts = None
 
     def __getattr__(self, name):
+        if name == "base":  # not yet set (copy, pickle): no recursion
+            raise AttributeError(name)
         return getattr(self.base, name)
 
     def describe(self):

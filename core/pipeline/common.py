@@ -275,7 +275,8 @@ def base_report(prep: Prepared, cfg: RunConfig, raw: Mapping[str, Any], width: i
         "sampling": {"solver": plan.solver, "steps": prep.scheduler.num_steps, "shift": plan.shift,
                      "guide_scale": list(plan.guide_scale) if isinstance(plan.guide_scale, tuple) else plan.guide_scale,
                      "timesteps": [int(t) if float(t).is_integer() else round(float(t), 4)
-                                   for t in prep.scheduler.timesteps]},
+                                   for t in prep.scheduler.timesteps],
+                     "denoising_step_list": list(plan.denoising_step_list) if plan.denoising_step_list else None},
         "lora": prep.loras.report() if prep.loras is not None else None,
         "backend": {
             "name": spec.name,
