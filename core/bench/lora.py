@@ -27,7 +27,7 @@ def synthesise(plan, weights, rank: int, seed: int, directory: str) -> Dict[str,
     modules = sorted(m for m in structure.linears if m.startswith("blocks.") or m == "head.head")
     path = os.path.join(directory, "random-lora-r%d.safetensors" % rank)
     write_lora(path, structure, "official", rank=rank, seed=seed, alpha=float(rank), diffs=False,
-               dtype=torch.bfloat16, modules=modules)
+               dtype=torch.bfloat16, modules=modules, expected=False)
     return {"path": path, "bytes": os.path.getsize(path), "layers": len(modules), "rank": rank,
             "format": "official", "experts": "both" if plan.preset.experts else None}
 

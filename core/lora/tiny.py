@@ -33,15 +33,16 @@ TINY_FORMATS: Tuple[Tuple[str, str, str], ...] = (
 def write_lora(path: str, model: ModelStructure, fmt: str, rank: int = 4, seed: int = 0,
                spelling: str = "lora_down", alpha: Optional[float] = None, diffs: bool = True,
                dtype: torch.dtype = torch.float32, modules: Optional[Iterable[str]] = None,
-               magnitude: float = 0.05) -> Dict[str, torch.Tensor]:
-    """Write a random LoRA for ``model`` in format ``fmt``; return {parameter: float32 delta at strength 1}.
+               magnitude: float = 0.05, expected: bool = True) -> Dict[str, torch.Tensor]:
+    """Write a random LoRA for ``model`` in format ``fmt``; return {parameter: float32 delta at strength 1}
+    (empty with ``expected=False``: real-size files, whose full deltas would not fit in memory).
 
     ``alpha`` None: rank / 2 (so the alpha/rank scale is exercised); ``magnitude``: the relative
     size of each delta against a unit-scale weight."""
     gen = torch.Generator().manual_seed(seed)
     alpha = float(rank) / 2 if alpha is None else float(alpha)
     tensors: Dict[str, torch.Tensor] = {}
-    expected: Dict[str, torch.Tensor] = {}
+    deltas: Dict[str, torch.Tensor] = {}
     targets = sorted(model.linears) if modules is None else list(modules)
     for module in targets:
         out_f, in_f = model.shapes[module + ".weight"]
@@ -51,11 +52,12 @@ def write_lora(path: str, model: ModelStructure, fmt: str, rank: int = 4, seed: 
         tensors[names["down"]] = down
         tensors[names["up"]] = up
         tensors[names["alpha"]] = torch.tensor(alpha, dtype=dtype)
-        expected[module + ".weight"] = (alpha / rank) * (up.float() @ down.float())
+        if expected:
+            deltas[module + ".weight"] = (alpha / rank) * (up.float() @ down.float())
         if diffs and "diff_b" in names and module + ".bias" in model.shapes:
             db = (torch.randn(out_f, generator=gen) * 0.01).to(dtype)
             tensors[names["diff_b"]] = db
-            expected[module + ".bias"] = db.float()
+            deltas[module + ".bias"] = db.float()
     if diffs and fmt != "diffusers":
         for param, shape in sorted(model.shapes.items()):
             if param.endswith((".norm3.weight", ".norm_q.weight")) or (fmt == "official" and param.endswith(".modulation")
@@ -65,10 +67,10 @@ def write_lora(path: str, model: ModelStructure, fmt: str, rank: int = 4, seed: 
                 key = names["diff_m"] if param.endswith(".modulation") else names["diff"]
                 d = (torch.randn(shape, generator=gen) * 0.01).to(dtype)
                 tensors[key] = d
-                expected[param] = d.float()
+                deltas[param] = d.float()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     save_file_atomic(tensors, path, metadata={"format": "wanport random LoRA (%s)" % fmt})
-    return expected
+    return deltas
 
 
 def structure_for(cfg, policy=None) -> ModelStructure:
