@@ -53,6 +53,11 @@ elif [ -f "$recipe" ] && [ "$(cd "$(dirname "$recipe")" && pwd -P)" = "$(cd "$re
   in_repo=1
   # recipes/tiny-<layout>.yaml runs a tiny checkpoint of that make-tiny layout: write it if missing
   case "$(basename "$recipe")" in
+    tiny-t2v-distill-lora.yaml)  # the tiny checkpoint and its tiny LoRAs (make-tiny --lora), if missing
+      wanport make-tiny ckpts/tiny-wan2.1-t2v --model wan2.1-t2v --lora --if-missing ;;
+    tiny-wan*-distill-lora.yaml)
+      layout=$(basename "$recipe" .yaml); layout=${layout#tiny-}; layout=${layout%-distill-lora}
+      wanport make-tiny "ckpts/tiny-$layout" --model "$layout" --lora --if-missing ;;
     tiny-wan*.yaml)
       layout=$(basename "$recipe" .yaml); layout=${layout#tiny-}
       ( cd "$repo"

@@ -139,6 +139,11 @@ def cmd_models(args) -> int:
         print("%-21s %s %s: %s, steps %d, shift %g%s, guide %s, %d frames @ %d fps%s" % (
             name, p.family, p.task, p.size, p.steps, p.shift, extra, p.describe_guide(), p.frame_num, p.fps,
             ("; " + p.notes) if p.notes else ""))
+    from .config.distilled import DISTILLED_RECIPES
+
+    print("\nstep-distilled (4 steps, no CFG; sample.solver: distill):")
+    for recipe, model, what in DISTILLED_RECIPES:
+        print("  recipes/%-40s %-21s %s" % (recipe, model, what))
     return 0
 
 
@@ -147,6 +152,11 @@ def cmd_make_tiny(args) -> int:
 
     wrote = make_tiny(args.dir, args.model, seed=args.seed, if_missing=args.if_missing)
     print("%s tiny %s checkpoint in %s" % ("wrote" if wrote else "kept existing", args.model, args.dir))
+    if args.lora:
+        from .lora.tiny import make_tiny_loras
+
+        for path in make_tiny_loras(args.dir, args.model, seed=args.seed, if_missing=args.if_missing).values():
+            print("tiny LoRA %s" % path)
     return 0
 
 
@@ -203,7 +213,9 @@ def cmd_bench_pipeline(args) -> int:
     source = "recipe %s" % args.recipe if args.recipe else "the embedded tiny recipe"
     result = pipeline.bench_pipeline(args.recipe, args.overrides, weights=args.weights, steps=args.steps,
                                      warmup_steps=args.warmup_steps, seed=args.seed,
-                                     progress=not args.no_progress, source=source)
+                                     progress=not args.no_progress, source=source, random_lora=args.random_lora,
+                                     lora_modes=("merged", "unmerged") if args.lora_mode == "both"
+                                     else (args.lora_mode,))
     return _emit(args, pipeline, result)
 
 
@@ -285,6 +297,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="layout: wan2.1-t2v (default), wan2.1-i2v, wan2.2-t2v-a14b, wan2.2-i2v-a14b, wan2.2-ti2v-5b")
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--if-missing", action="store_true", help="do nothing if DIR already holds it")
+    sp.add_argument("--lora", action="store_true",
+                    help="also write a tiny LoRA in each supported key format to DIR/lora/")
     sp.set_defaults(func=cmd_make_tiny)
 
     sp = sub.add_parser("bench", help="benchmarks")
@@ -336,6 +350,11 @@ def build_parser() -> argparse.ArgumentParser:
     bp.add_argument("--steps", type=int, default=None, help="denoising steps (default: the recipe's)")
     bp.add_argument("--warmup-steps", type=int, default=1, help="steps of the warm-up run (0: none)")
     bp.add_argument("--seed", type=int, default=0, help="seed of the random weights")
+    bp.add_argument("--random-lora", type=int, default=None, metavar="RANK",
+                    help="also run with a random LoRA of this rank (e.g. 64) on every block Linear and the head, "
+                         "merged and unmerged, and report the overhead against the run without it")
+    bp.add_argument("--lora-mode", choices=["merged", "unmerged", "both"], default="both",
+                    help="with --random-lora: which way(s) to apply it (default both)")
     bp.add_argument("--no-progress", action="store_true", help="no progress bar")
     bp.add_argument("--out", default=None, help=OUT_HELP)
     bp.set_defaults(func=cmd_bench_pipeline)

@@ -436,13 +436,13 @@ def test_euler_step():
 
 
 def test_scheduler_names():
-    assert SCHEDULERS == ("unipc", "euler")
+    assert SCHEDULERS == ("unipc", "euler", "distill")
     assert isinstance(make_scheduler("UniPC", steps=3, shift=5.0), FlowUniPCScheduler)
     with pytest.raises(ConfigError, match="did you mean 'unipc'"):
         make_scheduler("unpic", steps=10)
     with pytest.raises(ConfigError, match="did you mean 'euler'"):
         make_scheduler("eular", steps=10)
-    with pytest.raises(ConfigError, match="choose one of: unipc, euler"):
+    with pytest.raises(ConfigError, match="choose one of: unipc, euler, distill"):
         make_scheduler("ddim", steps=10)
 
 

@@ -96,31 +96,57 @@ def summarize(report: Mapping[str, Any], weights: Mapping[str, Any], warmup_step
     }
 
 
+def _step_overrides(plan, steps: int):
+    """Overrides that make a run take ``steps`` steps (a distill recipe: the first entries of its list)."""
+    if plan.denoising_step_list:
+        return ["sample.steps=null", "sample.denoising_step_list=%s" % list(plan.denoising_step_list[:steps])]
+    return ["sample.steps=%d" % steps]
+
+
 def bench_pipeline(recipe: Optional[str], overrides: Sequence[str] = (), weights: str = "auto",
                    steps: Optional[int] = None, warmup_steps: int = 1, seed: int = 0,
-                   progress: bool = False, source: str = "recipe") -> Dict[str, Any]:
-    """Warm-up run, measured run, summary. ``steps`` overrides the recipe's step count."""
+                   progress: bool = False, source: str = "recipe", random_lora: Optional[int] = None,
+                   lora_modes: Sequence[str] = ("merged", "unmerged")) -> Dict[str, Any]:
+    """Warm-up run, measured run, summary. ``steps`` overrides the recipe's step count.
+    ``random_lora``: also measure a random LoRA of that rank, merged and/or unmerged
+    (:mod:`.lora`), beside the run without it."""
     from ..pipeline.run import run
+    from . import lora as lora_bench
 
     if warmup_steps < 0 or (steps is not None and steps < 1):
         raise ConfigError("bench pipeline: --warmup-steps must be >= 0 and --steps >= 1")
+    if random_lora is not None and random_lora < 1:
+        raise ConfigError("bench pipeline: --random-lora must be a rank >= 1")
     cfg, _ = load_recipe(recipe, list(overrides))
     plan = plan_run(cfg, source)  # every recipe problem before anything loads
     if plan.timesteps and (steps is not None or warmup_steps):
         raise ConfigError("bench pipeline: the recipe lists sample.timesteps; --steps and a warm-up need a step "
                           "count (drop sample.timesteps, or pass --warmup-steps 0 and no --steps)")
+    if plan.denoising_step_list and steps is not None and steps > len(plan.denoising_step_list):
+        raise ConfigError("bench pipeline: --steps %d exceeds the %d entries of sample.denoising_step_list"
+                          % (steps, len(plan.denoising_step_list)))
     weight_source, described = choose_weights(weights, plan.checkpoint_dir, seed)
     with out_of_memory_as_error(plan, lambda: weight_source.inspect(plan)), \
             tempfile.TemporaryDirectory(prefix="wanport-bench-") as tmp:
         out = ["output.dir=%s" % tmp]
         if warmup_steps:
-            cfg_w, raw_w = load_recipe(recipe, list(overrides) + out + ["output.name=warmup",
-                                                                          "sample.steps=%d" % warmup_steps])
+            cfg_w, raw_w = load_recipe(recipe, list(overrides) + out + ["output.name=warmup"]
+                                       + _step_overrides(plan, warmup_steps))
             run(cfg_w, raw_w, progress=False, source=source, weights=weight_source)
-        more = ["sample.steps=%d" % steps] if steps is not None else []
+        more = _step_overrides(plan, steps) if steps is not None else []
         cfg_m, raw_m = load_recipe(recipe, list(overrides) + out + ["output.name=measured"] + more)
         report = run(cfg_m, raw_m, progress=progress, source=source, weights=weight_source)
-    return summarize(report, described, warmup_steps, recipe)
+        result = summarize(report, described, warmup_steps, recipe)
+        if random_lora is not None:
+            info = lora_bench.synthesise(plan, weight_source, random_lora, seed, tmp)
+            runs = {}
+            for mode in lora_modes:
+                cfg_l, raw_l = load_recipe(recipe, list(overrides) + out + ["output.name=lora-%s" % mode] + more
+                                           + [lora_bench.lora_override(info, mode)])
+                runs[mode] = summarize(run(cfg_l, raw_l, progress=progress, source=source, weights=weight_source),
+                                       described, warmup_steps, recipe)
+            result["lora"] = lora_bench.overhead(result, runs, info)
+    return result
 
 
 def markdown(result: Mapping[str, Any]) -> str:
@@ -141,6 +167,11 @@ def markdown(result: Mapping[str, Any]) -> str:
         lines.append("per step: median %.4f s (min %.4f, max %.4f); DiT forward median %.4f s; peak memory %s GiB (%s)"
                      % (result["step_median_s"], min(result["steps_s"]), max(result["steps_s"]),
                         result["dit_forward_median_s"], result["peak_memory_gib"], result["peak_memory_kind"]))
+    from . import lora as lora_bench
+
+    section = lora_bench.markdown(result.get("lora"))
+    if section:
+        lines += ["", section]
     table = published.markdown(result.get("published") or [], "Published numbers for %s" % result["model"])
     if table:
         lines += ["", table]

@@ -65,13 +65,19 @@ def inspect_dit(directory: str, policy: PrecisionPolicy, with_image: Optional[bo
 
 
 def load_dit(ckpt: DiTCheckpoint, policy: PrecisionPolicy, device: torch.device,
-             progress: Optional[callable] = None) -> WanDiT:
-    """Materialise the DiT on ``device``, each tensor cast to its policy dtype as it is read."""
+             progress: Optional[callable] = None, transform: Optional[callable] = None) -> WanDiT:
+    """Materialise the DiT on ``device``, each tensor cast to its policy dtype as it is read.
+
+    ``transform(key, tensor, device, dtype)``, when given, does that cast instead (merged LoRAs:
+    ``wanport.lora.merge.Merger`` adds their deltas in float32 first)."""
     model = WanDiT.on_meta(ckpt.config, policy)
     state = {}
     total = len(ckpt.entries)
     for i, (key, tensor) in enumerate(iter_tensors(ckpt.entries)):
-        state[key] = tensor.to(device=device, dtype=param_dtype(key, policy))
+        if transform is not None:
+            state[key] = transform(key, tensor, device, param_dtype(key, policy))
+        else:
+            state[key] = tensor.to(device=device, dtype=param_dtype(key, policy))
         if progress is not None:
             progress(i + 1, total)
     model.load_state_dict(state, strict=True, assign=True)

@@ -191,6 +191,12 @@ def _check_type(path: str, kind: str, value: Any, choices, problems: List[str]) 
             problems.append("%s.%s: expected a plain value, got %r" % (path, bad[0], value[bad[0]]))
             return None
         value = {k: str(v) for k, v in value.items()}
+    elif base == "lora_list":
+        from ..lora.spec import check_lora_list
+
+        value = check_lora_list(path, value, problems)
+        if value is None:
+            return None
     elif base == "precision":
         if not isinstance(value, (str, dict)):
             problems.append("%s: expected a preset name or a mapping, got %r" % (path, value))

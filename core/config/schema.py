@@ -47,7 +47,13 @@ class SampleConfig:
     boundary: Optional[float] = _f(None, type="float?",
                                    help="two-expert models: switch to the low-noise expert below boundary*1000 "
                                         "(model default when null: 0.875 t2v, 0.900 i2v)")
-    solver: str = _f("unipc", type="str", help="unipc (official default) or euler", choices=("unipc", "euler"))
+    solver: str = _f("unipc", type="str",
+                     help="unipc (official default), euler, or distill (the sampler of the step-distilled models: "
+                          "sample.denoising_step_list, no re-noising; use guide_scale 1.0)",
+                     choices=("unipc", "euler", "distill"))
+    denoising_step_list: Optional[List[int]] = _f(None, type="int_list?",
+                                                  help="distill only: the training timesteps the distilled model "
+                                                       "was trained for, e.g. [1000, 750, 500, 250]")
     timesteps: Optional[List[int]] = _f(None, type="int_list?",
                                         help="euler only: explicit decreasing timesteps in (0, 1000]")
     seed: int = _f(42, type="int", help="seed of the initial noise")
@@ -109,3 +115,8 @@ class RunConfig:
     parallel: ParallelConfig = _f(type="section", help="multi-device layout (world = cfg x ulysses x ring)",
                                   factory=ParallelConfig)
     output: OutputConfig = _f(type="section", help="where the video and report go", factory=OutputConfig)
+    lora: List[Any] = _f(type="lora_list", factory=list,
+                         help="LoRA adapters applied in order: [{path, strength: 1.0, expert: high|low|both "
+                              "(two-expert models), merge: true}] (merge false: an unmerged side path)")
+    lora_strict: bool = _f(True, type="bool",
+                           help="a LoRA key that matches no layer is an error (false: a warning, listed in the report)")

@@ -54,6 +54,11 @@ class RunPlan:
     #: how ``policy`` was chosen (``requested``, ``resolved``, ``why``); set once the backend has
     #: started (``precision: auto`` asks its runtime), None before
     precision_choice: Optional[Dict[str, Any]] = None
+    #: solver "distill": the distilled model's training timesteps
+    denoising_step_list: Optional[Tuple[int, ...]] = None
+    #: the recipe's LoRAs (``wanport.lora.spec.LoraSpec``), in order
+    loras: Tuple[Any, ...] = ()
+    lora_strict: bool = True
 
     @property
     def world(self) -> int:
@@ -79,6 +84,8 @@ class RunPlan:
 
     @property
     def num_steps(self) -> int:
+        if self.denoising_step_list:
+            return len(self.denoising_step_list)
         return len(self.timesteps) if self.timesteps else int(self.steps or 0)
 
 
@@ -149,6 +156,10 @@ def plan_run(cfg: RunConfig, source: str = "recipe") -> RunPlan:
         if any(t <= 0 or t > 1000 for t in timesteps) or any(a <= b for a, b in zip(timesteps, timesteps[1:])):
             problems.append("sample.timesteps: must be strictly decreasing integers in (0, 1000]")
 
+    step_list = _distill(s, problems)
+    if step_list is not None and s.steps is None:
+        steps = len(step_list)
+
     shift = s.shift if s.shift is not None else preset.default_shift(width, height)
     if shift <= 0:
         problems.append("sample.shift: must be > 0, got %g" % shift)
@@ -201,6 +212,10 @@ def plan_run(cfg: RunConfig, source: str = "recipe") -> RunPlan:
     problems.extend(check_parallel(cfg.parallel, heads, preset.name, needs_uncond, max(height // sh, 0),
                                    park_experts=cfg.offload.park_inactive_expert))
 
+    from ..lora.spec import plan_loras
+
+    loras = plan_loras(cfg.lora, bool(preset.experts), problems)
+
     if problems:
         if len(problems) == 1:
             raise ConfigError("%s: %s" % (source, problems[0]))
@@ -231,7 +246,33 @@ def plan_run(cfg: RunConfig, source: str = "recipe") -> RunPlan:
         park_inactive_expert=park,
         parallel=cfg.parallel,
         compile=cfg.compile,
+        denoising_step_list=step_list,
+        loras=loras,
+        lora_strict=cfg.lora_strict,
     )
+
+
+def _distill(s, problems: List[str]) -> Optional[Tuple[int, ...]]:
+    """``sample.solver: distill`` and its ``denoising_step_list``, checked."""
+    if s.solver != "distill":
+        if s.denoising_step_list is not None:
+            problems.append("sample.denoising_step_list: only for sample.solver: distill (the step-distilled models)")
+        return None
+    if s.denoising_step_list is None:
+        problems.append("sample.denoising_step_list: sample.solver distill needs the distilled model's trained "
+                        "timesteps, e.g. [1000, 750, 500, 250]")
+        return None
+    from ..schedulers.step_distill import check_step_list
+
+    try:
+        steps = check_step_list(s.denoising_step_list)
+    except ConfigError as exc:
+        problems.append("sample.%s" % exc)
+        return None
+    if s.steps is not None and s.steps != len(steps):
+        problems.append("sample.steps: %d disagrees with the %d entries of sample.denoising_step_list (drop steps)"
+                        % (s.steps, len(steps)))
+    return steps
 
 
 def _guide(value, preset: ModelPreset, problems: List[str]) -> GuideScale:

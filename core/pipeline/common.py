@@ -21,6 +21,7 @@ from ..checkpoints.layout import CheckpointSet
 from ..config import RunConfig
 from ..config.validate import RunPlan, plan_run
 from ..models.dit.requirements import dit_requirements
+from ..lora.weights import as_lora_source
 from ..ops.table import OpTable
 from ..precision import is_auto, resolve_policy
 from ..registry import Registry, resolve_ops
@@ -71,6 +72,8 @@ class Prepared:
     observer: Any = None
     #: NaN/Inf values in the decoded video (set by :func:`write_video`; they encode as black)
     video_nonfinite: int = 0
+    #: the recipe's LoRAs, inspected (``wanport.lora.weights.LoraWeights``)
+    loras: Any = None
 
     @property
     def is_main(self) -> bool:
@@ -102,7 +105,7 @@ def check_run(cfg: RunConfig, source: str = "recipe", registry: Optional[Registr
         image = load_image(plan.image_path, min_side=plan.preset.spatial_multiple)
         size = output_size(plan.preset, image, plan.width * plan.height)
     registry, spec = choose_backend(cfg.backend, registry)
-    ckpts = (weights or CHECKPOINT).inspect(plan)
+    ckpts = as_lora_source(weights or CHECKPOINT).inspect(plan)  # every LoRA file matched too
     return plan, image, size, registry, spec, ckpts
 
 
@@ -147,9 +150,11 @@ def start_parallel(plan: RunPlan, spec, session: Session, ckpts: CheckpointSet):
 def prepare(cfg: RunConfig, registry: Optional[Registry] = None, source: str = "recipe", weights=None,
             observer=None) -> Prepared:
     started = datetime.datetime.now(datetime.timezone.utc)
+    weights = loras = as_lora_source(weights or CHECKPOINT)
     plan, image, size, registry, spec, ckpts = check_run(cfg, source, registry, weights)
     scheduler = make_scheduler(plan.solver, steps=plan.steps, shift=plan.shift,
-                               timesteps=list(plan.timesteps) if plan.timesteps else None)
+                               timesteps=list(plan.timesteps) if plan.timesteps else None,
+                               denoising_step_list=plan.denoising_step_list)
     session = start_session(registry, spec, cfg.env)
     plan = resolve_precision(plan, cfg.precision, session.runtime, spec.name)
     session, mesh, comm = start_parallel(plan, spec, session, ckpts)
@@ -178,7 +183,7 @@ def prepare(cfg: RunConfig, registry: Optional[Registry] = None, source: str = "
     session.runtime.reset_peak_memory()
     clock = StageClock(session.runtime)
     return Prepared(started, plan, image, size, registry, spec, ckpts, scheduler, session, ops, clock,
-                    mesh, comm, cfg_parallel, weights=weights, observer=observer)
+                    mesh, comm, cfg_parallel, weights=weights, observer=observer, loras=loras)
 
 
 def vae_decode(prep: Prepared, vae, latent: torch.Tensor) -> Optional[torch.Tensor]:
@@ -290,7 +295,10 @@ def base_report(prep: Prepared, cfg: RunConfig, raw: Mapping[str, Any], width: i
         "size": {"width": width, "height": height, "frames": frames, "fps": plan.fps},
         "sampling": {"solver": plan.solver, "steps": prep.scheduler.num_steps, "shift": plan.shift,
                      "guide_scale": list(plan.guide_scale) if isinstance(plan.guide_scale, tuple) else plan.guide_scale,
-                     "timesteps": [int(t) for t in prep.scheduler.timesteps]},
+                     "timesteps": [int(t) if float(t).is_integer() else round(float(t), 4)
+                                   for t in prep.scheduler.timesteps],
+                     "denoising_step_list": list(plan.denoising_step_list) if plan.denoising_step_list else None},
+        "lora": prep.loras.report() if prep.loras is not None else None,
         "backend": {
             "name": spec.name,
             "device_type": spec.device_type,

@@ -5,7 +5,9 @@
 * ``"unipc"`` -- :class:`FlowUniPCScheduler`, the official Wan default (UniPC bh2, order 2) on the
   official schedule (sigmas from 0.999, shifted);
 * ``"euler"`` -- :class:`FlowEulerScheduler`, first-order steps on the official dpm++ schedule
-  (sigmas from 1.0, shifted) or on an explicit ``timesteps`` list (distilled models).
+  (sigmas from 1.0, shifted) or on an explicit ``timesteps`` list;
+* ``"distill"`` -- :class:`FlowStepDistillScheduler`, the sampler the step-distilled models are
+  trained for (``denoising_step_list``, e.g. [1000, 750, 500, 250]; float timesteps; no CFG).
 
 Every scheduler exposes ``timesteps`` (int64 [N], CPU), ``sigmas`` (float32 [N+1], CPU, last 0),
 ``num_steps``, ``step(model_output, sample)``, ``step_index`` and ``reset()``.
@@ -19,10 +21,11 @@ from ..errors import ConfigError
 from .base import FlowScheduler
 from .euler import FlowEulerScheduler
 from .sigmas import check_shift, check_steps, check_timesteps, closest_name
+from .step_distill import FlowStepDistillScheduler
 from .unipc import FlowUniPCScheduler
 
 #: valid scheduler names, for make_scheduler
-SCHEDULERS = ("unipc", "euler")
+SCHEDULERS = ("unipc", "euler", "distill")
 
 
 def make_scheduler(
@@ -30,6 +33,7 @@ def make_scheduler(
     steps: Optional[int] = None,
     shift: float = 1.0,
     timesteps: Optional[Sequence[float]] = None,
+    denoising_step_list: Optional[Sequence[int]] = None,
 ) -> FlowScheduler:
     """Build a scheduler with its timesteps set.
 
@@ -49,6 +53,18 @@ def make_scheduler(
             f"unknown scheduler '{name}'; {hint}choose one of: {', '.join(SCHEDULERS)}"
         )
     shift = check_shift(shift)
+    if key == "distill" or denoising_step_list is not None:
+        if key != "distill":
+            raise ConfigError(f"denoising_step_list is for the 'distill' scheduler, not '{key}'")
+        if timesteps is not None:
+            raise ConfigError("the 'distill' scheduler takes denoising_step_list=[...], not timesteps=")
+        if denoising_step_list is None:
+            raise ConfigError("the 'distill' scheduler needs denoising_step_list=[...] (the distilled model's "
+                              "trained timesteps, e.g. [1000, 750, 500, 250])")
+        sched = FlowStepDistillScheduler(denoising_step_list, shift)
+        if steps is not None and check_steps(steps) != sched.num_steps:
+            raise ConfigError(f"steps={steps} but denoising_step_list has {sched.num_steps} entries; drop steps")
+        return sched
     if timesteps is not None:
         t = check_timesteps(timesteps)
         if steps is not None and check_steps(steps) != t.size:
@@ -78,6 +94,7 @@ __all__ = [
     "SCHEDULERS",
     "FlowEulerScheduler",
     "FlowScheduler",
+    "FlowStepDistillScheduler",
     "FlowUniPCScheduler",
     "make_scheduler",
 ]

@@ -6,6 +6,7 @@ from typing import Optional, Sequence
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from .attention import CrossAttention, ImageCrossAttention, SelfAttention
 from .layers import LayerNormParams, linear
@@ -58,7 +59,11 @@ class WanBlock(nn.Module):
 
         h = ops.layer_norm_modulate.fn(x, shift_ff, scale_ff, self.eps, out_dtype=mm)
         up = self.ffn[0]
-        y = linear(ops.linear_gelu.fn(h, up.weight, up.bias), self.ffn[2])
+        if up.__dict__.get("lora_side") is None:
+            a = ops.linear_gelu.fn(h, up.weight, up.bias)
+        else:  # an unmerged LoRA's side path joins before the GELU
+            a = F.gelu(linear(h, up), approximate="tanh")
+        y = linear(a, self.ffn[2])
         return ops.gated_residual.fn(x, y, gate_ff)
 
 

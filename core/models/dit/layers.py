@@ -14,8 +14,12 @@ import torch.nn.functional as F
 
 
 def linear(x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
-    """A Linear computed in its weight's dtype (what autocast does for the official fp32 weights)."""
-    return F.linear(x.to(layer.weight.dtype), layer.weight, layer.bias)
+    """A Linear computed in its weight's dtype (what autocast does for the official fp32 weights),
+    plus the low-rank side path of unmerged LoRAs when the layer has one (``wanport.lora.side_path``)."""
+    x = x.to(layer.weight.dtype)
+    out = F.linear(x, layer.weight, layer.bias)
+    side = layer.__dict__.get("lora_side")
+    return out if side is None else side(x, out)
 
 
 class RMSNormParams(nn.Module):
