@@ -38,3 +38,10 @@ class DumpError(WanportError):
     dump it is compared with."""
 
     exit_code = 6
+
+
+class ReloadRequired(ConfigError):
+    """A ``Pipeline.generate`` argument would need other weights, another backend or another
+    process layout: build a new pipeline instead. Raised before any compute; the pipeline stays usable."""
+
+    exit_code = 2
