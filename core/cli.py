@@ -202,6 +202,8 @@ def cmd_bench_pipeline(args) -> int:
     result = pipeline.bench_pipeline(args.recipe, args.overrides, weights=args.weights, steps=args.steps,
                                      warmup_steps=args.warmup_steps, seed=args.seed,
                                      progress=not args.no_progress, source=source)
+    if result is None:  # a rank other than 0: rank 0 prints and writes
+        return 0
     return _emit(args, pipeline, result)
 
 

@@ -1,10 +1,13 @@
 """``wanport bench pipeline``: the real pipeline of a recipe, timed stage by stage after a warm-up.
 
-Two runs of :func:`wanport.pipeline.run.run` in one process: a warm-up run of ``warmup_steps``
-steps (kernel compilation and autotuning, allocator growth, first-call costs), then the measured
-run. Reported: the time of every stage (load, text encode, image encode, VAE encode, denoise,
-VAE decode, write, total), each denoising step and the DiT forward it implies, peak memory, and
-the published reference numbers of the same model beside them (labelled published).
+One :class:`wanport.Pipeline` (models loaded once; under torchrun one process group for the whole
+benchmark, ended once at exit) and two ``generate`` calls: a warm-up of ``warmup_steps`` steps
+(kernel compilation and autotuning, allocator growth, first-call costs), then the measured call.
+Reported: the load time of the pipeline, the time of every stage of the measured call (text
+encode, image encode, VAE encode, denoise, VAE decode, total), the time from the ``generate()``
+call to its first denoising step, each denoising step and the DiT forward it implies, peak memory
+(per rank under torchrun, with the communication time), and the published reference numbers of
+the same model beside them (labelled published). Only rank 0 returns a result (prints, writes).
 
 Weights: the recipe's checkpoint, or -- when its folder does not exist, or with
 ``weights="random"`` -- the real architectures with random weights
@@ -54,9 +57,12 @@ def _guides_per_step(report: Mapping[str, Any]) -> List[float]:
 
 
 def summarize(report: Mapping[str, Any], weights: Mapping[str, Any], warmup_steps: int,
-              recipe: Optional[str]) -> Dict[str, Any]:
-    """The bench result from the measured run's report."""
-    st = report["stages"]
+              recipe: Optional[str], load_s: Optional[float] = None) -> Dict[str, Any]:
+    """The bench result from the measured call's report (``load_s``: the pipeline's load, when
+    the models were loaded before the call rather than in it)."""
+    st = dict(report["stages"])
+    if load_s is not None and not st.get("load_s"):
+        st["load_s"] = load_s
     steps = list(st["steps_s"])
     uncond = report.get("negative_prompt") is not None
     forwards = [2 if uncond and g != 1.0 else 1 for g in _guides_per_step(report)]
@@ -88,6 +94,8 @@ def summarize(report: Mapping[str, Any], weights: Mapping[str, Any], warmup_step
         "dit_forward_median_s": round(statistics.median(per_forward), 4) if per_forward else None,
         "peak_memory_gib": round(peak / GIB, 3) if peak else None,
         "peak_memory_kind": report["peak_memory"]["kind"],
+        "time_to_first_step_s": (report.get("pipeline") or {}).get("time_to_first_step_s"),
+        "parallel": report.get("parallel"),
         "experts": (report.get("experts") or {}).get("per_step"),
         "published": published.published_rows([report["model"]]),
         "versions": report["versions"],
@@ -97,9 +105,10 @@ def summarize(report: Mapping[str, Any], weights: Mapping[str, Any], warmup_step
 
 def bench_pipeline(recipe: Optional[str], overrides: Sequence[str] = (), weights: str = "auto",
                    steps: Optional[int] = None, warmup_steps: int = 1, seed: int = 0,
-                   progress: bool = False, source: str = "recipe") -> Dict[str, Any]:
-    """Warm-up run, measured run, summary. ``steps`` overrides the recipe's step count."""
-    from ..pipeline.run import run
+                   progress: bool = False, source: str = "recipe") -> Optional[Dict[str, Any]]:
+    """Load once, warm-up call, measured call, summary. ``steps`` overrides the recipe's step
+    count. Returns the result on rank 0, None on the other ranks of a multi-process run."""
+    from ..pipeline.api import Pipeline
 
     if warmup_steps < 0 or (steps is not None and steps < 1):
         raise ConfigError("bench pipeline: --warmup-steps must be >= 0 and --steps >= 1")
@@ -109,16 +118,16 @@ def bench_pipeline(recipe: Optional[str], overrides: Sequence[str] = (), weights
         raise ConfigError("bench pipeline: the recipe lists sample.timesteps; --steps and a warm-up need a step "
                           "count (drop sample.timesteps, or pass --warmup-steps 0 and no --steps)")
     weight_source, described = choose_weights(weights, plan.checkpoint_dir, seed)
-    with tempfile.TemporaryDirectory(prefix="wanport-bench-") as tmp:
-        out = ["output.dir=%s" % tmp]
-        if warmup_steps:
-            cfg_w, raw_w = load_recipe(recipe, list(overrides) + out + ["output.name=warmup",
-                                                                          "sample.steps=%d" % warmup_steps])
-            run(cfg_w, raw_w, progress=False, source=source, weights=weight_source)
-        more = ["sample.steps=%d" % steps] if steps is not None else []
-        cfg_m, raw_m = load_recipe(recipe, list(overrides) + out + ["output.name=measured"] + more)
-        report = run(cfg_m, raw_m, progress=progress, source=source, weights=weight_source)
-    return summarize(report, described, warmup_steps, recipe)
+    with tempfile.TemporaryDirectory(prefix="wanport-bench-") as tmp:  # nothing is written; output.dir must be
+        with Pipeline.from_recipe(recipe, overrides=list(overrides) + ["output.dir=%s" % tmp], weights=weight_source,
+                                  progress=progress) as pipe:
+            if warmup_steps:
+                pipe.generate(steps=warmup_steps, progress=False)
+            pipe.generate(steps=steps, progress=progress)
+            report, load_s, main = pipe.last_report, pipe.load_s, pipe.is_main
+    if not main:
+        return None
+    return summarize(report, described, warmup_steps, recipe, load_s)
 
 
 def markdown(result: Mapping[str, Any]) -> str:
@@ -132,6 +141,8 @@ def markdown(result: Mapping[str, Any]) -> str:
     for name, secs in result["stages_s"].items():
         pct = "%.1f" % (100.0 * secs / compute) if name in COMPUTE and compute > 0 else ""
         label = "load (random init)" if name == "load" and w["source"] == "random" else name.replace("_", " ")
+        if name == "total":
+            label = "total of the measured call (models already loaded)"
         lines.append("| %s | %.3f | %s |" % (label, secs, pct))
     lines.append("| compute (text + image + VAE encode + denoise + decode) | %.3f | 100 |" % compute)
     lines.append("")
@@ -139,6 +150,18 @@ def markdown(result: Mapping[str, Any]) -> str:
         lines.append("per step: median %.4f s (min %.4f, max %.4f); DiT forward median %.4f s; peak memory %s GiB (%s)"
                      % (result["step_median_s"], min(result["steps_s"]), max(result["steps_s"]),
                         result["dit_forward_median_s"], result["peak_memory_gib"], result["peak_memory_kind"]))
+    if result.get("time_to_first_step_s") is not None:
+        lines.append("measured call: %.3f s from generate() to the first denoising step (models loaded once, %s "
+                     "call)" % (result["time_to_first_step_s"], "after a warm-up" if result["warmup_steps"]
+                                else "first"))
+    par = result.get("parallel")
+    if par:
+        lines += ["", "%d ranks (cfg %d x ulysses %d x ring %d, vae %s, %s):" % (
+            par["world"], par["cfg"], par["ulysses"], par["ring"], par["vae"], par["dist_backend"]),
+            "", "| rank | device | peak memory GiB | comm s | comm calls |", "|---|---|---|---|---|"]
+        for r in par["ranks"]:
+            lines.append("| %d | %s | %.3f | %.3f | %d |" % (r["rank"], r["device"], r["peak_memory_bytes"] / GIB,
+                                                            r["comm_s"], r["comm_calls"]))
     table = published.markdown(result.get("published") or [], "Published numbers for %s" % result["model"])
     if table:
         lines += ["", table]
