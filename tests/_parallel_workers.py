@@ -166,3 +166,28 @@ def fsdp_worker(rank: int, world: int, port: int, out: str):
         torch.save({"y": y, "local_params": local}, "%s.rank%d" % (out, rank))
     finally:
         shutdown()
+
+
+def api_worker(rank: int, world: int, port: int, overrides, out: str):
+    """One rank of a `wanport.Pipeline` with two generate calls (the recipe's seed, then seed 3):
+    rank 0 saves both videos; every other rank must get None; the process group lives as long as
+    the pipeline."""
+    import torch.distributed as dist
+
+    from wanport import Pipeline
+
+    dist_env(rank, world, port)
+    pipe = Pipeline.from_recipe(None, overrides=list(overrides), progress=False)
+    with pipe:
+        first = pipe.generate(video_tensor=True)
+        assert dist.is_initialized()
+        second = pipe.generate(seed=3, video_tensor=True)
+        report = pipe.last_report
+    assert not dist.is_initialized()  # closed with the pipeline
+    if rank == 0:
+        import json
+
+        torch.save({"first": first.video, "second": second.video,
+                    "report": json.loads(json.dumps(report, default=str))}, out)
+    else:
+        assert first is None and second is None

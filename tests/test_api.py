@@ -71,6 +71,9 @@ def test_generate_equals_wanport_run_bit_for_bit(recipe, layout, values, tiny_la
     with Pipeline.from_recipe(os.path.join(REPO, "recipes", recipe), checkpoint_dir=ckpt, progress=False,
                               image=values.get("image"), overrides=["output.dir=%s" % tmp_path]) as pipe:
         result = pipe.generate(seed=7, video_tensor=True, **values)
+        if layout == "wan2.2-ti2v-5b":  # the same pipeline in text mode: the op table without per-token modulation
+            text = pipe.generate(seed=7, image="", size="64*32", frames=5, steps=1)
+            assert text.report["mode"] == "text-to-video" and text.frames.shape == (5, 32, 64, 3)
     assert torch.equal(result.video, cli_videos[0])
     from wanport.io.video import to_uint8_frames
 
