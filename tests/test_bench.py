@@ -217,9 +217,9 @@ def test_bench_scaling_single_device_on_reference(tmp_path):
 @pytest.mark.parametrize("layout", [
     ["parallel.cfg=2"],
     ["parallel.ulysses=2", "parallel.vae=true"],
-    ["parallel.ring=2", "parallel.dit_fsdp=true"],
+    ["parallel.ring=2", "parallel.dit_fsdp=true", "parallel.t5_fsdp=true"],
     ["parallel.cfg=2", "parallel.vae=true", "parallel.t5_cpu=true"],
-], ids=["cfg2", "ulysses2+vae", "ring2+dit_fsdp", "cfg2+vae+t5_cpu"])
+], ids=["cfg2", "ulysses2+vae", "ring2+fsdp", "cfg2+vae+t5_cpu"])
 def test_bench_pipeline_under_torchrun_two_gloo_ranks(layout, tiny_ckpt, tmp_path):
     """`torchrun --nproc_per_node 2 -m wanport bench pipeline ... --warmup-steps 1`: one process
     group for the warm-up and the measured call (it used to be shut down after the warm-up, and
