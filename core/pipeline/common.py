@@ -22,7 +22,6 @@ from ..config.validate import RunPlan, plan_run
 from ..models.dit.requirements import dit_requirements
 from ..ops.table import OpTable
 from ..registry import Registry, resolve_ops
-from ..schedulers import make_scheduler
 from .images import InputImage, load_image, output_size
 from .report import backend_versions, recipe_hash, versions
 from .session import Session, choose_backend, start_session

@@ -12,9 +12,7 @@ later call loads them again.
 from __future__ import annotations
 
 from contextlib import nullcontext
-from typing import Any, Dict, Optional
-
-import torch
+from typing import Dict
 
 from .moe import load_expert_models
 
