@@ -216,6 +216,8 @@ def cmd_bench_pipeline(args) -> int:
                                      progress=not args.no_progress, source=source, random_lora=args.random_lora,
                                      lora_modes=("merged", "unmerged") if args.lora_mode == "both"
                                      else (args.lora_mode,))
+    if result is None:  # a rank other than 0: rank 0 prints and writes
+        return 0
     return _emit(args, pipeline, result)
 
 

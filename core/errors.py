@@ -40,6 +40,13 @@ class DumpError(WanportError):
     exit_code = 6
 
 
+class ReloadRequired(ConfigError):
+    """A ``Pipeline.generate`` argument would need other weights, another backend or another
+    process layout: build a new pipeline instead. Raised before any compute; the pipeline stays usable."""
+
+    exit_code = 2
+
+
 class OutputError(WanportError):
     """An output file cannot be written: the folder is not writable, a name is too long for the
     file system, or the write failed (disk full, encoder error). The previous file of that name,

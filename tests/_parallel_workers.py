@@ -184,3 +184,28 @@ def torchrun(nproc: int, args, timeout: float, cwd=None):
     start = time.time()
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=cwd)
     return proc, time.time() - start
+
+
+def api_worker(rank: int, world: int, port: int, overrides, out: str):
+    """One rank of a `wanport.Pipeline` with two generate calls (the recipe's seed, then seed 3):
+    rank 0 saves both videos; every other rank must get None; the process group lives as long as
+    the pipeline."""
+    import torch.distributed as dist
+
+    from wanport import Pipeline
+
+    dist_env(rank, world, port)
+    pipe = Pipeline.from_recipe(None, overrides=list(overrides), progress=False)
+    with pipe:
+        first = pipe.generate(video_tensor=True)
+        assert dist.is_initialized()
+        second = pipe.generate(seed=3, video_tensor=True)
+        report = pipe.last_report
+    assert not dist.is_initialized()  # closed with the pipeline
+    if rank == 0:
+        import json
+
+        torch.save({"first": first.video, "second": second.video,
+                    "report": json.loads(json.dumps(report, default=str))}, out)
+    else:
+        assert first is None and second is None

@@ -225,14 +225,14 @@ def test_runtime_utilities_and_versions(registry, clean_env):
 
 
 def _run(tiny_ckpt, out_dir, backend, extra=(), capture=None):
-    import wanport.pipeline.t2v as t2v
     from wanport.config import load_recipe
+    from wanport.pipeline.run import run
 
     cfg, raw = load_recipe(None, ["checkpoint_dir=%s" % tiny_ckpt, "output.dir=%s" % out_dir, "sample.steps=2",
                                   "sample.size=32*32", "sample.frame_num=5", "backend=%s" % backend,
                                   "output.name=%s" % backend,
                                   "precision=official"] + list(extra))  # the same policy on both backends
-    return t2v.run_t2v(cfg, raw, progress=False)
+    return run(cfg, raw, progress=False)
 
 
 @pytest.fixture
@@ -252,7 +252,7 @@ def _rel(a, b):
 
 
 def test_tiny_t2v_end_to_end_on_the_emulated_npu(tiny_ckpt, tmp_path, clean_env, decoded):
-    """run_t2v with `backend: ascend` on the emulated NPU, both schema eras, against the reference run.
+    """`wanport run` with `backend: ascend` on the emulated NPU, both schema eras, against the reference run.
 
     The yardstick is the reference backend itself: its two exact attention implementations
     (explicit softmax vs SDPA) differ by bf16 rounding order only. Measured on this tiny checkpoint

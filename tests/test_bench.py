@@ -212,3 +212,40 @@ def test_bench_scaling_single_device_on_reference(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "wanport", "bench", "scaling", "--model", "wan2.1-t2v-1.3b",
                           "--layouts", "u8", "--backend", "reference"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "does not divide the 12 heads" in bad.stderr
+
+
+@pytest.mark.parametrize("layout", [
+    ["parallel.cfg=2"],
+    ["parallel.ulysses=2", "parallel.vae=true"],
+    ["parallel.ring=2", "parallel.dit_fsdp=true", "parallel.t5_fsdp=true"],
+    ["parallel.cfg=2", "parallel.vae=true", "parallel.t5_cpu=true"],
+], ids=["cfg2", "ulysses2+vae", "ring2+fsdp", "cfg2+vae+t5_cpu"])
+def test_bench_pipeline_under_torchrun_two_gloo_ranks(layout, tiny_ckpt, tmp_path):
+    """`torchrun --nproc_per_node 2 -m wanport bench pipeline ... --warmup-steps 1`: one process
+    group for the warm-up and the measured call (it used to be shut down after the warm-up, and
+    the measured call's first collective died or waited out the timeout), ended once at exit;
+    rank 0 alone prints and writes, with both ranks' memory and communication figures."""
+    import subprocess
+    import sys
+    import time
+
+    stem = tmp_path / "res" / "bench"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "wanport",
+           "bench", "pipeline", os.path.join(REPO, "recipes", "tiny-t2v.yaml"), "checkpoint_dir=%s" % tiny_ckpt,
+           "sample.size=32*32", "sample.frame_num=5", "precision=fp32", "parallel.timeout_s=60"] + layout + [
+           "--steps", "2", "--warmup-steps", "1", "--no-progress", "--out", str(stem)]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    start = time.time()
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=420, cwd=str(tmp_path), env=env)
+    elapsed = time.time() - start
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert elapsed < 400  # no collective waited out its timeout
+    assert proc.stdout.count("| denoise |") == 1  # printed once, by rank 0
+    result = json.loads((tmp_path / "res" / "bench.json").read_text())
+    names = sorted(os.listdir(tmp_path / "res"))
+    assert [n for n in names if not n.endswith(".png")] == ["bench.json", "bench.md"]  # one set of files
+    par = result["parallel"]
+    assert par["world"] == 2 and [r["rank"] for r in par["ranks"]] == [0, 1]
+    assert all(r["comm_calls"] > 0 for r in par["ranks"])
+    assert result["steps"] == 2 and result["warmup_steps"] == 1 and result["time_to_first_step_s"] > 0
+    assert "| rank | device | peak memory GiB | comm s | comm calls |" in proc.stdout

@@ -453,24 +453,32 @@ def test_run_sh_two_recipes_is_an_error(tmp_path, fake_wanport):
     assert proc.returncode == 2 and "two recipes given" in proc.stderr and not calls
 
 
-def test_a_video_with_nan_is_flagged_in_the_report(tmp_path, capsys):
+def test_a_video_with_nan_is_flagged_in_the_report(tmp_path, capsys, monkeypatch, tiny_ckpt):
     """NaN from the sampling itself (weights, precision) encodes as black frames: the run says so
     on stderr and in the report instead of passing silently."""
-    import types
+    import wanport.pipeline.api as api
+    from wanport.pipeline.common import count_nonfinite
 
-    from wanport.pipeline.common import save_report, write_video
-    from wanport.pipeline.timing import StageClock
-    from wanport.reference.runtime import HostRuntime
-
-    plan = types.SimpleNamespace(video_path=str(tmp_path / "v.mp4"), report_path=str(tmp_path / "v.json"), fps=16)
-    prep = types.SimpleNamespace(plan=plan, is_main=True, mesh=None, observer=None, video_nonfinite=0,
-                                 clock=StageClock(HostRuntime()))
     video = _video()
     video[:, 0] = float("nan")
-    save_report(prep, {"output": {}}, write_video(prep, video))
+    assert count_nonfinite(video) == 3 * 32 * 32
     assert "holds %d NaN/Inf values" % (3 * 32 * 32) in capsys.readouterr().err
-    report = _strict_loads(open(plan.report_path).read())
-    assert report["output"]["nonfinite_values"] == 3 * 32 * 32
+    assert count_nonfinite(None) == 0 and count_nonfinite(_video()) == 0
+
+    real = api.vae_decode
+
+    def poisoned(prep, vae, latent):
+        out = real(prep, vae, latent)
+        out[:, 0] = float("nan")
+        return out
+
+    monkeypatch.setattr(api, "vae_decode", poisoned)
+    pipe = api.Pipeline.from_recipe(None, overrides=["checkpoint_dir=%s" % tiny_ckpt, "sample.steps=1",
+                                                     "sample.frame_num=1", "sample.size=64*64"], progress=False)
+    with pipe:
+        result = pipe.generate()
+    assert result.report["output"]["nonfinite_values"] == 3 * 64 * 64
+    _strict_loads(json.dumps(result.report, allow_nan=False, default=str))
 
 
 def test_writers_that_wrap_the_os_error_still_give_one_message(tmp_path, monkeypatch):

@@ -107,6 +107,20 @@ def test_parallel_pipeline_video_equals_single_process(layout, tiny_ckpt, pipeli
     assert os.path.exists(tmp_path / "par.mp4") and os.path.exists(tmp_path / "par.json")
 
 
+def test_pipeline_api_cfg_parallel_two_calls(tiny_ckpt, pipeline_reference, tmp_path):
+    """`wanport.Pipeline` under two gloo processes (CFG parallel): every rank builds the same
+    pipeline and calls generate with the same arguments; rank 0 gets the videos, equal to the
+    single-process run; two calls share one process group, ended by close()."""
+    overrides = BASE + ["parallel.cfg=2", "checkpoint_dir=%s" % tiny_ckpt, "output.dir=%s" % tmp_path]
+    out = str(tmp_path / "api.pt")
+    mp.spawn(W.api_worker, args=(2, W.free_port(), overrides, out), nprocs=2)
+    got = torch.load(out)
+    assert rel(got["first"], pipeline_reference) <= 1e-5
+    assert got["second"].shape == got["first"].shape and not torch.equal(got["second"], got["first"])
+    assert got["report"]["seed"] == 3 and got["report"]["pipeline"]["call"] == 2
+    assert got["report"]["parallel"]["world"] == 2
+
+
 def test_a_failing_rank_ends_every_rank_within_the_timeout(tmp_path):
     port = W.free_port()
     procs = []

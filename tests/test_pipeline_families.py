@@ -92,17 +92,17 @@ def test_wan22_i2v_a14b(tiny_layout, input_image, tmp_path, capsys):
 
 
 def test_wan22_ti2v_image_mode(tiny_layout, input_image, tmp_path, capsys, monkeypatch):
-    import wanport.pipeline.ti2v as ti2v
+    import wanport.pipeline.sampling as sampling
 
     seen = {}
-    real = ti2v.denoise_loop
+    real = sampling.denoise_loop
 
     def spy(*args, **kwargs):
         seen["result"] = real(*args, **kwargs)
         seen["kwargs"] = kwargs
         return seen["result"]
 
-    monkeypatch.setattr(ti2v, "denoise_loop", spy)
+    monkeypatch.setattr(sampling, "denoise_loop", spy)
     out = str(tmp_path)
     report, frames = _run(capsys, "tiny-wan2.2-ti2v-5b.yaml", tiny_layout("wan2.2-ti2v-5b"), out, "ti2v-img",
                           "image=%s" % input_image, "sample.size=64*64")

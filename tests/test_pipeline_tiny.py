@@ -69,20 +69,27 @@ def test_run_writes_video_and_complete_report(tiny_ckpt, tmp_path):
 
 def test_same_seed_same_latents_and_guidance_one_skips_uncond(tiny_ckpt, tmp_path, monkeypatch):
     """One seed gives one video: two runs agree exactly; guide_scale 1 runs one forward per step."""
-    import wanport.pipeline.t2v as t2v
+    import wanport.pipeline.sampling as sampling
     from wanport.config import load_recipe
+    from wanport.pipeline.run import run
 
     decoded = []
     calls = {"n": 0}
-    real_denoise = t2v.denoise
+    real_loop = sampling.denoise_loop
 
-    def spy(dit, *a, **k):
-        def counting(*args, **kwargs):
-            calls["n"] += 1
-            return dit(*args, **kwargs)
-        return real_denoise(counting, *a, **k)
+    class Counting:  # every model call of the loop counted
+        def __init__(self, experts):
+            self.experts = experts
 
-    monkeypatch.setattr(t2v, "denoise", spy)
+        def select(self, t):
+            e = self.experts.select(t)
+
+            def counted(*args, **kwargs):
+                calls["n"] += 1
+                return e.model(*args, **kwargs)
+            return sampling.Expert(e.name, counted, e.guide_scale)
+
+    monkeypatch.setattr(sampling, "denoise_loop", lambda experts, *a, **k: real_loop(Counting(experts), *a, **k))
     import wanport.io.video as video_io
 
     real_write = video_io.write_mp4
@@ -92,7 +99,7 @@ def test_same_seed_same_latents_and_guidance_one_skips_uncond(tiny_ckpt, tmp_pat
             "sample.size=32*32", "sample.frame_num=5"]
     for extra in ([], [], ["sample.guide_scale=1.0"]):
         cfg, raw = load_recipe(None, base + extra)
-        t2v.run_t2v(cfg, raw, progress=False)
+        run(cfg, raw, progress=False)
     assert torch.equal(decoded[0], decoded[1])
     assert not torch.equal(decoded[0], decoded[2])
     assert calls["n"] == 2 * 2 + 2 * 2 + 2  # CFG: two forwards per step; guide 1: one

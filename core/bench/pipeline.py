@@ -1,10 +1,13 @@
 """``wanport bench pipeline``: the real pipeline of a recipe, timed stage by stage after a warm-up.
 
-Two runs of :func:`wanport.pipeline.run.run` in one process: a warm-up run of ``warmup_steps``
-steps (kernel compilation and autotuning, allocator growth, first-call costs), then the measured
-run. Reported: the time of every stage (load, text encode, image encode, VAE encode, denoise,
-VAE decode, write, total), each denoising step and the DiT forward it implies, peak memory, and
-the published reference numbers of the same model beside them (labelled published).
+One :class:`wanport.Pipeline` (models loaded once; under torchrun one process group for the whole
+benchmark, ended once at exit) and two ``generate`` calls: a warm-up of ``warmup_steps`` steps
+(kernel compilation and autotuning, allocator growth, first-call costs), then the measured call.
+Reported: the load time of the pipeline, the time of every stage of the measured call (text
+encode, image encode, VAE encode, denoise, VAE decode, total), the time from the ``generate()``
+call to its first denoising step, each denoising step and the DiT forward it implies, peak memory
+(per rank under torchrun, with the communication time), and the published reference numbers of
+the same model beside them (labelled published). Only rank 0 returns a result (prints, writes).
 
 Weights: the recipe's checkpoint, or -- when its folder does not exist, or with
 ``weights="random"`` -- the real architectures with random weights
@@ -55,9 +58,12 @@ def _guides_per_step(report: Mapping[str, Any]) -> List[float]:
 
 
 def summarize(report: Mapping[str, Any], weights: Mapping[str, Any], warmup_steps: int,
-              recipe: Optional[str]) -> Dict[str, Any]:
-    """The bench result from the measured run's report."""
-    st = report["stages"]
+              recipe: Optional[str], load_s: Optional[float] = None) -> Dict[str, Any]:
+    """The bench result from the measured call's report (``load_s``: the pipeline's load, when
+    the models were loaded before the call rather than in it)."""
+    st = dict(report["stages"])
+    if load_s is not None and not st.get("load_s"):
+        st["load_s"] = load_s
     steps = list(st["steps_s"])
     uncond = report.get("negative_prompt") is not None
     forwards = [2 if uncond and g != 1.0 else 1 for g in _guides_per_step(report)]
@@ -89,6 +95,8 @@ def summarize(report: Mapping[str, Any], weights: Mapping[str, Any], warmup_step
         "dit_forward_median_s": round(statistics.median(per_forward), 4) if per_forward else None,
         "peak_memory_gib": round(peak / GIB, 3) if peak else None,
         "peak_memory_kind": report["peak_memory"]["kind"],
+        "time_to_first_step_s": (report.get("pipeline") or {}).get("time_to_first_step_s"),
+        "parallel": report.get("parallel"),
         "experts": (report.get("experts") or {}).get("per_step"),
         "published": published.published_rows([report["model"]]),
         "versions": report["versions"],
@@ -96,21 +104,34 @@ def summarize(report: Mapping[str, Any], weights: Mapping[str, Any], warmup_step
     }
 
 
-def _step_overrides(plan, steps: int):
-    """Overrides that make a run take ``steps`` steps (a distill recipe: the first entries of its list)."""
+def _step_values(plan, steps: int) -> Dict[str, Any]:
+    """generate() values that make a call take ``steps`` steps (a distill recipe: the first
+    entries of its list)."""
     if plan.denoising_step_list:
-        return ["sample.steps=null", "sample.denoising_step_list=%s" % list(plan.denoising_step_list[:steps])]
-    return ["sample.steps=%d" % steps]
+        return {"denoising_step_list": list(plan.denoising_step_list[:steps])}
+    return {"steps": steps}
+
+
+def _broadcast(obj):
+    """``obj`` of rank 0 on every rank (one process: unchanged)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def bench_pipeline(recipe: Optional[str], overrides: Sequence[str] = (), weights: str = "auto",
                    steps: Optional[int] = None, warmup_steps: int = 1, seed: int = 0,
                    progress: bool = False, source: str = "recipe", random_lora: Optional[int] = None,
-                   lora_modes: Sequence[str] = ("merged", "unmerged")) -> Dict[str, Any]:
-    """Warm-up run, measured run, summary. ``steps`` overrides the recipe's step count.
-    ``random_lora``: also measure a random LoRA of that rank, merged and/or unmerged
-    (:mod:`.lora`), beside the run without it."""
-    from ..pipeline.run import run
+                   lora_modes: Sequence[str] = ("merged", "unmerged")) -> Optional[Dict[str, Any]]:
+    """Load once, warm-up call, measured call, summary. ``steps`` overrides the recipe's step
+    count. ``random_lora``: also measure a random LoRA of that rank, merged and/or unmerged
+    (:mod:`.lora`; a pipeline each, since a LoRA is applied as the weights load), beside the run
+    without it. Returns the result on rank 0, None on the other ranks of a multi-process run."""
+    from ..pipeline.api import Pipeline
     from . import lora as lora_bench
 
     if warmup_steps < 0 or (steps is not None and steps < 1):
@@ -126,26 +147,29 @@ def bench_pipeline(recipe: Optional[str], overrides: Sequence[str] = (), weights
         raise ConfigError("bench pipeline: --steps %d exceeds the %d entries of sample.denoising_step_list"
                           % (steps, len(plan.denoising_step_list)))
     weight_source, described = choose_weights(weights, plan.checkpoint_dir, seed)
+    def measure(extra: Sequence[str]):
+        """(report of the measured call, load s, is main) of one pipeline: warm-up, then measured."""
+        with Pipeline.from_recipe(recipe, overrides=list(overrides) + ["output.dir=%s" % tmp] + list(extra),
+                                  weights=weight_source, progress=progress) as pipe:
+            if warmup_steps:
+                pipe.generate(progress=False, **_step_values(plan, warmup_steps))
+            pipe.generate(progress=progress, **(_step_values(plan, steps) if steps is not None else {}))
+            return pipe.last_report, pipe.load_s, pipe.is_main
+
     with out_of_memory_as_error(plan, lambda: weight_source.inspect(plan)), \
-            tempfile.TemporaryDirectory(prefix="wanport-bench-") as tmp:
-        out = ["output.dir=%s" % tmp]
-        if warmup_steps:
-            cfg_w, raw_w = load_recipe(recipe, list(overrides) + out + ["output.name=warmup"]
-                                       + _step_overrides(plan, warmup_steps))
-            run(cfg_w, raw_w, progress=False, source=source, weights=weight_source)
-        more = _step_overrides(plan, steps) if steps is not None else []
-        cfg_m, raw_m = load_recipe(recipe, list(overrides) + out + ["output.name=measured"] + more)
-        report = run(cfg_m, raw_m, progress=progress, source=source, weights=weight_source)
-        result = summarize(report, described, warmup_steps, recipe)
+            tempfile.TemporaryDirectory(prefix="wanport-bench-") as tmp:  # nothing is written; output.dir must be
+        report, load_s, main = measure(())
+        result = summarize(report, described, warmup_steps, recipe, load_s) if main else None
         if random_lora is not None:
-            info = lora_bench.synthesise(plan, weight_source, random_lora, seed, tmp)
+            info = lora_bench.synthesise(plan, weight_source, random_lora, seed, tmp) if main else None
+            info = _broadcast(info)
             runs = {}
             for mode in lora_modes:
-                cfg_l, raw_l = load_recipe(recipe, list(overrides) + out + ["output.name=lora-%s" % mode] + more
-                                           + [lora_bench.lora_override(info, mode)])
-                runs[mode] = summarize(run(cfg_l, raw_l, progress=progress, source=source, weights=weight_source),
-                                       described, warmup_steps, recipe)
-            result["lora"] = lora_bench.overhead(result, runs, info)
+                report_l, load_l, _ = measure([lora_bench.lora_override(info, mode)])
+                if main:
+                    runs[mode] = summarize(report_l, described, warmup_steps, recipe, load_l)
+            if main:
+                result["lora"] = lora_bench.overhead(result, runs, info)
     return result
 
 
@@ -160,6 +184,8 @@ def markdown(result: Mapping[str, Any]) -> str:
     for name, secs in result["stages_s"].items():
         pct = "%.1f" % (100.0 * secs / compute) if name in COMPUTE and compute > 0 else ""
         label = "load (random init)" if name == "load" and w["source"] == "random" else name.replace("_", " ")
+        if name == "total":
+            label = "total of the measured call (models already loaded)"
         lines.append("| %s | %.3f | %s |" % (label, secs, pct))
     lines.append("| compute (text + image + VAE encode + denoise + decode) | %.3f | 100 |" % compute)
     lines.append("")
@@ -172,6 +198,18 @@ def markdown(result: Mapping[str, Any]) -> str:
     section = lora_bench.markdown(result.get("lora"))
     if section:
         lines += ["", section]
+    if result.get("time_to_first_step_s") is not None:
+        lines.append("measured call: %.3f s from generate() to the first denoising step (models loaded once, %s "
+                     "call)" % (result["time_to_first_step_s"], "after a warm-up" if result["warmup_steps"]
+                                else "first"))
+    par = result.get("parallel")
+    if par:
+        lines += ["", "%d ranks (cfg %d x ulysses %d x ring %d, vae %s, %s):" % (
+            par["world"], par["cfg"], par["ulysses"], par["ring"], par["vae"], par["dist_backend"]),
+            "", "| rank | device | peak memory GiB | comm s | comm calls |", "|---|---|---|---|---|"]
+        for r in par["ranks"]:
+            lines.append("| %d | %s | %.3f | %.3f | %d |" % (r["rank"], r["device"], r["peak_memory_bytes"] / GIB,
+                                                            r["comm_s"], r["comm_calls"]))
     table = published.markdown(result.get("published") or [], "Published numbers for %s" % result["model"])
     if table:
         lines += ["", table]

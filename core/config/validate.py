@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -161,7 +162,9 @@ def plan_run(cfg: RunConfig, source: str = "recipe") -> RunPlan:
         steps = len(step_list)
 
     shift = s.shift if s.shift is not None else preset.default_shift(width, height)
-    if shift <= 0:
+    if not math.isfinite(shift):
+        problems.append("sample.shift: must be a finite number > 0, got %g" % shift)
+    elif shift <= 0:
         problems.append("sample.shift: must be > 0, got %g" % shift)
     guide = _guide(s.guide_scale, preset, problems)
     boundary = s.boundary if s.boundary is not None else preset.boundary
@@ -284,10 +287,14 @@ def _guide(value, preset: ModelPreset, problems: List[str]) -> GuideScale:
             problems.append("sample.guide_scale: model %s has one expert; give one number, not a pair" % preset.name)
             return 1.0
         pair = (float(value[0]), float(value[1]))
-        if min(pair) <= 0:
+        if not all(math.isfinite(v) for v in pair):
+            problems.append("sample.guide_scale: must be finite numbers > 0, got %s" % list(pair))
+        elif min(pair) <= 0:
             problems.append("sample.guide_scale: must be > 0 (1.0 disables guidance), got %s" % list(pair))
         return pair
-    if value <= 0:
+    if not math.isfinite(value):
+        problems.append("sample.guide_scale: must be a finite number > 0, got %g" % value)
+    elif value <= 0:
         problems.append("sample.guide_scale: must be > 0 (1.0 disables guidance), got %g" % value)
     # a single number for a two-expert model applies to both (as the official CLI does)
     return (float(value), float(value)) if preset.experts else float(value)

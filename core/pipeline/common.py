@@ -1,9 +1,9 @@
 """Steps every run shares: recipe -> plan -> (image) -> backend -> checkpoint inspection -> session
 and op table; text encoding; the JSON report.
 
-Each task module (:mod:`.t2v`, :mod:`.i2v`, :mod:`.ti2v`) calls :func:`prepare` first -- every
-user error (recipe, input image, backend, checkpoint files) is raised there, before the first
-weight is read -- then loads its models itself and runs its own sampling loop.
+:class:`wanport.pipeline.api.Pipeline` calls :func:`prepare` once -- every user error (recipe,
+input image, backend, checkpoint files) is raised there, before the first weight is read -- and
+:func:`check_request` again for every call's own values (prompt, seed, size, image, ...).
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ from ..ops.table import OpTable
 from ..precision import is_auto, resolve_policy
 from ..registry import Registry, resolve_ops
 from ..registry.backend import native_bf16
-from ..schedulers import make_scheduler
 from .images import InputImage, load_image, output_size
 from .report import backend_versions, recipe_hash, versions
 from .session import Session, choose_backend, start_session
@@ -46,20 +45,19 @@ def pad_context(embs: List[torch.Tensor], text_len: int) -> torch.Tensor:
 
 @dataclass
 class Prepared:
-    """Everything checked and started; nothing loaded yet."""
+    """What lives as long as a pipeline: everything checked and started (backend session,
+    process mesh, op tables), nothing loaded yet. Per-call values (prompt, seed, size, ...) live
+    in a :class:`Call`."""
 
-    started: datetime.datetime
+    #: the plan of the recipe the pipeline was built from (its load-time fields -- model,
+    #: checkpoint, precision, parallel layout, offload -- hold for every call)
     plan: RunPlan
-    image: Optional[InputImage]
-    #: the video (width, height): the recipe's size, or derived from the image and the maximum area
-    size: Tuple[int, int]
     registry: Registry
     spec: Any  # BackendSpec
     ckpts: CheckpointSet
-    scheduler: Any  # FlowScheduler
     session: Session
+    #: the op table of the recipe's first call (see :meth:`ops_for`)
     ops: OpTable
-    clock: StageClock
     #: the process mesh of a multi-process run (``wanport.parallel.mesh.Mesh``), else None
     mesh: Any = None
     #: time spent in communication (``wanport.parallel.mesh.CommClock``)
@@ -68,10 +66,10 @@ class Prepared:
     cfg_parallel: Any = None
     #: where the models come from (:mod:`.weights`: the checkpoint, or random weights for benchmarks)
     weights: Any = CHECKPOINT
-    #: a :class:`~.sampling.LoopObserver` of the run (``wanport dump``), or None
-    observer: Any = None
-    #: NaN/Inf values in the decoded video (set by :func:`write_video`; they encode as black)
-    video_nonfinite: int = 0
+    #: op tables by per-token modulation (TI2V: a call with an image needs it, one without not)
+    tables: Dict[bool, OpTable] = dataclasses.field(default_factory=dict)
+    #: the recipe's ``ops:`` overrides
+    op_overrides: Mapping[str, str] = dataclasses.field(default_factory=dict)
     #: the recipe's LoRAs, inspected (``wanport.lora.weights.LoraWeights``)
     loras: Any = None
 
@@ -94,16 +92,64 @@ class Prepared:
     def device(self) -> torch.device:
         return self.session.device
 
+    def ops_for(self, plan: RunPlan) -> OpTable:
+        """The op table of a call: resolved once per distinct requirement set (only TI2V's
+        per-token modulation differs between calls), then reused."""
+        per_token = per_token_modulation(plan)
+        if per_token not in self.tables:
+            self.tables[per_token] = parallel_ops(
+                resolve_dit_ops(self.registry, self.spec, self.ckpts, plan, self.op_overrides, self.mesh),
+                self.mesh, self.comm)
+        return self.tables[per_token]
 
-def check_run(cfg: RunConfig, source: str = "recipe", registry: Optional[Registry] = None, weights=None):
-    """Validate without starting the runtime: plan, input image (and the video size it gives),
-    backend, checkpoint files (``weights``: a weight source of :mod:`.weights`, default the
-    checkpoint). Returns (plan, image, size, registry, spec, ckpts)."""
+
+@dataclass
+class Call:
+    """One ``generate`` call: its validated config and plan, input image, video size, scheduler
+    and stage clock."""
+
+    started: datetime.datetime
+    cfg: RunConfig
+    raw: Mapping[str, Any]
+    plan: RunPlan
+    image: Optional[InputImage]
+    #: the video (width, height): the plan's size, or derived from the image and the maximum area
+    size: Tuple[int, int]
+    scheduler: Any  # FlowScheduler
+    clock: StageClock
+    ops: OpTable
+    #: a :class:`~.sampling.LoopObserver` of the call (``wanport dump``), or None
+    observer: Any = None
+
+
+def per_token_modulation(plan: RunPlan) -> bool:
+    """TI2V with an image: one timestep per token."""
+    return bool(plan.preset.per_token_timesteps and plan.image_path is not None)
+
+
+def pipeline_plan(prep: "Prepared", plan: RunPlan) -> RunPlan:
+    """A call's plan with the pipeline's load-time decisions: the resolved precision policy
+    (``auto`` is decided once, from the started runtime) and the expert parking FSDP settles."""
+    return dataclasses.replace(plan, policy=prep.plan.policy, precision_choice=prep.plan.precision_choice,
+                               park_inactive_expert=prep.plan.park_inactive_expert)
+
+
+def check_request(cfg: RunConfig, source: str = "recipe"):
+    """The per-call checks: plan, input image and the video size it gives (no backend, no
+    checkpoint). Returns (plan, image, size)."""
     plan = plan_run(cfg, source)
     image, size = None, (plan.width, plan.height)
     if plan.image_path:
         image = load_image(plan.image_path, min_side=plan.preset.spatial_multiple)
         size = output_size(plan.preset, image, plan.width * plan.height)
+    return plan, image, size
+
+
+def check_run(cfg: RunConfig, source: str = "recipe", registry: Optional[Registry] = None, weights=None):
+    """Validate without starting the runtime: plan, input image (and the video size it gives),
+    backend, checkpoint files (``weights``: a weight source of :mod:`.weights`, default the
+    checkpoint). Returns (plan, image, size, registry, spec, ckpts)."""
+    plan, image, size = check_request(cfg, source)
     registry, spec = choose_backend(cfg.backend, registry)
     ckpts = as_lora_source(weights or CHECKPOINT).inspect(plan)  # every LoRA file matched too
     return plan, image, size, registry, spec, ckpts
@@ -115,7 +161,7 @@ def resolve_dit_ops(registry: Registry, spec, ckpts: CheckpointSet, plan: RunPla
     (and return the log-sum-exp for ring attention)."""
     sp = mesh is not None and mesh.sp_degree > 1
     reqs = dit_requirements(ckpts.dit.config, plan.policy, spec.device_type,
-                            per_token_timesteps=plan.preset.per_token_timesteps and plan.image_path is not None,
+                            per_token_timesteps=per_token_modulation(plan),
                             padded_keys=sp, ring_lse=sp and mesh.ring > 1)
     return resolve_ops(registry, spec, reqs, overrides)
 
@@ -126,6 +172,15 @@ def resolve_precision(plan: RunPlan, requested: Any, runtime, backend: str) -> R
     capability = native_bf16(runtime, backend) if is_auto(requested) else None
     policy, choice = resolve_policy(requested, capability)
     return dataclasses.replace(plan, policy=policy, precision_choice=choice)
+
+
+def parallel_ops(ops: OpTable, mesh, comm) -> OpTable:
+    """With sequence parallelism, the self-attention wrapped for the mesh."""
+    if mesh is not None and mesh.sp_degree > 1:
+        from ..parallel.sequence import wrap_self_attention
+
+        return wrap_self_attention(ops, mesh, comm)
+    return ops
 
 
 def start_parallel(plan: RunPlan, spec, session: Session, ckpts: CheckpointSet):
@@ -147,27 +202,20 @@ def start_parallel(plan: RunPlan, spec, session: Session, ckpts: CheckpointSet):
     return dataclasses.replace(session, device=session.runtime.device()), mesh, comm
 
 
-def prepare(cfg: RunConfig, registry: Optional[Registry] = None, source: str = "recipe", weights=None,
-            observer=None) -> Prepared:
-    started = datetime.datetime.now(datetime.timezone.utc)
+def prepare(cfg: RunConfig, registry: Optional[Registry] = None, source: str = "recipe", weights=None) -> Prepared:
+    """Check the recipe (plan, image, backend, checkpoint and LoRA files), start the session and
+    the mesh, resolve the op table. Every user error is raised here, before the first weight is read."""
     weights = loras = as_lora_source(weights or CHECKPOINT)
     plan, image, size, registry, spec, ckpts = check_run(cfg, source, registry, weights)
-    scheduler = make_scheduler(plan.solver, steps=plan.steps, shift=plan.shift,
-                               timesteps=list(plan.timesteps) if plan.timesteps else None,
-                               denoising_step_list=plan.denoising_step_list)
     session = start_session(registry, spec, cfg.env)
     plan = resolve_precision(plan, cfg.precision, session.runtime, spec.name)
     session, mesh, comm = start_parallel(plan, spec, session, ckpts)
-    ops = resolve_dit_ops(registry, spec, ckpts, plan, cfg.ops, mesh)
+    ops = parallel_ops(resolve_dit_ops(registry, spec, ckpts, plan, cfg.ops, mesh), mesh, comm)
     cfg_parallel = None
-    if mesh is not None:
+    if mesh is not None and mesh.cfg == 2:
         from ..parallel.cfg import CfgParallel
-        from ..parallel.sequence import wrap_self_attention
 
-        if mesh.sp_degree > 1:
-            ops = wrap_self_attention(ops, mesh, comm)
-        if mesh.cfg == 2:
-            cfg_parallel = CfgParallel(mesh, comm)
+        cfg_parallel = CfgParallel(mesh, comm)
     weights = weights or CHECKPOINT
     p = plan.parallel
     if mesh is not None and (p.dit_fsdp or p.t5_fsdp):
@@ -180,10 +228,8 @@ def prepare(cfg: RunConfig, registry: Optional[Registry] = None, source: str = "
         from .compile import CompiledWeights
 
         weights = CompiledWeights(weights)
-    session.runtime.reset_peak_memory()
-    clock = StageClock(session.runtime)
-    return Prepared(started, plan, image, size, registry, spec, ckpts, scheduler, session, ops, clock,
-                    mesh, comm, cfg_parallel, weights=weights, observer=observer, loras=loras)
+    return Prepared(plan, registry, spec, ckpts, session, ops, mesh, comm, cfg_parallel, weights=weights,
+                    tables={per_token_modulation(plan): ops}, op_overrides=dict(cfg.ops), loras=loras)
 
 
 def vae_decode(prep: Prepared, vae, latent: torch.Tensor) -> Optional[torch.Tensor]:
@@ -211,35 +257,17 @@ def vae_encode(prep: Prepared, vae, video: torch.Tensor) -> torch.Tensor:
     return vae.encode(video)
 
 
-def write_video(prep: Prepared, video: Optional[torch.Tensor]) -> Optional[Dict[str, Any]]:
-    """The mp4 (main rank only, timed as the ``write`` stage); returns the parallel summary (every
-    rank must call this: it gathers the per-rank figures)."""
-    from ..io.video import write_mp4
-
-    summary = parallel_summary(prep)
-    if prep.observer is not None and video is not None:
-        prep.observer.video_decoded(video)
-    if prep.is_main and video is not None:
-        prep.video_nonfinite = int((~torch.isfinite(video)).sum())
-        if prep.video_nonfinite:
-            print("wanport: warning: the decoded video holds %d NaN/Inf values (they encode as black): the "
-                  "sampling diverged; the report records it under output.nonfinite_values"
-                  % prep.video_nonfinite, file=sys.stderr)
-        with prep.clock.stage("write"):
-            write_mp4(video, prep.plan.video_path, prep.plan.fps)
-    return summary
-
-
-def save_report(prep: Prepared, report: Dict[str, Any], summary: Optional[Dict[str, Any]]) -> Dict[str, Any]:
-    """The JSON report beside the video (main rank only)."""
-    from ..io.atomic import write_json_atomic
-
-    if summary is not None:
-        report["parallel"] = summary
-    if prep.is_main:
-        report.setdefault("output", {})["nonfinite_values"] = prep.video_nonfinite
-        write_json_atomic(prep.plan.report_path, report)
-    return report
+def count_nonfinite(video: Optional[torch.Tensor]) -> int:
+    """NaN/Inf values in a decoded video (0 for None), with a warning on stderr when there are
+    any: they encode as black, so a diverged sampling would otherwise pass silently. The report
+    records the count under ``output.nonfinite_values``."""
+    if video is None:
+        return 0
+    n = int((~torch.isfinite(video)).sum())
+    if n:
+        print("wanport: warning: the decoded video holds %d NaN/Inf values (they encode as black): the "
+              "sampling diverged; the report records it under output.nonfinite_values" % n, file=sys.stderr)
+    return n
 
 
 def parallel_summary(prep: Prepared) -> Optional[Dict[str, Any]]:
@@ -270,9 +298,8 @@ def encode_prompts(text_encoder, plan: RunPlan, text_len: int,
     return ctx[:1], (ctx[1:2] if plan.needs_uncond else None)
 
 
-def base_report(prep: Prepared, cfg: RunConfig, raw: Mapping[str, Any], width: int, height: int,
-                frames: int) -> Dict[str, Any]:
-    plan, spec, session, ops, clock = prep.plan, prep.spec, prep.session, prep.ops, prep.clock
+def base_report(prep: Prepared, call: Call, width: int, height: int, frames: int) -> Dict[str, Any]:
+    plan, spec, session, ops, clock = call.plan, prep.spec, prep.session, call.ops, call.clock
     runtime = session.runtime
     dit_cfg = prep.ckpts.dit.config
     dit_json = dict(dit_cfg.to_json(), text_dim=dit_cfg.text_dim)
@@ -280,23 +307,23 @@ def base_report(prep: Prepared, cfg: RunConfig, raw: Mapping[str, Any], width: i
         dit_json["image_dim"] = dit_cfg.image_dim
     return {
         "kind": "wanport.run",
-        "started_at": prep.started.isoformat(),
+        "started_at": call.started.isoformat(),
         "finished_at": datetime.datetime.now(datetime.timezone.utc).isoformat(),
         "model": plan.preset.name,
-        "task": cfg.task,
+        "task": call.cfg.task,
         "checkpoint_dir": os.path.abspath(plan.checkpoint_dir),
         "dit_config": dit_json,
-        "recipe": dict(raw),
-        "recipe_hash": recipe_hash(raw),
+        "recipe": dict(call.raw),
+        "recipe_hash": recipe_hash(call.raw),
         "prompt": plan.prompt,
         "negative_prompt": plan.negative_prompt if plan.needs_uncond else None,
         "seed": plan.seed,
         "noise": plan.noise,
         "size": {"width": width, "height": height, "frames": frames, "fps": plan.fps},
-        "sampling": {"solver": plan.solver, "steps": prep.scheduler.num_steps, "shift": plan.shift,
+        "sampling": {"solver": plan.solver, "steps": call.scheduler.num_steps, "shift": plan.shift,
                      "guide_scale": list(plan.guide_scale) if isinstance(plan.guide_scale, tuple) else plan.guide_scale,
                      "timesteps": [int(t) if float(t).is_integer() else round(float(t), 4)
-                                   for t in prep.scheduler.timesteps],
+                                   for t in call.scheduler.timesteps],
                      "denoising_step_list": list(plan.denoising_step_list) if plan.denoising_step_list else None},
         "lora": prep.loras.report() if prep.loras is not None else None,
         "backend": {
@@ -313,7 +340,7 @@ def base_report(prep: Prepared, cfg: RunConfig, raw: Mapping[str, Any], width: i
         "stages": dict(clock.as_dict(), total_s=round(clock.total(), 4)),
         "peak_memory": {"bytes": runtime.peak_memory_bytes(),
                         "kind": getattr(runtime, "peak_memory_kind", "device peak allocated")},
-        "output": {"video": os.path.abspath(plan.video_path), "report": os.path.abspath(plan.report_path)},
+        "output": None,
         "versions": versions(backend_versions(spec)),
     }
 
@@ -326,5 +353,5 @@ def image_report(image: Optional[InputImage], out_width: int, out_height: int) -
             "output": {"width": out_width, "height": out_height}}
 
 
-__all__ = ["Prepared", "prepare", "check_run", "resolve_dit_ops", "pad_context", "encode_prompts", "base_report",
-           "image_report"]
+__all__ = ["Prepared", "Call", "prepare", "pipeline_plan", "resolve_precision", "count_nonfinite", "check_request", "check_run", "resolve_dit_ops", "parallel_ops",
+           "pad_context", "encode_prompts", "base_report", "image_report", "per_token_modulation"]

@@ -1,4 +1,4 @@
-"""Image-to-video, recipe to mp4: Wan2.1 I2V-14B (CLIP + one DiT) and Wan2.2 I2V-A14B (two
+"""Image-to-video: Wan2.1 I2V-14B (CLIP + one DiT) and Wan2.2 I2V-A14B (two
 experts, no CLIP) (docs/wan-model.md §6.2, §3).
 
 1. The image (opened and checked before any weight loads) sets the aspect ratio; the recipe's
@@ -10,24 +10,19 @@ experts, no CLIP) (docs/wan-model.md §6.2, §3).
 6. The conditioning video: the image resized with torch bicubic to (h, w) as frame 0, then
    F-1 black frames, VAE-encoded; ``y = [mask | latent]`` (20 channels). The DiT input is
    ``[noisy latent 16 | y 20]`` = 36 channels.
-7. The sampling loop (the expert switch for A14B), decode, write.
+7. The sampling loop (the expert switch for A14B), decode.
 """
 
 from __future__ import annotations
 
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, Optional
 
 import torch
 
-from ..config import RunConfig
-from ..registry import Registry
-from .common import (base_report, encode_prompts, image_report, prepare, save_report, vae_decode, vae_encode,
-                     write_video)
+from .common import image_report, vae_encode
+from .generator import Denoising, Generator
 from .images import resize_bicubic, to_tensor
-from .moe import load_experts
 from .noise import initial_noise
-from .sampling import SingleExpert, denoise_loop
-from .t2v import experts_report
 
 
 def i2v_mask(frame_num: int, lat_h: int, lat_w: int, stride_t: int = 4) -> torch.Tensor:
@@ -52,77 +47,47 @@ def i2v_condition(vae, image: torch.Tensor, frame_num: int, width: int, height: 
     return torch.cat([mask[None], latent], dim=1)
 
 
-def run_i2v(cfg: RunConfig, raw: Mapping[str, Any], registry: Optional[Registry] = None,
-            progress: bool = True, source: str = "recipe", observer=None, weights=None) -> Dict[str, Any]:
-    prep = prepare(cfg, registry, source, weights, observer)
-    plan, ckpts, runtime, device, clock = prep.plan, prep.ckpts, prep.runtime, prep.device, prep.clock
-    policy, preset = plan.policy, plan.preset
-    st, sh, sw = preset.vae_stride
-    width, height = prep.size  # from the image's aspect ratio and the maximum area (checked in prepare)
-    frames = plan.frame_num
-    latent_shape = (preset.z_dim, (frames - 1) // st + 1, height // sh, width // sw)
-    image = to_tensor(prep.image.image)
-    experts_info = None
+class I2VGenerator(Generator):
+    """Wan2.1 I2V-14B (CLIP tokens + ``y``) and Wan2.2 I2V-A14B (``y`` only, two experts)."""
 
-    with torch.no_grad():
+    def __init__(self, prep, models) -> None:
+        super().__init__(prep, models)
+        self.uses_clip = bool(prep.plan.preset.clip)
+
+    def condition(self, call, ctx_cond: torch.Tensor, ctx_uncond: Optional[torch.Tensor]) -> Denoising:
+        prep, plan, clock = self.prep, call.plan, call.clock
+        preset, device = plan.preset, prep.device
+        st, sh, sw = preset.vae_stride
+        width, height = call.size  # from the image's aspect ratio and the maximum area (checked per call)
+        frames = plan.frame_num
+        latent_shape = (preset.z_dim, (frames - 1) // st + 1, height // sh, width // sw)
+        image = to_tensor(call.image.image)
         # the noise is the first draw of the official code (it does not depend on the order here)
         latent = initial_noise(latent_shape, plan.seed, plan.noise, device)[None]
-        with clock.stage("load"):
-            text_encoder = prep.weights.load_text_encoder(plan.checkpoint_dir, dtype=policy.text_encoder,
-                                                          device=prep.text_device,
-                                                          text_len=ckpts.dit.config.text_len)
-        with clock.stage("text_encode"):
-            ctx_cond, ctx_uncond = encode_prompts(text_encoder, plan, ckpts.dit.config.text_len, device)
-        del text_encoder
-        runtime.empty_cache()
 
         clip_fea = None
-        if preset.clip:
-            with clock.stage("load"):
-                clip = prep.weights.load_clip(ckpts, policy, device)
+        if self.uses_clip:
+            clip = self.models.clip(clock)
             with clock.stage("image_encode"):
                 clip_fea = clip.encode(image)
             del clip
-            runtime.empty_cache()
+        self.models.done_encoding()
 
-        with clock.stage("load"):
-            vae = prep.weights.load_vae(ckpts, policy, device)
+        vae = self.models.vae(clock)
         with clock.stage("vae_encode"):
             y = i2v_condition(vae, image, frames, width, height, device, stride=sh,
                               encode=lambda v: vae_encode(prep, vae, v))
-
-        with clock.stage("load"):
-            if ckpts.experts:
-                experts, experts_info = load_experts(ckpts, policy, device, runtime, prep.ops,
-                                                     plan.park_inactive_expert, prep.weights.load_dit, plan.boundary,
-                                                     plan.guide_scales)
-            else:
-                experts = SingleExpert(prep.weights.load_dit(ckpts.dit, policy, device).bind_ops(prep.ops),
-                                       plan.guide_scale)
+        experts, finish = self.experts(call)
 
         cond: Dict[str, Any] = {"context": ctx_cond, "y": y}
         if clip_fea is not None:
             cond["clip_fea"] = clip_fea
         uncond = dict(cond, context=ctx_uncond) if ctx_uncond is not None else None
-        with clock.stage("denoise"):
-            latent, names = denoise_loop(experts, prep.scheduler, latent, cond, uncond, clock, progress,
-                                         observer=prep.observer, cfg_parallel=prep.cfg_parallel)
-        if experts_info is not None:
-            experts_info["moves"] = experts.moves()
-        del experts, cond, uncond
-        runtime.empty_cache()
-
-        with clock.stage("vae_decode"):
-            video = vae_decode(prep, vae, latent)
-
-    summary = write_video(prep, video)
-    report = base_report(prep, cfg, raw, width, height, frames)
-    report["image"] = image_report(prep.image, width, height)
-    report["conditioning"] = {"y_channels": int(y.shape[1]), "clip_tokens": None if clip_fea is None
-                              else list(clip_fea.shape[1:]), "max_area": plan.width * plan.height}
-    if experts_info is not None:
-        report["experts"] = experts_report(plan, experts_info, names)
-    return save_report(prep, report, summary)
+        report = {"image": image_report(call.image, width, height),
+                  "conditioning": {"y_channels": int(y.shape[1]),
+                                   "clip_tokens": None if clip_fea is None else list(clip_fea.shape[1:]),
+                                   "max_area": plan.width * plan.height}}
+        return Denoising(experts, latent, cond, uncond, width, height, frames, report=report, finish=finish)
 
 
-__all__ = ["run_i2v", "i2v_mask", "i2v_condition"]
+__all__ = ["I2VGenerator", "i2v_mask", "i2v_condition"]

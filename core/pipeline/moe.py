@@ -146,10 +146,12 @@ class ExpertSwitch:
         return Expert(name, self.models[name], guide)
 
 
-def load_experts(ckpts, policy: PrecisionPolicy, device: torch.device, runtime, ops, park_setting,
-                 load_dit: Callable, boundary: float, guide_scales: Tuple[float, float]):
+def load_expert_models(ckpts, policy: PrecisionPolicy, device: torch.device, runtime, ops, park_setting,
+                       load_dit: Callable):
     """Both experts loaded (on the device, or in host memory when parking) and bound to the op
-    table; returns (ExpertSwitch, parking report dict)."""
+    table; returns (models by name, ExpertParking or None, parking report dict). The models and
+    the parking outlive a call; an :class:`ExpertSwitch` is made per call (its guide scales and
+    boundary are per-call values)."""
     one = expert_bytes(ckpts.dit.config, policy)
     park, why = decide_parking(park_setting, runtime, device, one)
     target = torch.device("cpu") if park else device
@@ -157,8 +159,15 @@ def load_experts(ckpts, policy: PrecisionPolicy, device: torch.device, runtime, 
     parking = ExpertParking(models, device, runtime) if park else None
     info = {"park_inactive_expert": park, "why": why, "expert_gib": round(one / GIB, 3),
             "pinned_host_memory": bool(parking and parking.pinned)}
+    return models, parking, info
+
+
+def load_experts(ckpts, policy: PrecisionPolicy, device: torch.device, runtime, ops, park_setting,
+                 load_dit: Callable, boundary: float, guide_scales: Tuple[float, float]):
+    """:func:`load_expert_models` and one switch over them; returns (ExpertSwitch, parking report dict)."""
+    models, parking, info = load_expert_models(ckpts, policy, device, runtime, ops, park_setting, load_dit)
     return ExpertSwitch(models, boundary, guide_scales, parking), info
 
 
 __all__ = ["HIGH", "LOW", "expert_for", "expert_schedule", "expert_bytes", "decide_parking", "ExpertParking",
-           "ExpertSwitch", "load_experts"]
+           "ExpertSwitch", "load_expert_models", "load_experts"]

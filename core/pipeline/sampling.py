@@ -85,7 +85,7 @@ def denoise_loop(
     ``cfg_parallel`` (``wanport.parallel.cfg.CfgParallel``) runs the two guidance branches on two
     rank groups instead of one after the other. Returns the final latent and the expert name
     used at each step."""
-    from tqdm import tqdm
+    from tqdm.auto import tqdm
 
     obs = observer if observer is not None else LoopObserver()
     names: List[str] = []

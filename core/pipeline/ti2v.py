@@ -1,4 +1,4 @@
-"""Wan2.2 TI2V-5B, recipe to mp4: text-to-video, or image-to-video with ``image:`` (docs/wan-model.md §3).
+"""Wan2.2 TI2V-5B: text-to-video, or image-to-video with ``image:`` (docs/wan-model.md §3).
 
 * Wan2.2 VAE (z 48, 4x16x16), DiT with 48 in/out channels, 24 fps, 121 frames by default.
 * Text mode: exactly the T2V loop at the recipe's size (the official per-token timesteps are
@@ -13,17 +13,14 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, Optional
 
 import torch
 
-from ..config import RunConfig
-from ..registry import Registry
-from .common import (base_report, encode_prompts, image_report, prepare, save_report, vae_decode, vae_encode,
-                     write_video)
+from .common import image_report, vae_encode
+from .generator import Denoising, Generator
 from .images import resize_crop_lanczos, to_tensor
 from .noise import initial_noise
-from .sampling import SingleExpert, denoise_loop
 
 
 def first_frame_mask(latent_shape, device: torch.device) -> torch.Tensor:
@@ -45,30 +42,21 @@ def token_timesteps(mask: torch.Tensor, patch_size=(1, 2, 2)):
     return fn
 
 
-def run_ti2v(cfg: RunConfig, raw: Mapping[str, Any], registry: Optional[Registry] = None,
-             progress: bool = True, source: str = "recipe", observer=None, weights=None) -> Dict[str, Any]:
-    prep = prepare(cfg, registry, source, weights, observer)
-    plan, ckpts, runtime, device, clock = prep.plan, prep.ckpts, prep.runtime, prep.device, prep.clock
-    policy, preset = plan.policy, plan.preset
-    st, sh, sw = preset.vae_stride
-    frames = plan.frame_num
-    width, height = prep.size  # image mode: best_output_size of the image within the maximum area
-    frame = to_tensor(resize_crop_lanczos(prep.image.image, width, height)) if prep.image is not None else None
-    latent_shape = (preset.z_dim, (frames - 1) // st + 1, height // sh, width // sw)
-
-    with torch.no_grad():
-        with clock.stage("load"):
-            text_encoder = prep.weights.load_text_encoder(plan.checkpoint_dir, dtype=policy.text_encoder,
-                                                          device=prep.text_device,
-                                                          text_len=ckpts.dit.config.text_len)
-            vae = prep.weights.load_vae(ckpts, policy, device)
+class TI2VGenerator(Generator):
+    def condition(self, call, ctx_cond: torch.Tensor, ctx_uncond: Optional[torch.Tensor]) -> Denoising:
+        prep, plan, clock = self.prep, call.plan, call.clock
+        preset, device = plan.preset, prep.device
+        st, sh, sw = preset.vae_stride
+        frames = plan.frame_num
+        width, height = call.size  # image mode: best_output_size of the image within the maximum area
+        frame = to_tensor(resize_crop_lanczos(call.image.image, width, height)) if call.image is not None else None
+        latent_shape = (preset.z_dim, (frames - 1) // st + 1, height // sh, width // sw)
+        vae = self.models.vae(clock)
         latent = initial_noise(latent_shape, plan.seed, plan.noise, device)[None]
-        with clock.stage("text_encode"):
-            ctx_cond, ctx_uncond = encode_prompts(text_encoder, plan, ckpts.dit.config.text_len, device)
-        del text_encoder
-        runtime.empty_cache()
 
         timestep_fn = after_step = None
+        report: Dict[str, Any] = {"mode": "image-to-video" if frame is not None else "text-to-video",
+                                  "image": image_report(call.image, width, height)}
         if frame is not None:
             with clock.stage("vae_encode"):
                 z = vae_encode(prep, vae, frame[None, :, None].to(device))  # [1, 48, 1, h/16, w/16]
@@ -79,30 +67,13 @@ def run_ti2v(cfg: RunConfig, raw: Mapping[str, Any], registry: Optional[Registry
 
             after_step = keep_first_frame
             latent = keep_first_frame(latent)
-            timestep_fn = token_timesteps(mask, ckpts.dit.config.patch_size)
-
-        with clock.stage("load"):
-            dit = prep.weights.load_dit(ckpts.dit, policy, device).bind_ops(prep.ops)
-        cond = {"context": ctx_cond}
-        uncond = {"context": ctx_uncond} if ctx_uncond is not None else None
-        with clock.stage("denoise"):
-            latent, _ = denoise_loop(SingleExpert(dit, plan.guide_scale), prep.scheduler, latent, cond, uncond,
-                                     clock, progress, timestep_fn=timestep_fn, after_step=after_step,
-                                     observer=prep.observer, cfg_parallel=prep.cfg_parallel)
-        del dit
-        runtime.empty_cache()
-
-        with clock.stage("vae_decode"):
-            video = vae_decode(prep, vae, latent)
-
-    summary = write_video(prep, video)
-    report = base_report(prep, cfg, raw, width, height, frames)
-    report["mode"] = "image-to-video" if frame is not None else "text-to-video"
-    report["image"] = image_report(prep.image, width, height)
-    if frame is not None:
-        report["conditioning"] = {"first_frame_latent": list(z.shape[1:]), "per_token_timesteps": True,
-                                  "max_area": plan.width * plan.height}
-    return save_report(prep, report, summary)
+            timestep_fn = token_timesteps(mask, prep.ckpts.dit.config.patch_size)
+            report["conditioning"] = {"first_frame_latent": list(z.shape[1:]), "per_token_timesteps": True,
+                                      "max_area": plan.width * plan.height}
+        experts, finish = self.experts(call)
+        return Denoising(experts, latent, {"context": ctx_cond},
+                         {"context": ctx_uncond} if ctx_uncond is not None else None, width, height, frames,
+                         timestep_fn=timestep_fn, after_step=after_step, report=report, finish=finish)
 
 
-__all__ = ["run_ti2v", "first_frame_mask", "token_timesteps"]
+__all__ = ["TI2VGenerator", "first_frame_mask", "token_timesteps"]
