@@ -173,10 +173,15 @@ def test_from_recipe_reports_every_problem_before_loading(tiny_ckpt, tmp_path, m
     monkeypatch.setattr(weights.CheckpointWeights, "load_dit", staticmethod(no_load))
     with pytest.raises(ConfigError, match="3 problems") as exc:
         Pipeline.from_recipe(None, checkpoint_dir=tiny_ckpt, frames=6, guide_scale=-1.0,
-                             sample={"shift": float("nan")}, overrides=["output.dir=%s" % tmp_path])
+                             sample={"shift": -2.0}, overrides=["output.dir=%s" % tmp_path])
     assert exc.value.exit_code == 2
     for fragment in ("sample.frame_num", "sample.guide_scale", "sample.shift"):
         assert fragment in str(exc.value)
+    # a value that is not a finite number is refused as the recipe is read, before the plan's checks
+    with pytest.raises(ConfigError, match="sample.shift: must be a finite number") as exc:
+        Pipeline.from_recipe(None, checkpoint_dir=tiny_ckpt, sample={"shift": float("nan")},
+                             overrides=["output.dir=%s" % tmp_path])
+    assert exc.value.exit_code == 2
 
 
 def test_on_step_output_and_save(tiny_ckpt, tmp_path):
@@ -196,7 +201,7 @@ def test_on_step_output_and_save(tiny_ckpt, tmp_path):
     assert 0 < rep["pipeline"]["time_to_first_step_s"] < rep["stages"]["total_s"]
     assert json.loads((tmp_path / "direct.json").read_text())["seed"] == 42
     assert read_mp4(str(tmp_path / "direct.mp4")).shape == (5, 32, 32, 3)
-    assert result.video is None and result.report["output"] is None
+    assert result.video is None and result.report["output"] == {"nonfinite_values": 0}  # nothing written yet
     video_path, report_path = result.save(str(tmp_path / "later"))
     assert video_path.endswith("later.mp4") and read_mp4(video_path).shape == (5, 32, 32, 3)
     saved = json.loads(open(report_path).read())
