@@ -95,3 +95,35 @@ def test_distilled_lora_run_on_the_emulated_npu(tiny_ckpt, tmp_path, loras, clea
     floor = _rel(sdpa, ref)
     assert 0 < floor < 1e-2
     assert _rel(npu, ref) < 2 * floor and (npu - ref).abs().max().item() < 0.05
+
+
+def test_pipeline_changes_unmerged_lora_strength_per_call(tiny_ckpt, tmp_path, loras):
+    """A resident pipeline runs a call at another strength of its unmerged LoRA: that call equals a
+    pipeline built with that strength, the next call is back at the recipe's strength, and a
+    merged or unknown LoRA is refused before any compute."""
+    import torch
+
+    from wanport import Pipeline
+    from wanport.errors import ConfigError
+
+    def build(strength):
+        entries = "[{path: %s, strength: 0.8}, {path: %s, strength: %s, merge: false}]" % (
+            loras["lora-official"], loras["lora-diffusers"], strength)
+        return Pipeline.from_recipe(RECIPE, overrides=["checkpoint_dir=%s" % tiny_ckpt, "output.dir=%s" % tmp_path,
+                                                       "sample.size=32*32", "sample.frame_num=5", "lora=%s" % entries,
+                                                       "sample.denoising_step_list=[1000, 500]"], progress=False)
+
+    with build(0.5) as pipe:
+        base = pipe.generate(video_tensor=True)
+        strong = pipe.generate(video_tensor=True, lora_strength={"lora-diffusers": 1.5})
+        again = pipe.generate(video_tensor=True)
+        for bad in ({"lora-official": 0.3}, {"nope": 1.0}, {"lora-diffusers": float("nan")}):
+            with pytest.raises(ConfigError, match="lora_strength"):
+                pipe.generate(lora_strength=bad)
+    with build(1.5) as other:
+        expected = other.generate(video_tensor=True)
+    assert torch.equal(again.video, base.video)  # the recipe's strength came back
+    assert not torch.equal(strong.video, base.video)
+    assert torch.equal(strong.video, expected.video)
+    rows = {r["name"]: r for r in strong.report["lora"]}
+    assert rows["lora-diffusers"]["strength_this_call"] == 1.5 and rows["lora-diffusers"]["strength"] == 0.5

@@ -19,6 +19,7 @@ process wants).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import datetime
 import os
@@ -188,12 +189,14 @@ class Pipeline:
                  shift: Optional[float] = None, size=None, frames: Optional[int] = None, *,
                  progress: Optional[bool] = None, output: Union[None, bool, str, "os.PathLike[str]"] = None,
                  on_step: Optional[OnStep] = None, observer=None, video_tensor: bool = False,
-                 **more: Any) -> Optional[GenerateResult]:
+                 lora_strength: Optional[Mapping[str, float]] = None, **more: Any) -> Optional[GenerateResult]:
         """One video. Arguments left None take the recipe's value; ``image=""`` drops the
         recipe's image (TI2V text mode). More per-call keys by name: ``solver``, ``timesteps``,
         ``boundary``, ``noise``, ``fps``. ``output``: a path (``dir/name.mp4``) to write the mp4
         and its JSON report to, True for the recipe's ``output:`` section, None to write nothing
         (``result.save(path)`` later). ``on_step(step, total, latent_stats)`` after every step.
+        ``lora_strength``: ``{name: strength}`` for LoRAs loaded unmerged (``merge: false``; names as
+        in the report's ``lora`` rows), for this call only (the recipe's strengths come back after).
         Returns a :class:`GenerateResult` on the main rank, None on the others."""
         called_at = time.perf_counter()
         if self._closed:
@@ -213,10 +216,57 @@ class Pipeline:
                     StageClock(prep.runtime), prep.ops_for(plan),
                     observer if observer is not None else self._observer)
         show = (self._progress if progress is None else progress) and prep.is_main
+        strengths = self._check_lora_strength(lora_strength)
         prep.runtime.reset_peak_memory()
-        with torch.no_grad():
-            return self._generate(call, called_at, show, on_step, write=output is not None and output is not False,
-                                  video_tensor=video_tensor)
+        with torch.no_grad(), self._lora_strengths(strengths):
+            result = self._generate(call, called_at, show, on_step, write=output is not None and output is not False,
+                                    video_tensor=video_tensor)
+        return result
+
+    def _check_lora_strength(self, strengths: Optional[Mapping[str, float]]) -> Dict[str, float]:
+        """The call's unmerged-LoRA strengths, checked before any compute."""
+        if not strengths:
+            return {}
+        import math
+
+        from ..lora.side_path import lora_strengths
+
+        known: Dict[str, float] = {}
+        for model in self._models.dit_models():
+            known.update(lora_strengths(model))
+        if not isinstance(strengths, Mapping):
+            raise ConfigError("generate(lora_strength=...): give a mapping {name: strength}, got %s"
+                              % type(strengths).__name__)
+        out = {}
+        for name, value in strengths.items():
+            if name not in known:
+                raise ConfigError("generate(lora_strength=...): %r is not a LoRA loaded unmerged here (unmerged: %s); "
+                                  "a merged LoRA's strength is fixed when the weights load (merge: false keeps it "
+                                  "changeable)" % (name, ", ".join(sorted(known)) or "none"))
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ConfigError("generate(lora_strength=...): %r must be a finite number, got %r" % (name, value))
+            out[name] = float(value)
+        return out
+
+    @contextlib.contextmanager
+    def _lora_strengths(self, strengths: Mapping[str, float]):
+        """The call's strengths on every DiT that carries those LoRAs, the previous ones after."""
+        if not strengths:
+            yield
+            return
+        from ..lora.side_path import lora_strengths, set_lora_strengths
+
+        saved = []
+        for model in self._models.dit_models():
+            mine = {k: v for k, v in strengths.items() if k in lora_strengths(model)}
+            if mine:
+                saved.append((model, {k: lora_strengths(model)[k] for k in mine}))
+                set_lora_strengths(model, mine)
+        try:
+            yield
+        finally:
+            for model, before in saved:
+                set_lora_strengths(model, before)
 
     def _generate(self, call: Call, called_at: float, progress: bool, on_step, write: bool,
                   video_tensor: bool) -> Optional[GenerateResult]:
@@ -262,6 +312,11 @@ class Pipeline:
         report = base_report(prep, call, width, height, frames)
         report.update(extra)
         self.calls += 1
+        for row in report.get("lora") or ():
+            for model in models.dit_models():
+                current = model.__dict__.get("lora_unmerged")
+                if current is not None and row.get("name") in current.strengths:
+                    row["strength_this_call"] = current.strengths[row["name"]]
         report["pipeline"] = {"call": self.calls, "resident": models.resident, "load_s": self.load_s,
                               "time_to_first_step_s": None if watcher.first_step_s is None
                               else round(watcher.first_step_s, 4)}

@@ -73,6 +73,12 @@ class ResidentModels:
                                                    prep.plan.park_inactive_expert, prep.weights.load_dit)
         return self._experts
 
+    def dit_models(self):
+        """The loaded DiT modules (one, or both Wan2.2 A14B experts); empty before they load."""
+        if self._experts is not None:
+            return list(self._experts[0].values())
+        return [self._dit] if self._dit is not None else []
+
     def done_encoding(self) -> None:
         """After a call's text and image encoders ran: released unless resident."""
         if not self.resident and (self._text is not None or self._clip is not None):
