@@ -137,6 +137,11 @@ def prepare(cfg: RunConfig, registry: Optional[Registry] = None, source: str = "
     scheduler = make_scheduler(plan.solver, steps=plan.steps, shift=plan.shift,
                                timesteps=list(plan.timesteps) if plan.timesteps else None)
     session = start_session(registry, spec, cfg.env)
+    # -- memory gate (wanport plan, docs/plan.md): refuse a recipe predicted not to fit the device,
+    # with the layouts that do; before any weight loads or collective starts. `run --force` skips it.
+    from ..plan.check import refuse_if_unfit
+
+    refuse_if_unfit(plan, ckpts, session.runtime, size, cfg.memory_check)
     session, mesh, comm = start_parallel(plan, spec, session, ckpts)
     ops = resolve_dit_ops(registry, spec, ckpts, plan, cfg.ops, mesh)
     cfg_parallel = None
