@@ -66,6 +66,8 @@ class Prepared:
     weights: Any = CHECKPOINT
     #: a :class:`~.sampling.LoopObserver` of the run (``wanport dump``), or None
     observer: Any = None
+    #: the memory plan's prediction for this run (``wanport.plan.MemoryPlan``), None when skipped
+    memory_plan: Any = None
 
     @property
     def is_main(self) -> bool:
@@ -141,7 +143,7 @@ def prepare(cfg: RunConfig, registry: Optional[Registry] = None, source: str = "
     # with the layouts that do; before any weight loads or collective starts. `run --force` skips it.
     from ..plan.check import refuse_if_unfit
 
-    refuse_if_unfit(plan, ckpts, session.runtime, size, cfg.memory_check)
+    memory_plan = refuse_if_unfit(plan, ckpts, session.runtime, size, cfg.memory_check)
     session, mesh, comm = start_parallel(plan, spec, session, ckpts)
     ops = resolve_dit_ops(registry, spec, ckpts, plan, cfg.ops, mesh)
     cfg_parallel = None
@@ -168,7 +170,7 @@ def prepare(cfg: RunConfig, registry: Optional[Registry] = None, source: str = "
     session.runtime.reset_peak_memory()
     clock = StageClock(session.runtime)
     return Prepared(started, plan, image, size, registry, spec, ckpts, scheduler, session, ops, clock,
-                    mesh, comm, cfg_parallel, weights=weights, observer=observer)
+                    mesh, comm, cfg_parallel, weights=weights, observer=observer, memory_plan=memory_plan)
 
 
 def vae_decode(prep: Prepared, vae, latent: torch.Tensor) -> Optional[torch.Tensor]:
@@ -288,7 +290,8 @@ def base_report(prep: Prepared, cfg: RunConfig, raw: Mapping[str, Any], width: i
         "precision": plan.policy.to_dict(),
         "stages": dict(clock.as_dict(), total_s=round(clock.total(), 4)),
         "peak_memory": {"bytes": runtime.peak_memory_bytes(),
-                        "kind": getattr(runtime, "peak_memory_kind", "device peak allocated")},
+                        "kind": getattr(runtime, "peak_memory_kind", "device peak allocated"),
+                        "predicted": prep.memory_plan.summary() if prep.memory_plan is not None else None},
         "output": {"video": os.path.abspath(plan.video_path), "report": os.path.abspath(plan.report_path)},
         "versions": versions(backend_versions(spec)),
     }

@@ -176,6 +176,13 @@ class MemoryPlan:
             need = self.required * self.layout.world + (self.host_peak - self.peak) * self.layout.world
         return need <= self.device_memory
 
+    def summary(self) -> Dict[str, Any]:
+        """The prediction in a run report, beside the measured peak: per stage of rank 0."""
+        rank = self.ranks[0]
+        return {"peak_bytes": rank.peak, "peak_stage": rank.peak_stage, "required_bytes": self.required,
+                "stages": {s.name: s.peak for s in rank.stages}, "host_peak_bytes": rank.host_peak,
+                "device_memory_bytes": self.device_memory, "fits": self.fits}
+
     def to_dict(self) -> Dict[str, Any]:
         return {
             "model": self.model, "size": list(self.size), "frames": self.frames,

@@ -55,8 +55,8 @@ def candidates(plan, arch, devices: int) -> List[Layout]:
         for (u, r), dit_fsdp, t5_fsdp, t5_cpu, vae, park, off, quant in itertools.product(
                 _factor_pairs(sp, arch.dit.num_heads), (False, True) if multi else (False,),
                 (False, True) if multi else (False,), (False, True), (False, True) if multi else (False,),
-                (False, True) if experts else (False,), DIT_OFFLOAD_MODES, QUANTIZATION_MODES):
-            if t5_fsdp and t5_cpu or dit_fsdp and park:
+                (False, True) if experts else ("auto",), DIT_OFFLOAD_MODES, QUANTIZATION_MODES):
+            if t5_fsdp and t5_cpu or dit_fsdp and park is True:
                 continue  # excluded by parallel/config.py
             if vae and arch.vae_config and plan.height // plan.preset.vae_stride[1] < devices:
                 continue

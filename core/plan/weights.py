@@ -93,7 +93,8 @@ def t5_tensors(cfg: Mapping[str, int], dtype: torch.dtype) -> TensorSet:
 
 def clip_tensors(cfg: Mapping[str, int], dtype: torch.dtype) -> TensorSet:
     """The visual tower as it lands in ``CLIPVisionModelWithProjection`` (the key map's splits
-    and drops applied to meta tensors), in the image encoder's dtype."""
+    and drops applied to meta tensors), in the image encoder's dtype. The encoder drops the unused
+    last block after loading; the count keeps it: the load holds it for a moment."""
     from ..models.clip.keymap import expected_visual_shapes, wan_clip_to_hf
 
     meta = {k: torch.empty(s, device="meta") for k, s in expected_visual_shapes(cfg).items()}
