@@ -44,7 +44,7 @@ def device_memory_of(runtime) -> Optional[int]:
 def device_is_host(runtime) -> bool:
     """True when the runtime computes on the host, whose RAM is then the device memory."""
     try:
-        return runtime.device().type == torch.device("cpu").type
+        return torch.device(runtime.device()) == torch.device("cpu")
     except Exception:
         return False
 
