@@ -255,6 +255,14 @@ def test_tiny_recipes_never_refused_on_the_reference_host(tiny_layout):
         plan = _plan(name, checkpoint_dir=tiny_layout(layout))
         mem = refuse_if_unfit(plan, inspect_checkpoint(plan.checkpoint_dir, plan.preset, plan.policy), rt)
         assert mem.fits is True and mem.device_is_host and mem.device_memory == rt.total_memory_bytes()
+    # four processes on one host (the parallel tests' largest layout): all of them share the RAM
+    from wanport.config.schema import ParallelConfig
+
+    plan = _plan("wan2.1-t2v-tiny", checkpoint_dir=tiny_layout("wan2.1-t2v"),
+                 parallel={"cfg": 2, "ulysses": 2, "vae": True})
+    mem = refuse_if_unfit(plan, inspect_checkpoint(plan.checkpoint_dir, plan.preset, plan.policy), rt)
+    assert mem.layout.world == 4 and mem.fits is True
+    assert mem.required >= 4 * mem.peak and ParallelConfig().cfg == 1
 
 
 def test_run_refuses_on_a_tiny_device_unless_forced(tiny_ckpt, tmp_path, monkeypatch, capsys):

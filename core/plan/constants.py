@@ -21,7 +21,7 @@ RUNTIME_RESERVE_BYTES = int(1.0 * GIB)
 
 #: Host memory of one wanport process before any model: the Python interpreter, torch and the
 #: vendor libraries. TO CALIBRATE (per backend).
-HOST_BASE_BYTES = int(2.0 * GIB)
+HOST_BASE_BYTES = int(1.0 * GIB)
 
 #: Intermediates of shape [S, ffn_dim] alive in the FFN up-projection: 1 for a GEMM with a GELU
 #: epilogue (the accelerator backends), 2 when the GELU is a separate op (the reference backend).

@@ -159,7 +159,12 @@ class MemoryPlan:
 
     @property
     def required(self) -> int:
-        """What the device must hold: the peak plus the allocator's slack and the runtime's reserve."""
+        """What the device must hold: the peak plus the allocator's slack and the runtime's reserve.
+        When the device is the host, every rank's device peak and process memory share its RAM
+        (and there is no driver context to reserve for)."""
+        if self.device_is_host:
+            per_process = int(self.peak * (1.0 + K.ALLOCATOR_SLACK)) + self.host_peak - self.peak
+            return per_process * self.layout.world
         return int(self.peak * (1.0 + K.ALLOCATOR_SLACK)) + K.RUNTIME_RESERVE_BYTES
 
     @property
@@ -171,10 +176,7 @@ class MemoryPlan:
     def fits(self) -> Optional[bool]:
         if self.device_memory is None:
             return None
-        need = self.required
-        if self.device_is_host:  # every rank runs on this host, device and host memory are one
-            need = self.required * self.layout.world + (self.host_peak - self.peak) * self.layout.world
-        return need <= self.device_memory
+        return self.required <= self.device_memory
 
     def summary(self) -> Dict[str, Any]:
         """The prediction in a run report, beside the measured peak: per stage of rank 0."""
