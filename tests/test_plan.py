@@ -295,3 +295,23 @@ def test_run_report_carries_the_prediction(tiny_ckpt, tmp_path, monkeypatch):
     pred = json.loads((tmp_path / "out" / "clip.json").read_text())["peak_memory"]["predicted"]
     assert pred["fits"] is True and pred["peak_bytes"] > 0
     assert set(pred["stages"]) == {"text_encode", "denoise", "vae_decode"}
+
+
+def test_plan_of_an_image_recipe_uses_the_image_size(input_image, tmp_path):
+    from wanport.pipeline.images import load_image, output_size
+    from wanport.plan.cli import parse_bytes, run_plan
+
+    assert parse_bytes("24GiB") == 24 * GIB and parse_bytes("80GB") == 80 * 10 ** 9 and parse_bytes("48G") == 48 * GIB
+    with pytest.raises(Exception, match="24GiB"):
+        parse_bytes("lots")
+    raw = {"model": "wan2.1-i2v-14b-480p", "checkpoint_dir": "/nonexistent-ckpt", "prompt": "p", "task": "i2v",
+           "image": input_image}
+    lines = []
+    out = tmp_path / "plan.json"
+    assert run_plan(build_config(raw), "test", "80GiB", None, str(out), out=lines.append) == 0
+    preset = MODELS["wan2.1-i2v-14b-480p"]
+    want = output_size(preset, load_image(input_image, min_side=preset.spatial_multiple), 832 * 480)
+    data = json.loads(out.read_text())
+    assert tuple(data["plan"]["size"]) == tuple(want) and data["plan"]["fits"] is True
+    assert [s["name"] for s in data["plan"]["ranks"][0]["stages"]][:3] == ["text_encode", "image_encode", "vae_encode"]
+    assert "fits" in "\n".join(lines)

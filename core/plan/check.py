@@ -54,11 +54,11 @@ def gib(n: Optional[float]) -> str:
 
 
 def find_layouts(plan, arch: Architecture, devices: int, device_memory: int,
-                 size=None) -> Tuple[int, List[Suggestion]]:
+                 size=None, device_is_host: bool = False) -> Tuple[int, List[Suggestion]]:
     """(device count, suggestions): the recipe's count first, then larger ones until one fits."""
     counts = [devices] + [n for n in LARGER_COUNTS if n > devices]
     for n in counts:
-        found = suggest(plan, arch, n, device_memory, size=size)
+        found = suggest(plan, arch, n, device_memory, size=size, device_is_host=device_is_host)
         if found:
             return n, found
     return devices, []
@@ -78,7 +78,8 @@ def format_suggestions(count: int, found: List[Suggestion], devices: int) -> str
 
 
 def refusal_message(mem: MemoryPlan, plan, arch: Architecture, size=None) -> str:
-    count, found = find_layouts(plan, arch, mem.layout.world, mem.device_memory, size=size)
+    count, found = find_layouts(plan, arch, mem.layout.world, mem.device_memory, size=size,
+                                device_is_host=mem.device_is_host)
     rank = max(mem.ranks, key=lambda r: r.peak)
     return ("%s at %dx%d x %d frames is predicted not to fit: peak %s per device (stage %s), %s with the "
             "allocator's slack and the runtime's reserve, device memory %s (%s).\n%s\n"

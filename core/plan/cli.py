@@ -3,6 +3,7 @@ plan of a recipe as written, per stage and rank, host memory, and the layouts th
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Any, Dict, List, Optional
 
@@ -79,6 +80,12 @@ def run_plan(cfg, source: str, device_memory: Optional[str] = None, devices: Opt
 
     plan = plan_run(cfg, source)
     arch = for_plan(plan)
+    size = None
+    if plan.image_path is not None and os.path.isfile(plan.image_path):  # the image decides the video size
+        from ..pipeline.images import load_image, output_size
+
+        image = load_image(plan.image_path, min_side=plan.preset.spatial_multiple)
+        size = output_size(plan.preset, image, plan.width * plan.height)
     is_host = False
     if device_memory is not None:
         mem_bytes, mem_source = parse_bytes(device_memory), "--device-memory"
@@ -86,7 +93,8 @@ def run_plan(cfg, source: str, device_memory: Optional[str] = None, devices: Opt
         info = runtime_memory(cfg)
         mem_bytes, is_host = info["bytes"], info["is_host"]
         mem_source = "backend %s: %s" % (info["backend"], info["describe"])
-    mem = predict(plan, arch, device_memory=mem_bytes, device_memory_source=mem_source, device_is_host=is_host)
+    mem = predict(plan, arch, device_memory=mem_bytes, device_memory_source=mem_source, device_is_host=is_host,
+                  size=size)
     out(format_plan(mem))
     n = int(devices) if devices else mem.layout.world
     if n < 1:
@@ -94,7 +102,7 @@ def run_plan(cfg, source: str, device_memory: Optional[str] = None, devices: Opt
     suggestions: List[Any] = []
     count = n
     if mem_bytes is not None and (mem.fits is False or n != mem.layout.world):
-        count, suggestions = find_layouts(plan, arch, n, mem_bytes)
+        count, suggestions = find_layouts(plan, arch, n, mem_bytes, size=size, device_is_host=is_host)
         out("")
         out(format_suggestions(count, suggestions, n))
     if json_path:

@@ -361,8 +361,9 @@ def predict(plan, arch: Architecture, layout: Optional[Layout] = None, device_me
     if world > 1:
         other = stages_for(False)
         ranks.append(RankPlan("1..%d" % (world - 1), other, host_for(False, other)))
-    if preset.task == "i2v" and plan.image_path is None:
-        notes.append("i2v without an image: the size is the maximum area; the image's aspect ratio decides the grid")
+    if plan.image_path is not None and size is None:
+        notes.append("with an input image the recipe's size is the maximum area; the image's aspect ratio decides "
+                     "the grid (planned here at the recipe's size)")
     notes.append("the VAE terms are estimates with constants to calibrate (docs/plan.md)")
     return MemoryPlan(model=preset.name, size=(width, height), frames=frames, tokens=tok, layout=dataclasses.replace(
         layout, park_inactive_expert=park if arch.experts > 1 else layout.park_inactive_expert),

@@ -94,12 +94,14 @@ def step_time(plan, arch, layout: Layout, mem: MemoryPlan) -> float:
     return t
 
 
-def suggest(plan, arch, devices: int, device_memory: int, size=None, limit: int = 8) -> List[Suggestion]:
+def suggest(plan, arch, devices: int, device_memory: int, size=None, limit: int = 8,
+            device_is_host: bool = False) -> List[Suggestion]:
     """The layouts that fit ``device_memory`` on ``devices`` ranks, fastest first (ties: less
     device memory first), at most ``limit``."""
     found: List[Suggestion] = []
     for layout in candidates(plan, arch, devices):
-        mem = predict(plan, arch, layout, device_memory=device_memory, device_memory_source="given", size=size)
+        mem = predict(plan, arch, layout, device_memory=device_memory, device_memory_source="given", size=size,
+                      device_is_host=device_is_host)
         if not mem.fits:
             continue
         found.append(Suggestion(layout, mem, step_time(plan, arch, layout, mem), layout.overrides(arch.experts > 1)))
