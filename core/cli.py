@@ -7,12 +7,15 @@
     wanport make-tiny DIR --model LAYOUT        tiny random checkpoint in the official layout (wan2.1-t2v,
                                                 wan2.1-i2v, wan2.2-t2v-a14b, wan2.2-i2v-a14b, wan2.2-ti2v-5b)
     wanport nproc [RECIPE] [overrides]          processes the recipe needs (used by run.sh)
+    wanport plan [RECIPE] [overrides] [--device-memory 24GiB] [--devices N] [--json PATH]
+                                                predicted device/host memory per stage; layouts that fit
     wanport bench ops|dit|pipeline|merge ...    benchmarks (JSON, markdown, PNG with matplotlib)
     wanport dump [RECIPE] [overrides] --out DIR record a run for cross-backend comparison
     wanport compare A B [--out STEM]            compare two dumps: first divergent block and step
 
 A user error prints one message (no traceback) and exits non-zero: 2 recipe, 3 checkpoint,
-4 backend, 5 input, 6 dump, 7 output not writable, 8 out of memory (README: "Exit codes").
+4 backend, 5 input, 6 dump, 7 output not writable, 8 out of memory or predicted not to fit the
+device (``run --force`` runs anyway) (README: "Exit codes").
 """
 
 from __future__ import annotations
@@ -46,6 +49,8 @@ def _load(args):
 def cmd_run(args) -> int:
     from .pipeline.run import run
 
+    if getattr(args, "force", False):  # skip the memory plan's refusal (wanport plan)
+        args.set = list(args.set or []) + ["memory_check=false"]
     cfg, raw, source = _load(args)
     report = run(cfg, raw, progress=not args.no_progress, source=source)
     if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 wrote anything
@@ -56,6 +61,13 @@ def cmd_run(args) -> int:
              report["size"]["height"], st["total_s"], st.get("load_s", 0), st.get("text_encode_s", 0),
              st.get("denoise_s", 0), st.get("vae_decode_s", 0), report["output"]["report"]))
     return 0
+
+
+def cmd_plan(args) -> int:
+    from .plan.cli import run_plan
+
+    cfg, raw, source = _load(args)
+    return run_plan(cfg, source, args.device_memory, args.devices, args.json)
 
 
 def cmd_check(args) -> int:
@@ -281,7 +293,16 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("run", help="run a recipe end to end")
     recipe_args(sp, optional=True)
     sp.add_argument("--no-progress", action="store_true", help="no progress bar")
+    sp.add_argument("--force", action="store_true", help="run even when the memory plan predicts it will not fit")
     sp.set_defaults(func=cmd_run)
+
+    sp = sub.add_parser("plan", help="predict peak device and host memory per stage before loading; layouts that fit")
+    recipe_args(sp, optional=True)
+    sp.add_argument("--device-memory", metavar="SIZE", help="device memory, e.g. 24GiB or 80GB (default: asked of "
+                    "the recipe's backend)")
+    sp.add_argument("--devices", type=int, metavar="N", help="devices to plan layouts for (default: the recipe's)")
+    sp.add_argument("--json", metavar="PATH", help="also write the plan as JSON")
+    sp.set_defaults(func=cmd_plan)
 
     sp = sub.add_parser("check", help="validate a recipe, its backend, ops and checkpoint files (loads no weights)")
     recipe_args(sp, optional=True)

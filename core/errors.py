@@ -71,7 +71,7 @@ EXIT_CODES = {
     5: "input (image, ...) unusable (InputError)",
     6: "dump folder missing, incomplete or not matching (DumpError)",
     7: "output file cannot be written (OutputError)",
-    8: "out of memory: the machine is too small for the job (ResourceError)",
+    8: "out of memory, or predicted not to fit the device: the machine is too small for the job (ResourceError, PlanError)",
     130: "interrupted (Ctrl-C)",
     143: "terminated (SIGTERM); no partial output left behind",
 }

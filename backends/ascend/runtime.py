@@ -84,6 +84,15 @@ class AscendRuntime:
             return None
         return int(free), int(total)
 
+    def total_memory_bytes(self) -> Optional[int]:
+        info = self.memory_info()
+        if info is not None:
+            return info[1]
+        try:
+            return int(self._npu.get_device_properties(int(self._npu.current_device())).total_memory)
+        except Exception:
+            return None
+
     def empty_cache(self) -> None:
         self._npu.empty_cache()
 

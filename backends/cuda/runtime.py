@@ -51,6 +51,9 @@ class CudaRuntime:
         free, total = torch.cuda.mem_get_info()
         return int(free), int(total)
 
+    def total_memory_bytes(self) -> Optional[int]:
+        return int(torch.cuda.mem_get_info()[1])
+
     def empty_cache(self) -> None:
         torch.cuda.empty_cache()
 

@@ -112,6 +112,9 @@ class RunConfig:
     env: Dict[str, str] = _f(type="str_map", help="environment for the backend runtime (wins over plugin defaults)",
                              factory=dict)
     offload: OffloadConfig = _f(type="section", help="device memory policy", factory=OffloadConfig)
+    memory_check: bool = _f(True, type="bool",
+                            help="refuse to start when the memory plan (`wanport plan`) predicts the recipe does "
+                                 "not fit the device; `wanport run --force` sets false")
     parallel: ParallelConfig = _f(type="section", help="multi-device layout (world = cfg x ulysses x ring)",
                                   factory=ParallelConfig)
     output: OutputConfig = _f(type="section", help="where the video and report go", factory=OutputConfig)

@@ -72,6 +72,8 @@ class Prepared:
     op_overrides: Mapping[str, str] = dataclasses.field(default_factory=dict)
     #: the recipe's LoRAs, inspected (``wanport.lora.weights.LoraWeights``)
     loras: Any = None
+    #: the memory plan's prediction for this run (``wanport.plan.MemoryPlan``), None when skipped
+    memory_plan: Any = None
 
     @property
     def is_main(self) -> bool:
@@ -209,6 +211,11 @@ def prepare(cfg: RunConfig, registry: Optional[Registry] = None, source: str = "
     plan, image, size, registry, spec, ckpts = check_run(cfg, source, registry, weights)
     session = start_session(registry, spec, cfg.env)
     plan = resolve_precision(plan, cfg.precision, session.runtime, spec.name)
+    # -- memory gate (wanport plan, docs/plan.md): refuse a recipe predicted not to fit the device,
+    # with the layouts that do; before any weight loads or collective starts. `run --force` skips it.
+    from ..plan.check import refuse_if_unfit
+
+    memory_plan = refuse_if_unfit(plan, ckpts, session.runtime, size, cfg.memory_check)
     session, mesh, comm = start_parallel(plan, spec, session, ckpts)
     ops = parallel_ops(resolve_dit_ops(registry, spec, ckpts, plan, cfg.ops, mesh), mesh, comm)
     cfg_parallel = None
@@ -229,7 +236,8 @@ def prepare(cfg: RunConfig, registry: Optional[Registry] = None, source: str = "
 
         weights = CompiledWeights(weights)
     return Prepared(plan, registry, spec, ckpts, session, ops, mesh, comm, cfg_parallel, weights=weights,
-                    tables={per_token_modulation(plan): ops}, op_overrides=dict(cfg.ops), loras=loras)
+                    tables={per_token_modulation(plan): ops}, op_overrides=dict(cfg.ops), loras=loras,
+                    memory_plan=memory_plan)
 
 
 def vae_decode(prep: Prepared, vae, latent: torch.Tensor) -> Optional[torch.Tensor]:
@@ -339,7 +347,8 @@ def base_report(prep: Prepared, call: Call, width: int, height: int, frames: int
         "precision": dict(plan.policy.to_dict(), **(plan.precision_choice or {})),
         "stages": dict(clock.as_dict(), total_s=round(clock.total(), 4)),
         "peak_memory": {"bytes": runtime.peak_memory_bytes(),
-                        "kind": getattr(runtime, "peak_memory_kind", "device peak allocated")},
+                        "kind": getattr(runtime, "peak_memory_kind", "device peak allocated"),
+                        "predicted": prep.memory_plan.summary() if prep.memory_plan is not None else None},
         "output": None,
         "versions": versions(backend_versions(spec)),
     }

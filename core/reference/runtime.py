@@ -78,6 +78,11 @@ class HostRuntime:
         except (OSError, KeyError, ValueError):
             return None
 
+    def total_memory_bytes(self) -> Optional[int]:
+        """The host's RAM: the reference backend's tensors live there."""
+        info = self.memory_info()
+        return None if info is None else info[1]
+
     def empty_cache(self) -> None:
         return None
 

@@ -47,6 +47,10 @@ class DeviceRuntime(Protocol):
     def memory_info(self) -> Optional[Tuple[int, int]]:
         """(free, total) bytes on the current device, or None if unknown."""
 
+    def total_memory_bytes(self) -> Optional[int]:
+        """The current device's memory in bytes (the host's RAM for a host runtime), or None if
+        unknown. Optional: ``wanport plan`` falls back to ``memory_info()`` without it."""
+
     def empty_cache(self) -> None: ...
 
     def describe(self) -> str:
