@@ -40,28 +40,29 @@ for a in "$@"; do
 done
 if [ -n "$want_value" ]; then echo "run.sh: --set needs KEY=VALUE after it" >&2; exit 2; fi
 
+# tiny LAYOUT [--lora]: write the repository's ckpts/tiny-LAYOUT when it is missing (make-tiny renames
+# a complete folder into place, the marker inside with its format: present means complete; an older
+# format is rewritten); --lora: its tiny LoRA files too (make-tiny writes only the missing ones)
+tiny() {
+  ( cd "$repo" && { [ -z "${2:-}" ] && grep -qs '"tiny_format": 2' "ckpts/tiny-$1/.wanport-tiny.json"; } \
+      || wanport make-tiny "ckpts/tiny-$1" --model "$1" ${2:+"$2"} --if-missing )
+}
+
 # the repository's own recipes (the default and recipes/*.yaml): relative to the repository root
 in_repo=""
 if [ -z "$recipe" ]; then
   recipe="$repo/recipes/tiny-t2v.yaml"
   in_repo=1
-  ( cd "$repo"
-    # make-tiny renames its folder into place when complete (marker inside, with its format):
-    # present means complete; an older format is rewritten
-    grep -qs '"tiny_format": 2' ckpts/tiny-wan2.1-t2v/.wanport-tiny.json || wanport make-tiny ckpts/tiny-wan2.1-t2v --model wan2.1-t2v --if-missing )
+  tiny wan2.1-t2v
 elif [ -f "$recipe" ] && [ "$(cd "$(dirname "$recipe")" && pwd -P)" = "$(cd "$repo/recipes" && pwd -P)" ]; then
   in_repo=1
   # recipes/tiny-<layout>.yaml runs a tiny checkpoint of that make-tiny layout: write it if missing
   case "$(basename "$recipe")" in
-    tiny-t2v-distill-lora.yaml)  # the tiny checkpoint and its tiny LoRAs (make-tiny --lora), if missing
-      wanport make-tiny ckpts/tiny-wan2.1-t2v --model wan2.1-t2v --lora --if-missing ;;
+    tiny-t2v-distill-lora.yaml) tiny wan2.1-t2v --lora ;;
     tiny-wan*-distill-lora.yaml)
-      layout=$(basename "$recipe" .yaml); layout=${layout#tiny-}; layout=${layout%-distill-lora}
-      wanport make-tiny "ckpts/tiny-$layout" --model "$layout" --lora --if-missing ;;
+      layout=$(basename "$recipe" .yaml); layout=${layout#tiny-}; tiny "${layout%-distill-lora}" --lora ;;
     tiny-wan*.yaml)
-      layout=$(basename "$recipe" .yaml); layout=${layout#tiny-}
-      ( cd "$repo"
-        grep -qs '"tiny_format": 2' "ckpts/tiny-$layout/.wanport-tiny.json" || wanport make-tiny "ckpts/tiny-$layout" --model "$layout" --if-missing ) ;;
+      layout=$(basename "$recipe" .yaml); tiny "${layout#tiny-}" ;;
   esac
 fi
 # a repository recipe's relative checkpoint_dir and image point into the repository
@@ -72,6 +73,20 @@ if [ -n "$in_repo" ]; then
             | head -n 1 | sed -e "s/^[\"']//" -e "s/[\"']\$//")
     if [ -n "$value" ] && [ "${value#/}" = "$value" ]; then repo_paths+=("$key=$repo/$value"); fi
   done
+  # and so do the paths of its lora: entries (the list is passed again with absolute paths)
+  loras=""
+  if grep -q '^lora:' "$recipe"; then
+    # the interpreter wanport runs under (its console script's #! line) has PyYAML; else python3
+    py=$(head -n 1 "$(command -v wanport)" | sed -e 's/^#![[:space:]]*//')
+    case "$py" in */python*) ;; *) py=python3 ;; esac
+    loras=$("$py" -c '
+import json, os, sys, yaml
+entries = (yaml.safe_load(open(sys.argv[1], encoding="utf-8")) or {}).get("lora") or []
+fix = lambda e: dict(e, path=os.path.join(sys.argv[2], e["path"])) if isinstance(e, dict) and isinstance(e.get("path"), str) and not os.path.isabs(e["path"]) else e
+print("lora=" + json.dumps([fix(e) for e in entries]) if isinstance(entries, list) and entries else "")
+' "$recipe" "$repo")
+  fi
+  if [ -n "$loras" ]; then repo_paths+=("$loras"); fi
 fi
 
 # the repository's paths first: overrides given later (yours) win

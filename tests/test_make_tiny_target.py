@@ -142,11 +142,13 @@ def test_run_sh_uses_the_marker_and_if_missing():
     """run.sh writes a missing tiny checkpoint exactly as make-tiny defines complete: the marker
     inside a renamed folder; its calls never replace another layout (--if-missing)."""
     text = open(os.path.join(os.path.dirname(__file__), os.pardir, "run.sh")).read()
-    calls = [line for line in text.splitlines() if "wanport make-tiny" in line and not line.lstrip().startswith("#")]
-    assert len(calls) == 2
-    for line in calls:
-        assert "/%s" % MARKER in line and line.rstrip(" ;").endswith("--if-missing")
-        assert "'\"tiny_format\": %d'" % tiny.TINY_FORMAT in line  # the current format, as make-tiny writes it
+    lines = [line for line in text.splitlines() if not line.lstrip().startswith("#")]
+    calls = [i for i, line in enumerate(lines) if "wanport make-tiny" in line]
+    assert len(calls) == 1  # one function writes every tiny checkpoint
+    call, check = lines[calls[0]], lines[calls[0] - 1] + lines[calls[0]]
+    assert call.rstrip(" ;)").endswith("--if-missing") and 'cd "$repo"' in check  # in the repository, never mixed
+    assert "/%s" % MARKER in check
+    assert "'\"tiny_format\": %d'" % tiny.TINY_FORMAT in check  # the current format, as make-tiny writes it
 
 
 def test_cli_if_missing_heals_an_interrupted_older_folder(tmp_path, capsys, fast):

@@ -52,10 +52,13 @@ def dump_recipe(recipe: Optional[str], overrides: Sequence[str], out: str, block
         raise ConfigError("dump: --fingerprint must be >= 1, got %d" % fingerprint)
     block_sel, step_sel = parse_indices(blocks, "--blocks"), parse_indices(steps, "--steps")
     cfg, raw = load_recipe(recipe, list(overrides) + ["output.dir=%s" % out, "output.name=run"])
+    existed = os.path.exists(out)
     plan, _, _, _, _, ckpts = check_run(cfg, source)  # recipe, image, backend, checkpoint files: nothing loaded
     world = plan.world
     launched = launched_world()
     if world != launched:
+        if not existed and os.path.isdir(out) and not os.listdir(out):
+            os.rmdir(out)  # the writability probe made it; a refused dump leaves nothing behind
         how = ("torchrun --standalone --nproc_per_node %d -m wanport dump ..." % world if world > 1
                else "as one plain process (wanport dump ...)")
         raise ConfigError("dump: the recipe needs %d process(es) (parallel: cfg x ulysses x ring) but %d were "
