@@ -113,18 +113,27 @@ def parse_override(item: str) -> Tuple[str, Any]:
     return path, value
 
 
+def set_path(raw: Dict[str, Any], path: str, value: Any, merge: bool = False) -> None:
+    """``raw[a][b][c] = value`` for the dotted ``path`` ``a.b.c`` (missing sections created);
+    ``merge``: a mapping value is merged into an existing section instead of replacing it."""
+    node = raw
+    parts = path.split(".")
+    for part in parts[:-1]:
+        if not isinstance(node.get(part), dict):
+            node[part] = {}
+        node = node[part]
+    leaf = parts[-1]
+    if merge and isinstance(value, Mapping) and isinstance(node.get(leaf), dict):
+        node[leaf] = dict(node[leaf], **value)
+    else:
+        node[leaf] = value
+
+
 def apply_overrides(raw: Dict[str, Any], overrides: Sequence[str]) -> Dict[str, Any]:
     """``sample.steps=4``-style assignments (:func:`parse_override` says how values are read)."""
     data = copy.deepcopy(raw)
     for item in overrides:
-        path, value = parse_override(item)
-        node = data
-        parts = path.split(".")
-        for part in parts[:-1]:
-            if not isinstance(node.get(part), dict):
-                node[part] = {}
-            node = node[part]
-        node[parts[-1]] = value
+        set_path(data, *parse_override(item))
     return data
 
 

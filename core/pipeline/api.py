@@ -29,6 +29,7 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Union
 import torch
 
 from ..config import RunConfig, apply_overrides, build_config, read_yaml
+from ..config.loader import set_path
 from ..config.schema import TINY_RECIPE
 from ..errors import ConfigError
 from ..schedulers import make_scheduler
@@ -68,18 +69,7 @@ def recipe_dict(recipe: RecipeLike, values: Mapping[str, Any], overrides: Sequen
         path = os.fspath(recipe)
         raw, source = read_yaml(path), "recipe %s" % path
     for key, value in values.items():
-        path = PER_CALL.get(key, key)
-        node = raw
-        parts = path.split(".")
-        for part in parts[:-1]:
-            if not isinstance(node.get(part), dict):
-                node[part] = {}
-            node = node[part]
-        leaf = parts[-1]
-        if isinstance(value, Mapping) and isinstance(node.get(leaf), dict):
-            node[leaf] = dict(node[leaf], **value)
-        else:
-            node[leaf] = value
+        set_path(raw, PER_CALL.get(key, key), value, merge=True)
     return apply_overrides(raw, list(overrides)), source
 
 

@@ -15,6 +15,7 @@ import os
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 from ..config import build_config
+from ..config.loader import set_path
 from ..errors import ConfigError, ReloadRequired
 
 #: generate() keyword -> recipe path
@@ -74,16 +75,6 @@ def check_keys(values: Mapping[str, Any]) -> None:
         hint = " (did you mean %r?)" % close[0] if close else ""
         raise ConfigError("generate(): unknown argument %r%s; per-call arguments: %s"
                           % (key, hint, ", ".join(PER_CALL)))
-
-
-def set_path(raw: Dict[str, Any], path: str, value: Any) -> None:
-    node = raw
-    parts = path.split(".")
-    for part in parts[:-1]:
-        if not isinstance(node.get(part), dict):
-            node[part] = {}
-        node = node[part]
-    node[parts[-1]] = value
 
 
 def normalize(key: str, value: Any) -> Any:
