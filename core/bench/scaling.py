@@ -29,6 +29,7 @@ from ..errors import ConfigError
 from ..models.dit import WanDiT
 from ..models.dit.requirements import dit_requirements
 from ..ops.table import ResolvedOp
+from ..parallel.config import Degrees
 from ..parallel.sequence import merge_partial
 from ..pipeline.report import backend_versions, versions
 from ..pipeline.session import choose_backend, start_session
@@ -41,19 +42,7 @@ _LAYOUT = re.compile(r"^(?:cfg(\d+))?(?:x?u(\d+))?(?:x?r(\d+))?$")
 
 
 @dataclass(frozen=True)
-class Layout:
-    cfg: int = 1
-    ulysses: int = 1
-    ring: int = 1
-
-    @property
-    def world(self) -> int:
-        return self.cfg * self.ulysses * self.ring
-
-    @property
-    def sp(self) -> int:
-        return self.ulysses * self.ring
-
+class Layout(Degrees):
     @property
     def name(self) -> str:
         parts = []

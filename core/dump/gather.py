@@ -24,21 +24,12 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.distributed as dist
 
+from ..parallel.config import Degrees
+
 
 @dataclass(frozen=True)
-class GatherLayout:
-    cfg: int
-    ulysses: int
-    ring: int
-    rank: int
-
-    @property
-    def world(self) -> int:
-        return self.cfg * self.ulysses * self.ring
-
-    @property
-    def sp(self) -> int:
-        return self.ulysses * self.ring
+class GatherLayout(Degrees):
+    rank: int = 0
 
     @property
     def is_main(self) -> bool:

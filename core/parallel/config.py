@@ -2,11 +2,31 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import List, Optional
 
 
 def world_size(p) -> int:
     return int(p.cfg) * int(p.ulysses) * int(p.ring)
+
+
+@dataclass(frozen=True)
+class Degrees:
+    """The CFG x Ulysses x ring degrees of a process layout (the layouts of dumps, benchmarks and
+    memory plans extend it)."""
+
+    cfg: int = 1
+    ulysses: int = 1
+    ring: int = 1
+
+    @property
+    def world(self) -> int:
+        return self.cfg * self.ulysses * self.ring
+
+    @property
+    def sp(self) -> int:
+        """The sequence-parallel degree (Ulysses x ring)."""
+        return self.ulysses * self.ring
 
 
 def check_parallel(p, num_heads: Optional[int], model: str, needs_uncond: bool, latent_rows: int,

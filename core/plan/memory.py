@@ -21,6 +21,7 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 
 import torch
 
+from ..parallel.config import Degrees
 from ..precision import PrecisionPolicy
 from . import constants as K
 from .activations import (Tokens, clip_activation_bytes, dit_forward_peak, t5_activation_bytes, tokens,
@@ -37,12 +38,9 @@ QUANTIZATION_MODES = ("none",)
 
 
 @dataclass(frozen=True)
-class Layout:
+class Layout(Degrees):
     """The knobs of a recipe that change memory (and step time)."""
 
-    cfg: int = 1
-    ulysses: int = 1
-    ring: int = 1
     dit_fsdp: bool = False
     t5_fsdp: bool = False
     t5_cpu: bool = False
@@ -52,13 +50,6 @@ class Layout:
     offload_dit: str = "none"
     quantization: str = "none"
 
-    @property
-    def world(self) -> int:
-        return self.cfg * self.ulysses * self.ring
-
-    @property
-    def sp_degree(self) -> int:
-        return self.ulysses * self.ring
 
     @classmethod
     def from_plan(cls, plan) -> "Layout":
@@ -238,7 +229,7 @@ def predict(plan, arch: Architecture, layout: Optional[Layout] = None, device_me
     width, height = size or (plan.width, plan.height)
     st, sh, sw = preset.vae_stride
     latent_shape = (preset.z_dim, (plan.frame_num - 1) // st + 1, height // sh, width // sw)
-    tok = tokens(latent_shape, arch.dit.patch_size, layout.sp_degree)
+    tok = tokens(latent_shape, arch.dit.patch_size, layout.sp)
     world = layout.world
     with_image = plan.image_path is not None
     notes: List[str] = []
