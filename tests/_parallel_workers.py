@@ -209,3 +209,34 @@ def api_worker(rank: int, world: int, port: int, overrides, out: str):
                     "report": json.loads(json.dumps(report, default=str))}, out)
     else:
         assert first is None and second is None
+
+
+def batch_worker(rank: int, world: int, jobs):
+    """Several multi-process jobs of one world size, one after another, in one set of spawned
+    processes: each process imports torch and wanport once instead of once per job (the spawns
+    were most of the parallel tests' time). ``jobs``: ``(worker name, port, args)``; every worker
+    above takes ``(rank, world, port, *args)`` with its output path last. A job that raises leaves
+    its traceback in ``<out>.error.rank<r>`` and drops the process group; the next job still runs."""
+    import traceback
+
+    import torch.distributed as dist
+
+    for name, port, args in jobs:
+        try:
+            globals()[name](rank, world, port, *args)
+        except Exception:
+            with open("%s.error.rank%d" % (args[-1], rank), "w") as f:
+                f.write(traceback.format_exc())
+            if dist.is_initialized():
+                dist.destroy_process_group()
+
+
+def batch_errors(out: str, world: int) -> str:
+    """The tracebacks a batched job left on any rank ('' if none)."""
+    texts = []
+    for r in range(world):
+        path = "%s.error.rank%d" % (out, r)
+        if os.path.exists(path):
+            with open(path) as f:
+                texts.append("rank %d:\n%s" % (r, f.read()))
+    return "\n".join(texts)

@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import time
+from typing import Optional
 
 import pytest
 import torch
@@ -29,41 +30,121 @@ def dit_reference():
     return W.dit_forward(cfg, x, t, ctx)
 
 
-@pytest.mark.parametrize("ulysses,ring", [(2, 1), (1, 2), (4, 1), (1, 4), (2, 2)])
-def test_sequence_parallel_dit_equals_single_process(ulysses, ring, dit_reference, tmp_path):
-    out = str(tmp_path / "y")
+BASE = ["sample.size=80*48", "sample.frame_num=5", "sample.steps=3", "precision=fp32", "output.name=par"]
+
+#: the pipeline layouts checked against the one-process video: id -> overrides
+LAYOUTS = {
+    "cfg2": ["parallel.cfg=2"],
+    "ulysses2": ["parallel.ulysses=2"],
+    "ring2+vae": ["parallel.ring=2", "parallel.vae=true"],
+    "cfg2xulysses2+vae": ["parallel.cfg=2", "parallel.ulysses=2", "parallel.vae=true"],
+    "ulysses2xring2": ["parallel.ulysses=2", "parallel.ring=2"],
+}
+SEQUENCE = [(2, 1), (1, 2), (4, 1), (1, 4), (2, 2)]
+
+
+def _world(overrides) -> int:
+    world = 1
+    for item in overrides:
+        if item.split("=")[0] in ("parallel.cfg", "parallel.ulysses", "parallel.ring"):
+            world *= int(item.split("=")[1])
+    return world
+
+
+def _fsdp2() -> bool:
+    from wanport.parallel.fsdp import _fully_shard
+
+    return _fully_shard() is not None
+
+
+def _jobs(world: int, root, ckpt):
+    """Every multi-process job of this module with ``world`` ranks: name -> (worker, args)."""
+    jobs = {}
+    for u, r in SEQUENCE:
+        if u * r == world:
+            jobs["seq-u%dr%d" % (u, r)] = ("sequence_parallel_worker", (u, r, False))
+    if world == 4:
+        jobs["seq-per-token"] = ("sequence_parallel_worker", (2, 2, True))
+    jobs["vae"] = ("vae_worker", (8,))
+    for name, layout in LAYOUTS.items():
+        if _world(layout) == world:
+            os.makedirs(os.path.join(root, name), exist_ok=True)
+            jobs["pipe-" + name] = ("pipeline_worker", (BASE + layout + [
+                "checkpoint_dir=%s" % ckpt, "output.dir=%s" % os.path.join(root, name)],))
+    if world == 2:
+        jobs["api-cfg2"] = ("api_worker", (BASE + ["parallel.cfg=2", "checkpoint_dir=%s" % ckpt,
+                                                   "output.dir=%s" % os.path.join(root, "api")],))
+        if _fsdp2():
+            jobs["fsdp-dit"] = ("fsdp_worker", ())
+            jobs["pipe-fsdp"] = ("pipeline_worker", (BASE + [
+                "parallel.cfg=2", "parallel.dit_fsdp=true", "parallel.t5_fsdp=true",
+                "checkpoint_dir=%s" % ckpt, "output.dir=%s" % os.path.join(root, "fsdp")],))
+    return jobs
+
+
+class Batch:
+    """The jobs of one world size, run in one ``mp.spawn`` (see ``W.batch_worker``); a test reads
+    its job's output and fails with the job's traceback if any rank raised."""
+
+    def __init__(self, world: int, root, ckpt):
+        self.world, self.root = world, str(root)
+        jobs = _jobs(world, self.root, ckpt)
+        self.out = {name: os.path.join(self.root, name + ".out") for name in jobs}
+        mp.spawn(W.batch_worker, nprocs=world, args=(world, [
+            (worker, W.free_port(), tuple(args) + (self.out[name],)) for name, (worker, args) in jobs.items()]))
+
+    def path(self, name: str) -> str:
+        if name not in self.out:
+            pytest.skip("job %s is not run here" % name)
+        errors = W.batch_errors(self.out[name], self.world)
+        if errors:
+            pytest.fail("job %s raised:\n%s" % (name, errors), pytrace=False)
+        return self.out[name]
+
+    def load(self, name: str, rank: Optional[int] = None):
+        path = self.path(name)
+        return torch.load(path if rank is None else "%s.rank%d" % (path, rank))
+
+
+@pytest.fixture(scope="module")
+def batches(tiny_ckpt, tmp_path_factory):
+    made = {}
+
+    def get(world: int) -> Batch:
+        if world not in made:
+            made[world] = Batch(world, tmp_path_factory.mktemp("world%d" % world), tiny_ckpt)
+        return made[world]
+    return get
+
+
+@pytest.mark.parametrize("ulysses,ring", SEQUENCE)
+def test_sequence_parallel_dit_equals_single_process(ulysses, ring, dit_reference, batches):
     world = ulysses * ring
-    mp.spawn(W.sequence_parallel_worker, args=(world, W.free_port(), ulysses, ring, False, out), nprocs=world)
+    batch = batches(world)
     for r in range(world):
-        y = torch.load(out + ".rank%d" % r)
+        y = batch.load("seq-u%dr%d" % (ulysses, ring), r)
         assert y.shape == dit_reference.shape
         assert rel(y, dit_reference) <= 1e-5  # 45 tokens: padded to a multiple of the degree
 
 
-def test_sequence_parallel_per_token_timesteps(tmp_path):
+def test_sequence_parallel_per_token_timesteps(batches):
     cfg, x, t, ctx = W.dit_case(True)
     ref = W.dit_forward(cfg, x, t, ctx)
-    out = str(tmp_path / "y")
-    mp.spawn(W.sequence_parallel_worker, args=(4, W.free_port(), 2, 2, True, out), nprocs=4)
-    assert rel(torch.load(out + ".rank0"), ref) <= 1e-5
+    assert rel(batches(4).load("seq-per-token", 0), ref) <= 1e-5
 
 
 @pytest.mark.parametrize("world", [2, 4])
-def test_vae_parallel_decode_and_encode_equal_single_device(world, tmp_path):
+def test_vae_parallel_decode_and_encode_equal_single_device(world, batches):
     vae = W.vae_case(8)
     z = torch.randn(1, 16, 3, 9, 7, generator=torch.Generator().manual_seed(3))
     frames = torch.randn(1, 3, 5, 72, 56, generator=torch.Generator().manual_seed(4)).clamp(-1, 1)
     ref_video, ref_latent = vae.decode(z), vae.encode(frames)
-    out = str(tmp_path / "v")
-    mp.spawn(W.vae_worker, args=(world, W.free_port(), 8, out), nprocs=world)
-    results = [torch.load(out + ".rank%d" % r) for r in range(world)]
+    batch = batches(world)
+    results = [batch.load("vae", r) for r in range(world)]
     assert rel(results[0]["video"], ref_video) <= 1e-5  # 9 latent rows: uneven shards
     assert all(r["video"] is None for r in results[1:])
     for r in results:
         assert rel(r["latent"], ref_latent) <= 1e-5
-
-
-BASE = ["sample.size=80*48", "sample.frame_num=5", "sample.steps=3", "precision=fp32", "output.name=par"]
 
 
 @pytest.fixture(scope="module")
@@ -84,37 +165,24 @@ def pipeline_reference(tiny_ckpt, tmp_path_factory):
     return got["video"]
 
 
-@pytest.mark.parametrize("layout", [
-    ["parallel.cfg=2"],
-    ["parallel.ulysses=2"],
-    ["parallel.ring=2", "parallel.vae=true"],
-    ["parallel.cfg=2", "parallel.ulysses=2", "parallel.vae=true"],
-    ["parallel.ulysses=2", "parallel.ring=2"],
-], ids=["cfg2", "ulysses2", "ring2+vae", "cfg2xulysses2+vae", "ulysses2xring2"])
-def test_parallel_pipeline_video_equals_single_process(layout, tiny_ckpt, pipeline_reference, tmp_path):
-    world = 1
-    for item in layout:
-        if item.split("=")[0] in ("parallel.cfg", "parallel.ulysses", "parallel.ring"):
-            world *= int(item.split("=")[1])
-    overrides = BASE + layout + ["checkpoint_dir=%s" % tiny_ckpt, "output.dir=%s" % tmp_path]
-    out = str(tmp_path / "video.pt")
-    mp.spawn(W.pipeline_worker, args=(world, W.free_port(), overrides, out), nprocs=world)
-    got = torch.load(out)
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_parallel_pipeline_video_equals_single_process(layout, pipeline_reference, batches):
+    world = _world(LAYOUTS[layout])
+    batch = batches(world)
+    got = batch.load("pipe-" + layout)
     assert rel(got["video"], pipeline_reference) <= 1e-5
     par = got["report"]["parallel"]
     assert par["world"] == world and len(par["ranks"]) == world
     assert all(r["comm_s"] >= 0 and r["comm_calls"] > 0 for r in par["ranks"])
-    assert os.path.exists(tmp_path / "par.mp4") and os.path.exists(tmp_path / "par.json")
+    folder = os.path.join(batch.root, layout)
+    assert os.path.exists(os.path.join(folder, "par.mp4")) and os.path.exists(os.path.join(folder, "par.json"))
 
 
-def test_pipeline_api_cfg_parallel_two_calls(tiny_ckpt, pipeline_reference, tmp_path):
+def test_pipeline_api_cfg_parallel_two_calls(pipeline_reference, batches):
     """`wanport.Pipeline` under two gloo processes (CFG parallel): every rank builds the same
     pipeline and calls generate with the same arguments; rank 0 gets the videos, equal to the
     single-process run; two calls share one process group, ended by close()."""
-    overrides = BASE + ["parallel.cfg=2", "checkpoint_dir=%s" % tiny_ckpt, "output.dir=%s" % tmp_path]
-    out = str(tmp_path / "api.pt")
-    mp.spawn(W.api_worker, args=(2, W.free_port(), overrides, out), nprocs=2)
-    got = torch.load(out)
+    got = batches(2).load("api-cfg2")
     assert rel(got["first"], pipeline_reference) <= 1e-5
     assert got["second"].shape == got["first"].shape and not torch.equal(got["second"], got["first"])
     assert got["report"]["seed"] == 3 and got["report"]["pipeline"]["call"] == 2
@@ -177,7 +245,7 @@ def test_nproc_is_the_layout_product():
     assert world_size(cfg.parallel) == 8
 
 
-def test_fsdp_sharded_dit_computes_the_same_function(tmp_path):
+def test_fsdp_sharded_dit_computes_the_same_function(batches):
     """Weights sharded per block across 2 ranks (FSDP2): each rank holds about half of them, and the
     forward equals the unsharded one."""
     from wanport.models.dit import WanDiT
@@ -197,10 +265,9 @@ def test_fsdp_sharded_dit_computes_the_same_function(tmp_path):
     with torch.no_grad():
         ref = model(x, t, ctx)
     total = sum(p.numel() for p in model.parameters())
-    out = str(tmp_path / "f")
-    mp.spawn(W.fsdp_worker, args=(2, W.free_port(), out), nprocs=2)
+    batch = batches(2)
     for r in range(2):
-        got = torch.load(out + ".rank%d" % r)
+        got = batch.load("fsdp-dit", r)
         # the same weights and math; another process (thread count, shapes after the all-gather) may
         # accumulate in another float32 order: √K·eps32 over the DiT's summed products
         attention = cfg.num_layers * (2 * (cfg.dim // cfg.num_heads) + 2 * (45 + 512))  # 45 tokens, 512 text rows
@@ -208,17 +275,13 @@ def test_fsdp_sharded_dit_computes_the_same_function(tmp_path):
         assert 0.45 * total < got["local_params"] < 0.55 * total
 
 
-def test_fsdp_pipeline_run_equals_single_process(tiny_ckpt, pipeline_reference, tmp_path):
+def test_fsdp_pipeline_run_equals_single_process(pipeline_reference, batches):
     """dit_fsdp + t5_fsdp with CFG parallel: weights sharded across the 2 ranks, same video."""
     from wanport.parallel.fsdp import _fully_shard
 
     if _fully_shard() is None:
         pytest.skip("torch without FSDP2")
-    overrides = BASE + ["parallel.cfg=2", "parallel.dit_fsdp=true", "parallel.t5_fsdp=true",
-                        "checkpoint_dir=%s" % tiny_ckpt, "output.dir=%s" % tmp_path]
-    out = str(tmp_path / "video.pt")
-    mp.spawn(W.pipeline_worker, args=(2, W.free_port(), overrides, out), nprocs=2)
-    got = torch.load(out)
+    got = batches(2).load("pipe-fsdp")
     assert rel(got["video"], pipeline_reference) <= 1e-5
 
 
