@@ -254,7 +254,6 @@ def test_layer_norm_modulate_matches_reference_at_batch_1(registry, era, xdt, ou
 @pytest.mark.parametrize("per_token", [False, True])
 def test_layer_norm_modulate_more_rows_than_one_fall_back_to_f_layer_norm(registry, per_token):
     """The kernel would apply sample 0's modulation to every sample (see test_npu_emulation)."""
-    impl = get_impl(registry, "layer_norm_modulate", "layer_norm_eval")
     with installed("v7") as npu:
         spy = Spy(npu.npu_layer_norm_eval)
         from wanport_ascend.layer_norm_modulate import make_layer_norm_modulate

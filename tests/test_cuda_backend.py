@@ -10,11 +10,11 @@ import sys
 import pytest
 import torch
 
+from wanport.errors import BackendError
 from wanport.models.dit import DiTConfig, WanDiT
 from wanport.models.dit.requirements import dit_requirements
 from wanport.precision import PRESETS
 from wanport.registry import discover, resolve_ops
-from wanport.errors import BackendError
 
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 triton_ok = importlib.util.find_spec("triton") is not None
@@ -135,8 +135,8 @@ def test_has_module_finds_submodules_without_importing(tmp_path, monkeypatch):
 
 
 def test_kv_lens_are_honoured_by_slicing():
-    from wanport_cuda.attention import _per_length
     from wanport.reference.attention import attention_math
+    from wanport_cuda.attention import _per_length
 
     calls = []
 

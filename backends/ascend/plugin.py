@@ -113,7 +113,8 @@ def wanport_backends():
             is_available=_available,
             env_defaults=dict(ENV_DEFAULTS),
             priority=100,
-            description="Huawei Ascend NPUs through torch_npu's fused kernels (FlashAttentionScore, RotaryMul, RmsNorm, LayerNorm)",
+            description="Huawei Ascend NPUs through torch_npu's fused kernels (FlashAttentionScore, RotaryMul, "
+                        "RmsNorm, LayerNorm)",
             versions=_versions,
         )
     ]

@@ -20,8 +20,8 @@ import torch
 from ..checkpoints.layout import CheckpointSet
 from ..config import RunConfig
 from ..config.validate import RunPlan, plan_run
-from ..models.dit.requirements import dit_requirements
 from ..lora.weights import as_lora_source
+from ..models.dit.requirements import dit_requirements
 from ..ops.table import OpTable
 from ..precision import is_auto, resolve_policy
 from ..registry import Registry, resolve_ops
@@ -362,5 +362,6 @@ def image_report(image: Optional[InputImage], out_width: int, out_height: int) -
             "output": {"width": out_width, "height": out_height}}
 
 
-__all__ = ["Prepared", "Call", "prepare", "pipeline_plan", "resolve_precision", "count_nonfinite", "check_request", "check_run", "resolve_dit_ops", "parallel_ops",
+__all__ = ["Prepared", "Call", "prepare", "pipeline_plan", "resolve_precision", "count_nonfinite", "check_request", "check_run",
+           "resolve_dit_ops", "parallel_ops",
            "pad_context", "encode_prompts", "base_report", "image_report", "per_token_modulation"]
