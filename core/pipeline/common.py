@@ -347,7 +347,7 @@ def base_report(prep: Prepared, call: Call, width: int, height: int, frames: int
         "precision": dict(plan.policy.to_dict(), **(plan.precision_choice or {})),
         "stages": dict(clock.as_dict(), total_s=round(clock.total(), 4)),
         "peak_memory": {"bytes": runtime.peak_memory_bytes(),
-                        "kind": getattr(runtime, "peak_memory_kind", "device peak allocated"),
+                        "kind": runtime.peak_memory_kind,
                         "predicted": prep.memory_plan.summary() if prep.memory_plan is not None else None},
         "output": None,
         "versions": versions(backend_versions(spec)),
