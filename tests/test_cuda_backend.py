@@ -15,6 +15,7 @@ from wanport.models.dit import DiTConfig, WanDiT
 from wanport.models.dit.requirements import dit_requirements
 from wanport.precision import PRESETS
 from wanport.registry import discover, resolve_ops
+from wanport.testing import BackendConformance
 
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 triton_ok = importlib.util.find_spec("triton") is not None
@@ -172,6 +173,15 @@ def test_modulation_broadcast_shapes_checked():
 
 
 # ------------------------------------------------------------------ GPU
+
+
+class TestCudaConformance(BackendConformance):
+    """Every cuda implementation through the conformance kit (wanport.testing): signature, outputs vs
+    the float64 reference over the contract's small shapes, declared refusals, the runtime. On a host
+    without a GPU each test skips with the backend's reason; the Wan-shape kernel tests below stay."""
+
+    backend = "cuda"
+
 
 def _impl(kind, name):
     reg = discover()
