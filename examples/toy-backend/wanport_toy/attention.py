@@ -11,7 +11,7 @@ import torch
 from wanport.ops.checks import check_kv_lens
 
 
-def make_online_softmax_attention(block: str = "16"):
+def make_online_softmax_attention(block: str = "256"):
     key_block = int(block)
     if key_block < 1:
         raise ValueError("WANPORT_TOY_KEY_BLOCK must be a positive integer, got %r" % block)

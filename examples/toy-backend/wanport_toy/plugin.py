@@ -15,6 +15,7 @@ NAME = "toy"
 _FLOATS = frozenset({torch.float32, torch.bfloat16, torch.float16})
 
 #: the key block of the toy attention; a plugin default the user's shell or a recipe's `env:` overrides
+#: (every block rescales the running output once: small blocks cost a full pass over it each)
 KEY_BLOCK_ENV = "WANPORT_TOY_KEY_BLOCK"
 
 #: which implementation the resolver prefers where several fit: the one ranking table
@@ -45,7 +46,7 @@ def _start():
 @hookimpl
 def wanport_backends():
     return [BackendSpec(name=NAME, device_type="cpu", dist_backend="gloo", start=_start, is_available=_available,
-                        env_defaults={KEY_BLOCK_ENV: "16"}, priority=1,
+                        env_defaults={KEY_BLOCK_ENV: "256"}, priority=1,
                         accelerator=False,  # host CPU: `backend: auto` never picks it over an accelerator
                         description="example plugin: blocked online-softmax attention, vector-norm RMSNorm, "
                                     "addcmul residual, on the host CPU",
@@ -65,7 +66,7 @@ def wanport_op_impls():
               Constraints(dtypes=_FLOATS, lse=True, **cpu),
               "keys in blocks with a running max and sum (the flash-attention recurrence), log-sum-exp",
               # read when the implementation loads: after the session applied env_defaults and the recipe's env:
-              AtLoad(lambda: os.environ.get(KEY_BLOCK_ENV, "16"))),
+              AtLoad(lambda: os.environ.get(KEY_BLOCK_ENV, "256"))),
         _impl("rms_norm", "vector_norm", ".norms:rms_norm",
               Constraints(dtypes=_FLOATS, out_dtype=True, **cpu),
               "x * sqrt(C) / sqrt(||x||^2 + C*eps), float32 statistics"),
