@@ -224,8 +224,8 @@ def check_backend(spec: BackendSpec, impls: Sequence[OpImpl] = ()) -> List[str]:
         problems.append("%s: the name must be an identifier (recipes write `backend: NAME`)" % who)
     if not isinstance(spec.device_type, str) or not spec.device_type:
         problems.append("%s: device_type must be a torch device type string" % who)
-    if spec.dist_backend not in ("nccl", "hccl", "gloo", "mpi", "ucc", "xccl") and not isinstance(spec.dist_backend, str):
-        problems.append("%s: dist_backend must be a torch.distributed backend name" % who)
+    if not isinstance(spec.dist_backend, str) or not spec.dist_backend:
+        problems.append("%s: dist_backend must be a torch.distributed backend name (nccl, hccl, gloo, ...)" % who)
     if not isinstance(spec.env_defaults, Mapping) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in spec.env_defaults.items()):
         problems.append("%s: env_defaults must map names to strings" % who)
