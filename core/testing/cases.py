@@ -259,10 +259,16 @@ def _base(kind: str, dtype, d: int, b: int = 1) -> Case:
 
 
 HEAD_DIM_KINDS = ("attention", "rotary", "qk_norm_rope")
+#: the op kinds the kit has cases for; a new kind gets its builder, its branch in ``cases``, ``_base``
+#: and ``reference_fn`` here (until then its implementations' outputs are reported as untested)
+KINDS_WITH_CASES = ("attention", "rotary", "rms_norm", "layer_norm", "layer_norm_modulate", "qk_norm_rope",
+                    "gated_residual", "linear_gelu")
 
 
 def probes(kind: str, c: Constraints) -> List[Probe]:
     """One call just outside each limit ``c`` declares (nothing for a limit it does not declare)."""
+    if kind not in KINDS_WITH_CASES:
+        return []
     accepted = accepted_dtypes(c)
     dt = F32 if F32 in accepted else (accepted[0] if accepted else F32)
     d = head_dim(c) or WAN_HEAD_DIM

@@ -23,6 +23,7 @@ import pytest
 
 from ..ops.impl import OpImpl
 from ..registry import Registry, discover
+from .cases import KINDS_WITH_CASES
 from .checks import check_backend, check_impl, check_outputs, check_refusals, check_runtime, check_signature, load
 
 CHECKS = {"signature": check_signature, "outputs": check_outputs, "refusals": check_refusals}
@@ -115,6 +116,9 @@ class BackendConformance:
             _fail(check_signature(impl, fn))
 
     def test_outputs_match_the_reference(self, context, impl):
+        if impl.kind not in KINDS_WITH_CASES:
+            pytest.skip("the conformance kit has no cases for op kind %r yet: add them to wanport/testing/cases.py"
+                        % impl.kind)
         with self.contexts[context]():
             fn, device = self._loaded(impl)
             _fail(check_outputs(impl, fn, device))
