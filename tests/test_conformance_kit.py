@@ -173,6 +173,11 @@ def test_a_backend_whose_availability_check_raises_is_named():
                         "(False, why) instead)"]
     silent = check_backend(dataclasses.replace(spec, is_available=lambda: (False, "")))
     assert silent and "unavailable without saying why" in silent[0]
+    misplaced = OpImpl("attention", "fast", "reference", lambda: None, default_sites=frozenset({"rotary"}))
+    lossy = OpImpl("attention", "int8", "reference", lambda: None, exact=False)
+    assert check_backend(spec, [misplaced, lossy]) == [
+        "reference.fast: default_sites ['rotary'] are not call sites of attention (those are: cross_attention, "
+        "self_attention)", "reference.int8: lossy, so it must declare its tolerance"]
 
 
 # ------------------------------------------------------------------ a misspelled hook

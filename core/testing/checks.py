@@ -19,7 +19,7 @@ from typing import Callable, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
-from ..ops.contracts import CONTRACTS, OUT_DTYPE_KINDS
+from ..ops.contracts import CALL_SITES, CONTRACTS, OUT_DTYPE_KINDS
 from ..ops.impl import OpImpl
 from ..registry.backend import OPTIONAL_RUNTIME_MEMBERS, RUNTIME_MEMBERS, BackendSpec
 from .cases import (
@@ -251,6 +251,11 @@ def check_backend(spec: BackendSpec, impls: Sequence[OpImpl] = ()) -> List[str]:
     except Exception as exc:
         problems.append("%s: versions() raised %s: %s" % (who, type(exc).__name__, exc))
     for impl in impls:
+        sites = {s for s, k in CALL_SITES.items() if k == impl.kind}
+        if impl.default_sites is not None and not set(impl.default_sites) <= sites:
+            problems.append("%s: default_sites %s are not call sites of %s (those are: %s)"
+                            % (impl.qualified_name, sorted(set(impl.default_sites) - sites), impl.kind,
+                               ", ".join(sorted(sites))))
         if impl.exact is False and impl.tolerance <= 0:
             problems.append("%s: lossy, so it must declare its tolerance" % impl.qualified_name)
         if impl.constraints.device_types is not None and spec.device_type not in impl.constraints.device_types \
