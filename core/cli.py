@@ -103,6 +103,11 @@ def cmd_backends(args) -> int:
     from .registry import discover
 
     registry = discover()
+    if getattr(args, "markdown", False):
+        from .registry.listing import backends_markdown
+
+        sys.stdout.write(backends_markdown(registry))
+        return 0
     for name, spec in sorted(registry.backends.items(), key=lambda kv: (kv[0] != "reference", kv[0])):
         ok, why = spec.availability()
         print("%s  [%s]  device=%s dist=%s plugin=%s" % (
@@ -309,6 +314,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_check)
 
     sp = sub.add_parser("backends", help="list discovered backends and their op implementations")
+    sp.add_argument("--markdown", action="store_true",
+                    help="print the backend x op table (README's) instead: no availability, nothing machine-specific")
     sp.set_defaults(func=cmd_backends)
 
     sp = sub.add_parser("models", help="list known model presets")

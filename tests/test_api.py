@@ -127,8 +127,8 @@ def test_three_calls_equal_three_runs_and_memory_stays_flat(tiny_ckpt, tmp_path,
 
 def test_bad_calls_raise_before_compute_and_the_pipeline_stays_usable(tiny_layout, input_image, tmp_path,
                                                                       monkeypatch):
-    from wanport import Pipeline
     import wanport.pipeline.sampling as sampling
+    from wanport import Pipeline
 
     loops = []
     real = sampling.denoise_loop

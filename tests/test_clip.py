@@ -13,8 +13,14 @@ import torch.nn.functional as F
 
 from _float_bounds import chain_terms, f32_bound
 from wanport.errors import CheckpointError
-from wanport.models.clip import (CLIPImageEncoder, check_clip_state, clip_config_from_shapes, expected_visual_shapes,
-                                 hf_clip_config_kwargs, wan_clip_to_hf)
+from wanport.models.clip import (
+    CLIPImageEncoder,
+    check_clip_state,
+    clip_config_from_shapes,
+    expected_visual_shapes,
+    hf_clip_config_kwargs,
+    wan_clip_to_hf,
+)
 from wanport.models.clip.encoder import MEAN, STD
 from wanport.models.clip.tiny import tiny_clip_state
 

@@ -10,11 +10,12 @@ import sys
 import pytest
 import torch
 
+from wanport.errors import BackendError
 from wanport.models.dit import DiTConfig, WanDiT
 from wanport.models.dit.requirements import dit_requirements
 from wanport.precision import PRESETS
 from wanport.registry import discover, resolve_ops
-from wanport.errors import BackendError
+from wanport.testing import BackendConformance
 
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 triton_ok = importlib.util.find_spec("triton") is not None
@@ -135,8 +136,8 @@ def test_has_module_finds_submodules_without_importing(tmp_path, monkeypatch):
 
 
 def test_kv_lens_are_honoured_by_slicing():
-    from wanport_cuda.attention import _per_length
     from wanport.reference.attention import attention_math
+    from wanport_cuda.attention import _per_length
 
     calls = []
 
@@ -172,6 +173,15 @@ def test_modulation_broadcast_shapes_checked():
 
 
 # ------------------------------------------------------------------ GPU
+
+
+class TestCudaConformance(BackendConformance):
+    """Every cuda implementation through the conformance kit (wanport.testing): signature, outputs vs
+    the float64 reference over the contract's small shapes, declared refusals, the runtime. On a host
+    without a GPU each test skips with the backend's reason; the Wan-shape kernel tests below stay."""
+
+    backend = "cuda"
+
 
 def _impl(kind, name):
     reg = discover()

@@ -11,8 +11,14 @@ import torch
 from PIL import Image
 
 from wanport.errors import InputError
-from wanport.pipeline.images import (best_output_size, load_image, max_area_size, resize_bicubic, resize_crop_lanczos,
-                                     to_tensor)
+from wanport.pipeline.images import (
+    best_output_size,
+    load_image,
+    max_area_size,
+    resize_bicubic,
+    resize_crop_lanczos,
+    to_tensor,
+)
 
 
 def _rgb(w=40, h=24):

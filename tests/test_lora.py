@@ -275,9 +275,9 @@ def test_bad_lora_tensors_fail_naming_file_and_key(tiny_ckpt, tmp_path, good, ca
 
 
 def test_unmatched_keys_are_a_warning_when_not_strict(tiny_ckpt, tmp_path, good):
+    from wanport.config.validate import plan_run
     from wanport.lora.weights import LoraWeights
     from wanport.pipeline.weights import CHECKPOINT
-    from wanport.config.validate import plan_run
 
     tensors, key = _bad_cases(good, tmp_path)["unmatched"]
     path = _write(str(tmp_path / "extra.safetensors"), tensors)

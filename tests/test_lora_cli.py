@@ -28,10 +28,10 @@ def test_distilled_recipes_are_listed_and_valid():
 
 
 def test_make_tiny_lora_writes_every_format(tmp_path, capsys):
+    from wanport.checkpoints.tiny import tiny_dit_config
     from wanport.lora.match import ModelStructure, inspect_lora
     from wanport.lora.spec import LoraSpec
     from wanport.lora.tiny import TINY_FORMATS, structure_for
-    from wanport.checkpoints.tiny import tiny_dit_config
 
     d = str(tmp_path / "i2v")
     assert main(["make-tiny", d, "--model", "wan2.1-i2v", "--lora"]) == 0

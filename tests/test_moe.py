@@ -10,8 +10,7 @@ import torch
 
 from wanport.config import load_recipe
 from wanport.config.validate import plan_run
-from wanport.pipeline.moe import (HIGH, LOW, ExpertParking, ExpertSwitch, decide_parking, expert_bytes,
-                                  expert_schedule)
+from wanport.pipeline.moe import HIGH, LOW, ExpertParking, ExpertSwitch, decide_parking, expert_bytes, expert_schedule
 from wanport.pipeline.sampling import denoise_loop
 from wanport.schedulers import make_scheduler
 

@@ -267,7 +267,7 @@ def test_every_float_field_rejects_nan_and_inf():
     """Every field that takes a number (today: shift, boundary, guide_scale and its pair) refuses
     NaN and infinities; a new float field is covered by this walk without being named here."""
     numeric = []
-    for path, kind in _leaf_kinds().items():
+    for path in _leaf_kinds():
         if path in text_paths():
             continue
         for good, bads in (("1.5", (".nan", ".inf", "-.inf", "1.0e+400")),

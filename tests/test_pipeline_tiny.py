@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from wanport.checkpoints.tiny import is_tiny_checkpoint, make_tiny
-from wanport.config import load_recipe, read_yaml, TINY_RECIPE
+from wanport.config import TINY_RECIPE, load_recipe, read_yaml
 from wanport.errors import ConfigError
 from wanport.io.video import read_mp4
 from wanport.pipeline.noise import initial_noise

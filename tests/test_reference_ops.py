@@ -6,8 +6,8 @@ import math
 
 import pytest
 import torch
-from _float_bounds import f32_bound
 
+from _float_bounds import f32_bound
 from wanport.models.dit.rope import rope_tables
 from wanport.reference.attention import attention_math, attention_sdpa
 from wanport.reference.layer_norm import layer_norm

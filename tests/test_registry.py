@@ -101,10 +101,10 @@ def test_override_errors_explain(registry):
 
 def test_composed_and_cast_wrapped_ops(registry):
     """A kind a backend lacks is composed from its parts; an impl without out_dtype gets a cast."""
+    from wanport.models.dit.rope import rope_tables
     from wanport.ops.composites import with_out_dtype
     from wanport.reference.rms_norm import rms_norm
     from wanport.reference.rotary import rotary
-    from wanport.models.dit.rope import rope_tables
 
     g = torch.Generator().manual_seed(0)
     q, k = (torch.randn(2, 12, 256, generator=g).bfloat16() for _ in range(2))

@@ -13,8 +13,16 @@ import torch
 
 from _float_bounds import chain_terms, f32_bound
 from wanport.errors import CheckpointError
-from wanport.models.t5 import (T5_CHECKPOINT_NAME, TOKENIZER_SUBDIR, WanTextEncoder, clean_text,
-                               expected_wan_t5_shapes, t5_config_from_shapes, wan_t5_to_hf, write_tiny_t5)
+from wanport.models.t5 import (
+    T5_CHECKPOINT_NAME,
+    TOKENIZER_SUBDIR,
+    WanTextEncoder,
+    clean_text,
+    expected_wan_t5_shapes,
+    t5_config_from_shapes,
+    wan_t5_to_hf,
+    write_tiny_t5,
+)
 from wanport.models.t5.attention import WANPORT_T5_ATTENTION, select_attention_implementation, wan_t5_attention
 from wanport.models.t5.keymap import hf_umt5_config_kwargs
 

@@ -14,13 +14,12 @@ import glob
 import os
 
 import pytest
-import torch
 from safetensors.torch import load_file
 
 diffusers_config = pytest.importorskip("diffusers.configuration_utils")
 
-from wanport.checkpoints.tiny import TINY_CLIP, TINY_T5, TINY_VAE, TINY_VAE22  # noqa: E402
 from wanport.checkpoints.pth_files import load_pth  # noqa: E402
+from wanport.checkpoints.tiny import TINY_CLIP, TINY_T5, TINY_VAE, TINY_VAE22  # noqa: E402
 from wanport.models.dit import DiTConfig, WanDiT  # noqa: E402
 from wanport.precision import PRESETS  # noqa: E402
 

@@ -12,10 +12,9 @@ import math
 import pytest
 import torch
 
-from wanport.models.vae.wan21 import VAE21_MEAN, VAE21_STD, WanVAE21
-
 from _diffusers_vae_keys import vae21_official_to_diffusers
 from _float_bounds import chain_terms, f32_bound
+from wanport.models.vae.wan21 import VAE21_MEAN, VAE21_STD, WanVAE21
 
 REL_TOL = 1e-5
 

@@ -20,24 +20,14 @@ budget the samples run one by one on sliced keys instead.
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence, Tuple
+from typing import Callable, Optional, Sequence
 
 import torch
 
+from wanport.ops.checks import check_kv_lens
+
 _INT32_MAX = 2147483647  # "no band limit" for pre_tockens / next_tockens
 _MASK_BUDGET_BYTES = 64 * 2**20  # a bool [B, 1, Sq, Skv] mask larger than this: per-sample calls instead
-
-
-def key_lengths(kv_lens: Optional[Sequence[int]], batch: int, skv: int) -> Optional[Tuple[int, ...]]:
-    """Checked ``kv_lens``, or None when every key is valid (nothing to mask)."""
-    if kv_lens is None:
-        return None
-    lens = tuple(int(n) for n in kv_lens)
-    if len(lens) != batch:
-        raise ValueError("kv_lens has %d entries for batch %d" % (len(lens), batch))
-    if min(lens) < 1 or max(lens) > skv:
-        raise ValueError("kv_lens %s outside [1, %d]" % (list(lens), skv))
-    return None if min(lens) == skv else lens
 
 
 def padding_mask(lens: Sequence[int], sq: int, skv: int, device) -> torch.Tensor:
@@ -86,7 +76,7 @@ def make_fusion_attention(npu_fusion_attention: Callable, layout: str = "BSND"):
         scale = float(scale)
         b, sq = q.shape[0], q.shape[1]
         skv = k.shape[1]
-        lens = key_lengths(kv_lens, b, skv)
+        lens = check_kv_lens(kv_lens, b, skv)
         if lens is None:
             return call(q, k, v, None, scale)
         if len(set(lens)) == 1:
@@ -104,7 +94,7 @@ def make_fusion_attention(npu_fusion_attention: Callable, layout: str = "BSND"):
 def make_fused_infer_attention(npu_fused_infer_attention_score: Callable):
     def fused_infer_attention(q, k, v, *, scale: float, kv_lens=None, return_lse: bool = False):
         b, sq, n = q.shape[0], q.shape[1], q.shape[2]
-        lens = key_lengths(kv_lens, b, k.shape[1])
+        lens = check_kv_lens(kv_lens, b, k.shape[1])
         extra = {} if lens is None else {"actual_seq_lengths_kv": list(lens)}
         out, lse = npu_fused_infer_attention_score(
             q.contiguous(), k.contiguous(), v.contiguous(),

@@ -13,12 +13,11 @@ schemas take every keyword the implementation passes (``schema.requires``).
 
 from __future__ import annotations
 
-import importlib
 import importlib.util
 
 import torch
 
-from wanport.ops.impl import Constraints, OpImpl
+from wanport.ops.impl import AtLoad, Constraints, OpImpl, lazy
 from wanport.registry import BackendSpec, hookimpl
 
 from .schema import detect, host_status, loaded_torch_npu, requires
@@ -113,23 +112,27 @@ def wanport_backends():
             is_available=_available,
             env_defaults=dict(ENV_DEFAULTS),
             priority=100,
-            description="Huawei Ascend NPUs through torch_npu's fused kernels (FlashAttentionScore, RotaryMul, RmsNorm, LayerNorm)",
+            description="Huawei Ascend NPUs through torch_npu's fused kernels (FlashAttentionScore, RotaryMul, "
+                        "RmsNorm, LayerNorm)",
             versions=_versions,
         )
     ]
 
 
-def _loader(module: str, factory: str, op: str, *args):
-    """Load = build the implementation around ``torch_npu.<op>`` (bound once, not looked up per call)."""
+def _npu_op(op: str) -> AtLoad:
+    """``torch_npu.<op>``, looked up when the implementation loads (bound once, not per call)."""
 
-    def load():
+    def get():
         from .schema import import_torch_npu
 
-        torch_npu = import_torch_npu()
-        mod = importlib.import_module("%s.%s" % (__package__, module))
-        return getattr(mod, factory)(getattr(torch_npu, op), *args)
+        return getattr(import_torch_npu(), op)
 
-    return load
+    return AtLoad(get)
+
+
+def _loader(module: str, factory: str, op: str, *args):
+    """Load = build the implementation around ``torch_npu.<op>``."""
+    return lazy(".%s:%s" % (module, factory), _npu_op(op), *args, package=__package__)
 
 
 _FA_ARGS = ("atten_mask", "scale", "keep_prob", "pre_tockens", "next_tockens", "inner_precise", "sparse_mode")

@@ -22,13 +22,9 @@ from typing import Callable
 
 import torch
 
+from wanport.ops.checks import check_rotary_tables
+
 _MAX_BN = 999  # interleave mode: B * N < 1000
-
-
-def _check_tables(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> None:
-    if cos.shape != sin.shape or cos.dim() != 2 or cos.shape[0] != x.shape[1] or cos.shape[1] != x.shape[-1]:
-        raise ValueError("rotary tables must be [S, D] = [%d, %d]; got cos %s, sin %s"
-                         % (x.shape[1], x.shape[-1], tuple(cos.shape), tuple(sin.shape)))
 
 
 def _f32(x: torch.Tensor) -> torch.Tensor:
@@ -47,7 +43,7 @@ def make_rotary_interleave(npu_rotary_mul: Callable):
         return y.to(x.dtype)
 
     def rotary_mul(q, k, cos, sin):
-        _check_tables(q, cos, sin)
+        check_rotary_tables(cos, sin, q.shape[1], q.shape[-1])
         s, d = cos.shape
         c = cos.float().reshape(1, s, 1, d)  # 1S1D, a view of the model's table
         sn = sin.float().reshape(1, s, 1, d)
@@ -86,7 +82,7 @@ def make_rotary_half(npu_rotary_mul: Callable):
         return out.to(x.dtype)
 
     def rotary_mul_half(q, k, cos, sin):
-        _check_tables(q, cos, sin)
+        check_rotary_tables(cos, sin, q.shape[1], q.shape[-1])
         c, s = tables.get(cos, sin)
         return rotate(q, c, s), rotate(k, c, s)
 

@@ -14,6 +14,8 @@ from typing import Callable, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
+from wanport.ops.checks import check_kv_lens
+
 
 def _sdpa_kernel_context(kind: str):
     from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -29,11 +31,9 @@ def _sdpa_kernel_context(kind: str):
 def _per_length(core: Callable, q, k, v, scale, kv_lens: Optional[Sequence[int]], return_lse: bool):
     """Run ``core(q, k, v, scale, return_lse)`` ([B, S, N, D] in/out) with keys beyond each
     sample's length removed."""
-    skv = k.shape[1]
-    if kv_lens is None or all(n == skv for n in kv_lens):
+    kv_lens = check_kv_lens(kv_lens, q.shape[0], k.shape[1])
+    if kv_lens is None:
         return core(q, k, v, scale, return_lse)
-    if min(kv_lens) < 1 or max(kv_lens) > skv or len(kv_lens) != q.shape[0]:
-        raise ValueError("kv_lens %s invalid for batch %d with %d keys" % (list(kv_lens), q.shape[0], skv))
     if len(set(kv_lens)) == 1:
         n = kv_lens[0]
         return core(q, k[:, :n], v[:, :n], scale, return_lse)

@@ -10,7 +10,7 @@ import os
 
 import torch
 
-from wanport.ops.impl import Constraints, OpImpl
+from wanport.ops.impl import Constraints, OpImpl, lazy, ranked
 from wanport.registry import BackendSpec, hookimpl
 
 NAME = "cuda"
@@ -154,16 +154,35 @@ def _cudnn_lse_available():
 
 
 def _loader(module: str, attr: str, *args):
-    def load():
-        mod = importlib.import_module("%s.%s" % (__package__, module))
-        fn = getattr(mod, attr)
-        return fn(*args) if args or attr.startswith("make_") else fn
-
-    return load
+    """Load = import ``wanport_cuda.<module>`` (and Triton or the vendor package it imports) and
+    take ``attr``, calling it with ``args`` when it is a ``make_`` factory."""
+    return lazy(".%s:%s" % (module, attr), *args, call=attr.startswith("make_"), package=__package__)
 
 
 _TRITON = _needs("triton", "pip install triton")
 
+
+#: which implementation the resolver prefers where several fit, per (kind, name): the one place that
+#: ranks this backend's implementations. Attention fastest first, as measured at Wan shapes on H100/H200
+#: (flash-attn-4 674-682 TFLOP/s, cuDNN 563-629, FA2 363-377: docs/measurements.md); sageattn is lossy
+#: and only used when a recipe names it, whatever its rank.
+PRIORITY = {
+    ("attention", "sageattn"): 50,
+    ("attention", "flash_attn4"): 45,
+    ("attention", "sdpa_cudnn"): 40,
+    ("attention", "flash_attn3"): 35,
+    ("attention", "cudnn_lse"): 32,
+    ("attention", "flash_attn2"): 25,
+    ("attention", "sdpa_flash"): 20,
+    ("attention", "flash_lse"): 15,
+    ("attention", "sdpa_efficient"): 10,
+    ("qk_norm_rope", "triton"): 30,
+    ("rms_norm", "triton"): 30,
+    ("layer_norm", "triton"): 30,
+    ("layer_norm_modulate", "triton"): 30,
+    ("linear_gelu", "cublaslt_epilogue"): 30,
+    ("gated_residual", "triton"): 30,
+}
 
 #: declared error bound of every exact implementation: relative L2 vs a float64 evaluation of the
 #: contract for bf16 tensors (bf16 rounding of inputs/outputs; float32 tensors do far better)
@@ -173,59 +192,58 @@ _BF16_TOL = 1e-2
 @hookimpl
 def wanport_op_impls():
     att = dict(device_types=_CUDA)
-    return [
-        # attention, fastest first (measured at Wan shapes on H100/H200: flash-attn-4 674-682 TFLOP/s,
-        # cuDNN 563-629, FA2 363-377; docs/measurements.md §3)
+    return ranked(PRIORITY, [
+        # attention (ranked in PRIORITY)
         OpImpl("attention", "flash_attn4", NAME, _loader("attention", "make_fa4"),
-               Constraints(dtypes=_HALF, max_head_dim=128, lse=True, **att), priority=45, tolerance=_BF16_TOL,
+               Constraints(dtypes=_HALF, max_head_dim=128, lse=True, **att), tolerance=_BF16_TOL,
                available=_fa4_available,
                # the 512-key cross-attention runs faster on cuDNN (H200: 0.65 vs 0.90 ms at 14B 480p)
                default_sites=frozenset({"self_attention"}),
                description="FlashAttention-4 CuTe-DSL kernels (sm90+), with LSE; JIT-compiled per shape on first call"),
         OpImpl("attention", "sdpa_cudnn", NAME, _loader("attention", "make_sdpa", "cudnn"),
-               Constraints(dtypes=_HALF, max_head_dim=128, **att), priority=40, tolerance=_BF16_TOL,
+               Constraints(dtypes=_HALF, max_head_dim=128, **att), tolerance=_BF16_TOL,
                available=_sdpa_available, description="cuDNN fused attention via SDPA (fastest measured on H100)"),
         OpImpl("attention", "flash_attn3", NAME, _loader("attention", "make_flash_attn", 3),
-               Constraints(dtypes=_HALF, max_head_dim=256, lse=True, **att), priority=35, tolerance=_BF16_TOL,
+               Constraints(dtypes=_HALF, max_head_dim=256, lse=True, **att), tolerance=_BF16_TOL,
                available=_needs("flash_attn_interface", "FlashAttention 3, Hopper build"),
                description="FlashAttention 3 (flash_attn_interface)"),
         OpImpl("attention", "cudnn_lse", NAME, _loader("attention", "make_lse", "cudnn"),
-               Constraints(dtypes=_HALF, max_head_dim=128, lse=True, **att), priority=32, tolerance=_BF16_TOL,
+               Constraints(dtypes=_HALF, max_head_dim=128, lse=True, **att), tolerance=_BF16_TOL,
                available=_cudnn_lse_available, description="cuDNN attention returning the log-sum-exp"),
         OpImpl("attention", "flash_attn2", NAME, _loader("attention", "make_flash_attn", 2),
-               Constraints(dtypes=_HALF, max_head_dim=256, lse=True, **att), priority=25, tolerance=_BF16_TOL,
+               Constraints(dtypes=_HALF, max_head_dim=256, lse=True, **att), tolerance=_BF16_TOL,
                available=_flash_attn2_available, description="FlashAttention 2 (flash_attn)"),
         OpImpl("attention", "sdpa_flash", NAME, _loader("attention", "make_sdpa", "flash"),
-               Constraints(dtypes=_HALF, max_head_dim=256, **att), priority=20, tolerance=_BF16_TOL,
+               Constraints(dtypes=_HALF, max_head_dim=256, **att), tolerance=_BF16_TOL,
                available=_sdpa_available, description="FlashAttention-2 kernel inside SDPA"),
         OpImpl("attention", "flash_lse", NAME, _loader("attention", "make_lse", "flash"),
-               Constraints(dtypes=_HALF, max_head_dim=256, lse=True, **att), priority=15, tolerance=_BF16_TOL,
+               Constraints(dtypes=_HALF, max_head_dim=256, lse=True, **att), tolerance=_BF16_TOL,
                available=_sdpa_available, description="SDPA's flash kernel returning the log-sum-exp"),
         OpImpl("attention", "sdpa_efficient", NAME, _loader("attention", "make_sdpa", "efficient"),
-               Constraints(dtypes=_FLOATS, **att), priority=10, tolerance=_BF16_TOL,
+               Constraints(dtypes=_FLOATS, **att), tolerance=_BF16_TOL,
                available=_sdpa_available, description="memory-efficient attention via SDPA"),
         OpImpl("attention", "sageattn", NAME, _loader("attention", "make_sage"),
-               Constraints(dtypes=_HALF, head_dims=frozenset({64, 128}), **att), priority=50, exact=False,
+               Constraints(dtypes=_HALF, head_dims=frozenset({64, 128}), **att), exact=False,
                tolerance=3e-2, available=_needs("sageattention", "SageAttention"),
                description="SageAttention INT8 QK (lossy: only when a recipe names it)"),
         # the memory-bound parts of a block, Triton
         OpImpl("qk_norm_rope", "triton", NAME, _loader("qk_norm_rope", "qk_norm_rope"),
-               Constraints(dtypes=_FLOATS, **att), priority=30, available=_TRITON, tolerance=_BF16_TOL,
+               Constraints(dtypes=_FLOATS, **att), available=_TRITON, tolerance=_BF16_TOL,
                description="q/k RMSNorm over the full dim + RoPE + cast, one pass"),
         OpImpl("rms_norm", "triton", NAME, _loader("rms_norm", "rms_norm"),
-               Constraints(dtypes=_FLOATS, out_dtype=True, **att), priority=30, available=_TRITON, tolerance=_BF16_TOL,
+               Constraints(dtypes=_FLOATS, out_dtype=True, **att), available=_TRITON, tolerance=_BF16_TOL,
                description="RMSNorm, float32 statistics"),
         OpImpl("layer_norm", "triton", NAME, _loader("layer_norm", "layer_norm"),
-               Constraints(dtypes=_FLOATS, out_dtype=True, **att), priority=30, available=_TRITON, tolerance=_BF16_TOL,
+               Constraints(dtypes=_FLOATS, out_dtype=True, **att), available=_TRITON, tolerance=_BF16_TOL,
                description="LayerNorm (optional affine), float32 statistics"),
         OpImpl("layer_norm_modulate", "triton", NAME, _loader("layer_norm_modulate", "layer_norm_modulate"),
-               Constraints(dtypes=_FLOATS, out_dtype=True, **att), priority=30, available=_TRITON, tolerance=_BF16_TOL,
+               Constraints(dtypes=_FLOATS, out_dtype=True, **att), available=_TRITON, tolerance=_BF16_TOL,
                description="LayerNorm * (1 + scale) + shift, one pass"),
         OpImpl("linear_gelu", "cublaslt_epilogue", NAME, _loader("linear_gelu", "linear_gelu"),
-               Constraints(dtypes=_HALF, **att), priority=30, tolerance=_BF16_TOL,
+               Constraints(dtypes=_HALF, **att), tolerance=_BF16_TOL,
                available=lambda: (hasattr(torch, "_addmm_activation"), "torch lacks _addmm_activation"),
                description="one GEMM with a tanh-GELU epilogue"),
         OpImpl("gated_residual", "triton", NAME, _loader("gated_residual", "gated_residual"),
-               Constraints(dtypes=_FLOATS, **att), priority=30, available=_TRITON, tolerance=_BF16_TOL,
+               Constraints(dtypes=_FLOATS, **att), available=_TRITON, tolerance=_BF16_TOL,
                description="x + y * gate, in place into the float32 stream"),
-    ]
+    ])

@@ -12,6 +12,8 @@ import torch
 import triton
 import triton.language as tl
 
+from wanport.ops.checks import check_rotary_tables
+
 
 @triton.jit
 def _qk_norm_rope_kernel(
@@ -58,7 +60,6 @@ def _one(x: torch.Tensor, w: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
 def qk_norm_rope(q, k, q_weight, k_weight, eps, cos, sin, num_heads, out_dtype):
     if cos.stride(1) != 1 or sin.stride(1) != 1 or cos.stride(0) != sin.stride(0):
         cos, sin = cos.contiguous(), sin.contiguous()
-    if cos.shape[0] != q.shape[1]:
-        raise ValueError("rotary tables have %d rows for %d tokens" % (cos.shape[0], q.shape[1]))
+    check_rotary_tables(cos, sin, q.shape[1], q.shape[-1] // num_heads)
     return (_one(q, q_weight, cos, sin, eps, num_heads, out_dtype),
             _one(k, k_weight, cos, sin, eps, num_heads, out_dtype))

@@ -19,8 +19,8 @@ from ..models.dit.requirements import dit_requirements
 from ..pipeline.report import backend_versions, versions
 from ..pipeline.session import choose_backend, start_session
 from ..precision import is_auto, policy_from_config, resolve_policy
-from ..registry.backend import native_bf16
 from ..registry import resolve_ops
+from ..registry.backend import native_bf16
 from .flops import dit_forward_flops
 
 GIB = 2.0 ** 30

@@ -11,7 +11,7 @@ side path on every touched Linear: its real cost). Overheads are against the run
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Dict, Mapping, Optional
 
 MODES = ("merged", "unmerged")
 

@@ -21,10 +21,10 @@ from ..io.atomic import finite_or_none
 from ..models.dit.rope import rope_tables
 from ..ops.composites import COMPOSERS, with_out_dtype
 from ..ops.contracts import COMPOSABLE, OUT_DTYPE_KINDS
+from ..ops.impl import Requirements
 from ..pipeline.report import backend_versions, versions
 from ..pipeline.session import choose_backend, start_session
 from ..registry.resolver import _pool, _usable
-from ..ops.impl import Requirements
 from .dit import time_forward
 
 #: size label -> (width, height); the frame count is the model's default (81; TI2V-5B 121)

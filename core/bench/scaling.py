@@ -1,7 +1,8 @@
 """``wanport bench scaling``: per-step DiT latency per parallel layout, speedup and efficiency.
 
 Under torchrun with N processes rank 0 first times the 1-device step, then every layout of world
-N is measured for real (all-to-all, ring P2P, CFG exchange included). On one device it measures the 1-device step and, for every layout,
+N is measured for real (all-to-all, ring P2P, CFG exchange included). On one device it measures the 1-device step and,
+for every layout,
 the **communication-free path** of one rank: the DiT forward on that rank's share of the tokens,
 with the attention shaped as after the Ulysses all-to-all (all tokens of the ring slot, N/u heads)
 and the ring's r key blocks merged through the log-sum-exp, and 2/cfg forwards per step. That is
@@ -34,8 +35,8 @@ from ..parallel.sequence import merge_partial
 from ..pipeline.report import backend_versions, versions
 from ..pipeline.session import choose_backend, start_session
 from ..precision import is_auto, policy_from_config, resolve_policy
-from ..registry.backend import native_bf16
 from ..registry import resolve_ops
+from ..registry.backend import native_bf16
 from .dit import dit_config_for, time_forward
 
 _LAYOUT = re.compile(r"^(?:cfg(\d+))?(?:x?u(\d+))?(?:x?r(\d+))?$")

@@ -12,7 +12,6 @@ import torch
 from ..errors import CheckpointError
 from ..files import regular_file
 
-
 _LEGACY_PTH_HEAD = b"\x80\x02\x8a\x0a"  # pickle protocol 2 + the magic number of old torch.save
 
 

@@ -198,7 +198,8 @@ def _write_layout(directory: str, layout: str, seed: int) -> None:
     _randomise_vae(vae, seed + 2)
     save_pth_atomic(vae.state_dict(), os.path.join(directory, vae_name))
 
-    info = {"layout": layout, "tiny_format": TINY_FORMAT, "seed": seed, "dit": dict(cfg.to_json(), image_dim=cfg.image_dim), "t5": TINY_T5,
+    info = {"layout": layout, "tiny_format": TINY_FORMAT, "seed": seed, "dit": dict(cfg.to_json(), image_dim=cfg.image_dim),
+            "t5": TINY_T5,
             "vae": dict(vae_cfg, kind=spec["vae"])}
     if spec["experts"]:
         info["experts"] = [sub for _, sub in EXPERTS]

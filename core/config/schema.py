@@ -37,7 +37,8 @@ def _f(default=None, *, type, help, factory=None, choices=None):
 
 @dataclass
 class SampleConfig:
-    size: Optional[str] = _f(None, type="size?", help="W*H (or WxH) in pixels, multiple of VAE stride x patch (model default when null)")
+    size: Optional[str] = _f(None, type="size?",
+                               help="W*H (or WxH) in pixels, multiple of VAE stride x patch (model default when null)")
     frame_num: Optional[int] = _f(None, type="int?", help="frames, 4n+1 (model default when null)")
     steps: Optional[int] = _f(None, type="int?", help="denoising steps (model default when null)")
     shift: Optional[float] = _f(None, type="float?", help="flow shift of the sigma schedule (model default when null)")

@@ -20,7 +20,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 import torch
 
 from ..errors import DumpError
-from .format import Dump, MACHINE_KEYS
+from .format import MACHINE_KEYS, Dump
 from .metrics import psnr, rel_error, ssim, tensor_metrics
 from .observer import BRANCHES
 

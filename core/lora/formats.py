@@ -155,7 +155,7 @@ def parse_key(key: str, fmt: str, kohya: Mapping[str, str]) -> Tuple[Optional[Pa
     kfmt, rest = classify(key)
     if kfmt != fmt:
         return None, Unparsed(key, "is spelled in the %s format, the file's other keys in %s" % (kfmt, fmt))
-    for suffix, role in _SUFFIXES[fmt]:
+    for suffix, role in _SUFFIXES[fmt]:  # noqa: B007 (the matched role is read after the loop)
         if rest.endswith(suffix):
             base = rest[: -len(suffix)]
             break

@@ -14,8 +14,8 @@ import warnings
 from typing import Any, Dict, List, Optional
 
 from ..errors import CheckpointError
-from .match import LoadedLora, ModelStructure, match_lora
 from .files import read_lora_file
+from .match import LoadedLora, ModelStructure, match_lora
 
 
 def _structure(cfg, policy) -> ModelStructure:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
 from dataclasses import dataclass, field
-from typing import Callable, FrozenSet, Optional, Tuple
+from typing import Callable, FrozenSet, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
@@ -29,35 +31,48 @@ class Constraints:
     device_types: Optional[FrozenSet[str]] = None  # None: any device (pure PyTorch)
 
     def check(self, req: "Requirements") -> Tuple[bool, str]:
-        """(ok, reason) for one call site's requirements."""
+        """(ok, why) for one call site's requirements; ``why`` lists every unmet requirement
+        ("; "-separated), so one look at a refusal shows all that stands in the way."""
+        reasons = self.refusals(req)
+        return not reasons, "; ".join(reasons)
+
+    def refusals(self, req: "Requirements") -> List[str]:
+        """Every requirement of ``req`` these constraints do not meet, one sentence each."""
+        out = []
         if self.device_types is not None and req.device_type not in self.device_types:
-            return False, (
-                "runs on %s, not on device type %r"
-                % ("/".join(sorted(self.device_types)), req.device_type)
-            )
+            out.append("runs on %s, not on device type %r" % ("/".join(sorted(self.device_types)), req.device_type))
         if self.dtypes is not None:
             bad = [d for d in req.dtypes if d not in self.dtypes]
             if bad:
-                return False, "dtype %s not supported (supports %s)" % (
-                    _names(bad), _names(self.dtypes))
+                out.append("dtype %s not supported (supports %s)" % (_names(bad), _names(self.dtypes)))
         if req.head_dim is not None:
             if self.head_dims is not None and req.head_dim not in self.head_dims:
-                return False, "head dim %d not in %s" % (req.head_dim, sorted(self.head_dims))
+                out.append("head dim %d not in %s" % (req.head_dim, _dims(self.head_dims)))
             if self.max_head_dim is not None and req.head_dim > self.max_head_dim:
-                return False, "head dim %d > %d" % (req.head_dim, self.max_head_dim)
+                out.append("head dim %d > %d" % (req.head_dim, self.max_head_dim))
         if req.lse and not self.lse:
-            return False, "cannot return the log-sum-exp (needed for ring attention)"
+            out.append("cannot return the log-sum-exp (needed for ring attention)")
         if req.kv_lens and not self.kv_lens:
-            return False, "cannot mask padded keys (kv_lens)"
+            out.append("cannot mask padded keys (kv_lens)")
         if req.per_token_modulation and not self.per_token_modulation:
-            return False, "no per-token modulation (needed for per-token timesteps)"
+            out.append("no per-token modulation (needed for per-token timesteps)")
         if req.batch_gt1 and not self.batch_gt1:
-            return False, "batch size > 1 not supported"
-        return True, ""
+            out.append("batch size > 1 not supported")
+        return out
 
 
 def _names(dtypes) -> str:
     return ", ".join(sorted(str(d).replace("torch.", "") for d in dtypes))
+
+
+def _dims(dims) -> str:
+    """A set of head dims, short: a long arithmetic run as ``8..512 step 8``."""
+    ds = sorted(dims)
+    if len(ds) > 8:
+        step = ds[1] - ds[0]
+        if all(b - a == step for a, b in zip(ds, ds[1:])):
+            return "%d..%d step %d" % (ds[0], ds[-1], step)
+    return str(ds)
 
 
 @dataclass(frozen=True)
@@ -103,3 +118,43 @@ class OpImpl:
     @property
     def qualified_name(self) -> str:
         return "%s.%s" % (self.backend, self.name)
+
+
+class AtLoad:
+    """An argument of :func:`lazy` computed when the implementation loads, not when it is declared
+    (e.g. the vendor function a factory wraps: ``AtLoad(lambda: import_vendor().some_op)``)."""
+
+    def __init__(self, get: Callable[[], object]) -> None:
+        self.get = get
+
+
+def lazy(target: str, *args, call: Optional[bool] = None, package: Optional[str] = None) -> Callable[[], Callable]:
+    """The ``load`` of an :class:`OpImpl`: imports nothing until the resolver calls it.
+
+    ``target`` is ``"module:attr"`` (``module`` may be relative, ``".attention"``, with
+    ``package=__package__``). Loading imports the module and returns ``attr``, or, when ``args``
+    are given (or ``call=True``: a factory without arguments), ``attr(*args)``; an :class:`AtLoad`
+    argument is evaluated first, at load time. So a plugin module declares its implementations
+    without importing their modules (or any vendor package they import).
+    """
+    module, sep, attr = target.partition(":")
+    if not sep or not module or not attr:
+        raise ValueError("lazy(%r): the target is 'module:attr'" % (target,))
+    if call is None:
+        call = bool(args)
+
+    def load():
+        obj = getattr(importlib.import_module(module, package), attr)
+        if not call:
+            return obj
+        return obj(*(a.get() if isinstance(a, AtLoad) else a for a in args))
+
+    load.__qualname__ = load.__name__ = "lazy(%s)" % target
+    return load
+
+
+def ranked(priority: Mapping[Tuple[str, str], int], impls: Sequence[OpImpl]) -> List[OpImpl]:
+    """``impls`` with each priority taken from a backend's one ranking table, ``priority[(kind, name)]``
+    (an implementation missing from the table keeps the priority it was declared with)."""
+    return [dataclasses.replace(i, priority=priority[(i.kind, i.name)]) if (i.kind, i.name) in priority else i
+            for i in impls]

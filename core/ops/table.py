@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Any, Callable, Dict, Optional
+from typing import TYPE_CHECKING, Callable, Dict, Optional
+
+if TYPE_CHECKING:
+    from ..parallel.sequence import SequencePlan
 
 
 @dataclass(frozen=True)
@@ -33,7 +36,7 @@ class OpTable:
     linear_gelu: ResolvedOp
     #: sequence parallelism (``wanport.parallel.sequence.SequencePlan``): how the model splits and
     #: gathers its tokens; None on a single device. Set together with the self-attention wrapper.
-    sequence: Optional[Any] = None
+    sequence: Optional["SequencePlan"] = None
 
     def describe(self) -> Dict[str, str]:
         """Call site -> qualified implementation name (for reports)."""

@@ -202,4 +202,5 @@ def tensor_like_all_gather(t: torch.Tensor, group, world: int) -> List[torch.Ten
     return parts
 
 
-__all__ = ["Mesh", "init_mesh", "init_kwargs", "check_launch", "launched_world", "launched_rank", "shutdown", "CommClock", "tensor_like_all_gather"]
+__all__ = ["Mesh", "init_mesh", "init_kwargs", "check_launch", "launched_world", "launched_rank", "shutdown",
+           "CommClock", "tensor_like_all_gather"]

@@ -35,8 +35,18 @@ from ..errors import ConfigError
 from ..schedulers import make_scheduler
 from . import sampling
 from .callbacks import CallObserver, OnStep
-from .common import (Call, Prepared, base_report, check_request, count_nonfinite, encode_prompts,
-                     parallel_summary, pipeline_plan, prepare, vae_decode)
+from .common import (
+    Call,
+    Prepared,
+    base_report,
+    check_request,
+    count_nonfinite,
+    encode_prompts,
+    parallel_summary,
+    pipeline_plan,
+    prepare,
+    vae_decode,
+)
 from .request import PER_CALL, call_recipe
 from .resident import ResidentModels
 from .result import GenerateResult

@@ -13,24 +13,31 @@ import datetime
 import os
 import sys
 from dataclasses import dataclass
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Tuple
 
 import torch
 
 from ..checkpoints.layout import CheckpointSet
 from ..config import RunConfig
 from ..config.validate import RunPlan, plan_run
-from ..models.dit.requirements import dit_requirements
 from ..lora.weights import as_lora_source
+from ..models.dit.requirements import dit_requirements
 from ..ops.table import OpTable
 from ..precision import is_auto, resolve_policy
-from ..registry import Registry, resolve_ops
+from ..registry import BackendSpec, Registry, resolve_ops
 from ..registry.backend import native_bf16
 from .images import InputImage, load_image, output_size
 from .report import backend_versions, recipe_hash, versions
 from .session import Session, choose_backend, start_session
 from .timing import StageClock
 from .weights import CHECKPOINT
+
+if TYPE_CHECKING:  # annotations only: these modules import torch.distributed / the planner
+    from ..lora.weights import LoraWeights
+    from ..parallel.cfg import CfgParallel
+    from ..parallel.mesh import CommClock, Mesh
+    from ..plan.memory import MemoryPlan
+    from ..schedulers.base import FlowScheduler
 
 
 def pad_context(embs: List[torch.Tensor], text_len: int) -> torch.Tensor:
@@ -53,27 +60,27 @@ class Prepared:
     #: checkpoint, precision, parallel layout, offload -- hold for every call)
     plan: RunPlan
     registry: Registry
-    spec: Any  # BackendSpec
+    spec: BackendSpec
     ckpts: CheckpointSet
     session: Session
     #: the op table of the recipe's first call (see :meth:`ops_for`)
     ops: OpTable
-    #: the process mesh of a multi-process run (``wanport.parallel.mesh.Mesh``), else None
-    mesh: Any = None
-    #: time spent in communication (``wanport.parallel.mesh.CommClock``)
-    comm: Any = None
-    #: ``wanport.parallel.cfg.CfgParallel`` when the guidance branches run on two rank groups
-    cfg_parallel: Any = None
+    #: the process mesh of a multi-process run, else None
+    mesh: Optional[Mesh] = None
+    #: time spent in communication
+    comm: Optional[CommClock] = None
+    #: when the guidance branches run on two rank groups
+    cfg_parallel: Optional[CfgParallel] = None
     #: where the models come from (:mod:`.weights`: the checkpoint, or random weights for benchmarks)
     weights: Any = CHECKPOINT
     #: op tables by per-token modulation (TI2V: a call with an image needs it, one without not)
     tables: Dict[bool, OpTable] = dataclasses.field(default_factory=dict)
     #: the recipe's ``ops:`` overrides
     op_overrides: Mapping[str, str] = dataclasses.field(default_factory=dict)
-    #: the recipe's LoRAs, inspected (``wanport.lora.weights.LoraWeights``)
-    loras: Any = None
-    #: the memory plan's prediction for this run (``wanport.plan.MemoryPlan``), None when skipped
-    memory_plan: Any = None
+    #: the recipe's LoRAs, inspected
+    loras: Optional[LoraWeights] = None
+    #: the memory plan's prediction for this run, None when skipped
+    memory_plan: Optional[MemoryPlan] = None
 
     @property
     def is_main(self) -> bool:
@@ -117,7 +124,7 @@ class Call:
     image: Optional[InputImage]
     #: the video (width, height): the plan's size, or derived from the image and the maximum area
     size: Tuple[int, int]
-    scheduler: Any  # FlowScheduler
+    scheduler: FlowScheduler
     clock: StageClock
     ops: OpTable
     #: a :class:`~.sampling.LoopObserver` of the call (``wanport dump``), or None
@@ -347,7 +354,7 @@ def base_report(prep: Prepared, call: Call, width: int, height: int, frames: int
         "precision": dict(plan.policy.to_dict(), **(plan.precision_choice or {})),
         "stages": dict(clock.as_dict(), total_s=round(clock.total(), 4)),
         "peak_memory": {"bytes": runtime.peak_memory_bytes(),
-                        "kind": getattr(runtime, "peak_memory_kind", "device peak allocated"),
+                        "kind": runtime.peak_memory_kind,
                         "predicted": prep.memory_plan.summary() if prep.memory_plan is not None else None},
         "output": None,
         "versions": versions(backend_versions(spec)),
@@ -362,5 +369,6 @@ def image_report(image: Optional[InputImage], out_width: int, out_height: int) -
             "output": {"width": out_width, "height": out_height}}
 
 
-__all__ = ["Prepared", "Call", "prepare", "pipeline_plan", "resolve_precision", "count_nonfinite", "check_request", "check_run", "resolve_dit_ops", "parallel_ops",
+__all__ = ["Prepared", "Call", "prepare", "pipeline_plan", "resolve_precision", "count_nonfinite", "check_request", "check_run",
+           "resolve_dit_ops", "parallel_ops",
            "pad_context", "encode_prompts", "base_report", "image_report", "per_token_modulation"]

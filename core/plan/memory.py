@@ -24,8 +24,7 @@ import torch
 from ..parallel.config import Degrees
 from ..precision import PrecisionPolicy
 from . import constants as K
-from .activations import (Tokens, clip_activation_bytes, dit_forward_peak, t5_activation_bytes, tokens,
-                          vae_peak)
+from .activations import Tokens, clip_activation_bytes, dit_forward_peak, t5_activation_bytes, tokens, vae_peak
 from .arch import Architecture
 from .weights import TensorSet, clip_tensors, dit_tensors, t5_tensors, vae_tensors
 

@@ -13,10 +13,9 @@ over those tuples.
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 from dataclasses import dataclass
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 from . import constants as K
 from .memory import DIT_OFFLOAD_MODES, QUANTIZATION_MODES, Layout, MemoryPlan, predict

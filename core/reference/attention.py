@@ -12,16 +12,17 @@ from typing import Optional, Sequence
 import torch
 import torch.nn.functional as F
 
+from ..ops.checks import check_kv_lens
+
 _SCORE_BUDGET_BYTES = 256 * 2**20
 
 
-def _key_mask(kv_lens: Sequence[int], batch: int, skv: int, device) -> torch.Tensor:
-    """[B, 1, 1, Skv] bool, True where the key is valid."""
-    if len(kv_lens) != batch:
-        raise ValueError("kv_lens has %d entries for batch %d" % (len(kv_lens), batch))
-    if min(kv_lens) < 1 or max(kv_lens) > skv:
-        raise ValueError("kv_lens %s outside [1, %d]" % (list(kv_lens), skv))
-    lens = torch.tensor(list(kv_lens), device=device)
+def _key_mask(kv_lens: Sequence[int], batch: int, skv: int, device) -> Optional[torch.Tensor]:
+    """[B, 1, 1, Skv] bool, True where the key is valid (None: every key is)."""
+    checked = check_kv_lens(kv_lens, batch, skv)
+    if checked is None:
+        return None
+    lens = torch.tensor(list(checked), device=device)
     return (torch.arange(skv, device=device)[None, :] < lens[:, None])[:, None, None, :]
 
 
@@ -40,7 +41,7 @@ def attention_math(
     qf = q.transpose(1, 2).to(dt)
     kf = k.transpose(1, 2).to(dt)
     vf = v.transpose(1, 2).to(dt)
-    valid = _key_mask(kv_lens, b, skv, q.device) if kv_lens is not None else None
+    valid = _key_mask(kv_lens, b, skv, q.device)
     per_query = b * n * skv * torch.finfo(dt).bits // 8
     chunk = max(1, min(sq, _SCORE_BUDGET_BYTES // max(per_query, 1)))
     out = torch.empty(b, n, sq, vf.shape[-1], dtype=dt, device=q.device)
@@ -72,9 +73,7 @@ def attention_sdpa(
 ):
     if return_lse:
         raise ValueError("reference.sdpa cannot return the log-sum-exp; use reference.math")
-    mask = None
-    if kv_lens is not None:
-        mask = _key_mask(kv_lens, q.shape[0], k.shape[1], q.device)
+    mask = _key_mask(kv_lens, q.shape[0], k.shape[1], q.device)
     out = F.scaled_dot_product_attention(
         q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask, scale=scale
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ..ops.impl import Constraints, OpImpl
+from ..ops.impl import Constraints, OpImpl, lazy
 from ..registry.backend import BackendSpec
 from ..registry.hookspecs import hookimpl
 
@@ -33,52 +33,23 @@ def wanport_backends():
     ]
 
 
-def _load_attention_math():
-    from .attention import attention_math
-
-    return attention_math
-
-
-def _load_attention_sdpa():
-    from .attention import attention_sdpa
-
-    return attention_sdpa
-
-
-def _load_rotary():
-    from .rotary import rotary
-
-    return rotary
+#: which implementation the resolver prefers where several fit, per (kind, name): the one place
+#: that ranks this backend's implementations
+PRIORITY = {
+    ("attention", "math"): 10,  # the only one with the log-sum-exp; exact float32 statistics
+    ("attention", "sdpa"): 5,
+    ("rotary", "real_tables"): 10,
+    ("rms_norm", "torch"): 10,
+    ("layer_norm", "torch"): 10,
+    ("layer_norm_modulate", "torch"): 10,
+    ("gated_residual", "torch"): 10,
+    ("linear_gelu", "torch"): 10,
+}
 
 
-def _load_rms_norm():
-    from .rms_norm import rms_norm
-
-    return rms_norm
-
-
-def _load_layer_norm():
-    from .layer_norm import layer_norm
-
-    return layer_norm
-
-
-def _load_gated_residual():
-    from .gated_residual import gated_residual
-
-    return gated_residual
-
-
-def _load_linear_gelu():
-    from .linear_gelu import linear_gelu
-
-    return linear_gelu
-
-
-def _load_layer_norm_modulate():
-    from .layer_norm_modulate import layer_norm_modulate
-
-    return layer_norm_modulate
+def _impl(kind: str, name: str, target: str, constraints: Constraints, description: str) -> OpImpl:
+    return OpImpl(kind, name, NAME, lazy(target, package=__package__), constraints,
+                  priority=PRIORITY[(kind, name)], description=description)
 
 
 @hookimpl
@@ -86,21 +57,20 @@ def wanport_op_impls():
     any_float = Constraints(dtypes=_FLOATS, lse=True)
     norm = Constraints(dtypes=_FLOATS, out_dtype=True)
     return [
-        OpImpl("attention", "math", NAME, _load_attention_math, any_float, priority=10,
-               description="explicit softmax, query-chunked, float32 statistics, returns LSE"),
-        OpImpl("attention", "sdpa", NAME, _load_attention_sdpa,
-               Constraints(dtypes=_FLOATS, lse=False), priority=5,
-               description="torch scaled_dot_product_attention (kernel chosen by torch)"),
-        OpImpl("rotary", "real_tables", NAME, _load_rotary, any_float, priority=10,
-               description="interleaved-pair rotation from real cos/sin tables"),
-        OpImpl("rms_norm", "torch", NAME, _load_rms_norm, norm, priority=10,
-               description="float32 statistics, rounded to x.dtype, times weight"),
-        OpImpl("layer_norm", "torch", NAME, _load_layer_norm, norm, priority=10,
-               description="F.layer_norm in float32, output in x.dtype"),
-        OpImpl("layer_norm_modulate", "torch", NAME, _load_layer_norm_modulate, norm, priority=10,
-               description="float32 LayerNorm then (1 + scale) * x + shift"),
-        OpImpl("gated_residual", "torch", NAME, _load_gated_residual, any_float, priority=10,
-               description="x + y * gate in the promoted dtype"),
-        OpImpl("linear_gelu", "torch", NAME, _load_linear_gelu, any_float, priority=10,
-               description="F.linear then tanh GELU (the official rounding order)"),
+        _impl("attention", "math", ".attention:attention_math", any_float,
+              "explicit softmax, query-chunked, float32 statistics, returns LSE"),
+        _impl("attention", "sdpa", ".attention:attention_sdpa", Constraints(dtypes=_FLOATS, lse=False),
+              "torch scaled_dot_product_attention (kernel chosen by torch)"),
+        _impl("rotary", "real_tables", ".rotary:rotary", any_float,
+              "interleaved-pair rotation from real cos/sin tables"),
+        _impl("rms_norm", "torch", ".rms_norm:rms_norm", norm,
+              "float32 statistics, rounded to x.dtype, times weight"),
+        _impl("layer_norm", "torch", ".layer_norm:layer_norm", norm,
+              "F.layer_norm in float32, output in x.dtype"),
+        _impl("layer_norm_modulate", "torch", ".layer_norm_modulate:layer_norm_modulate", norm,
+              "float32 LayerNorm then (1 + scale) * x + shift"),
+        _impl("gated_residual", "torch", ".gated_residual:gated_residual", any_float,
+              "x + y * gate in the promoted dtype"),
+        _impl("linear_gelu", "torch", ".linear_gelu:linear_gelu", any_float,
+              "F.linear then tanh GELU (the official rounding order)"),
     ]

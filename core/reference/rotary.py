@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from ..ops.checks import check_rotary_tables
+
 
 def _rotate(x: torch.Tensor, cos_half: torch.Tensor, sin_half: torch.Tensor) -> torch.Tensor:
     dt = torch.promote_types(x.dtype, torch.float32)
@@ -16,11 +18,7 @@ def _rotate(x: torch.Tensor, cos_half: torch.Tensor, sin_half: torch.Tensor) -> 
 
 
 def rotary(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
-    if cos.shape != sin.shape or cos.dim() != 2 or cos.shape[0] != q.shape[1] or cos.shape[1] != q.shape[-1]:
-        raise ValueError(
-            "rotary tables must be [S, D] = [%d, %d]; got cos %s, sin %s"
-            % (q.shape[1], q.shape[-1], tuple(cos.shape), tuple(sin.shape))
-        )
+    check_rotary_tables(cos, sin, q.shape[1], q.shape[-1])
     # [S, D] repeated-interleaved -> one value per pair, broadcast over batch and heads
     cos_half = cos[:, 0::2][None, :, None, :]
     sin_half = sin[:, 0::2][None, :, None, :]

@@ -21,9 +21,17 @@ class TimingEvent(Protocol):
 
 
 class DeviceRuntime(Protocol):
-    """Device utilities the core needs; the only way the core touches a device runtime."""
+    """Device utilities the core needs; the only way the core touches a device runtime.
+
+    Every member below without "Optional" in its description is required (``RUNTIME_MEMBERS``;
+    ``wanport.testing.check_runtime`` checks a runtime against it); the optional ones
+    (``OPTIONAL_RUNTIME_MEMBERS``) are read through a fallback when a runtime lacks them.
+    """
 
     device_type: str
+    #: what ``peak_memory_bytes`` measures, in words, for reports (e.g. "CUDA peak allocated
+    #: (torch caching allocator)", "host peak RSS (whole process, not resettable)")
+    peak_memory_kind: str
 
     def device(self, index: Optional[int] = None) -> torch.device:
         """The torch.device to compute on (``index`` None: the current one)."""
@@ -59,6 +67,14 @@ class DeviceRuntime(Protocol):
     # Optional: ``native_bf16_matmul() -> (bool, why)``, whether bf16 matmuls run natively on the
     # device (``precision: auto`` keeps ``official`` when they do, else runs fp32). A runtime
     # without it is an accelerator's and counts as native; read through :func:`native_bf16`.
+
+
+#: the members every runtime has (attributes, then methods)
+RUNTIME_MEMBERS = ("device_type", "peak_memory_kind", "device", "device_count", "set_device", "synchronize", "event",
+                   "manual_seed", "peak_memory_bytes", "reset_peak_memory", "memory_info", "empty_cache", "describe")
+#: the members a runtime may leave out: ``total_memory_bytes`` (``wanport plan`` falls back to
+#: ``memory_info()``), ``native_bf16_matmul`` (absent: an accelerator, bf16 taken as native)
+OPTIONAL_RUNTIME_MEMBERS = ("total_memory_bytes", "native_bf16_matmul")
 
 
 def native_bf16(runtime: DeviceRuntime, backend: str = "") -> Tuple[bool, str]:

@@ -1,6 +1,7 @@
 """Discover backends once: the built-in reference plugin plus every ``wanport.backends`` entry point.
 
-A plugin that fails to import, or whose hook raises, is recorded as a failure (shown by
+A plugin that fails to import, names a hook that does not exist (a misspelling), leaves a hook
+function unmarked, or whose hook raises, is recorded as that plugin's failure (shown by
 ``wanport backends``) instead of taking the process down: a broken vendor stack on one
 host must not stop the reference backend from working.
 """
@@ -8,9 +9,10 @@ host must not stop the reference backend from working.
 from __future__ import annotations
 
 import importlib.metadata as importlib_metadata
+import inspect
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Dict, List, Mapping, Tuple
+from typing import Dict, List, Mapping, Optional, Tuple
 
 import pluggy
 
@@ -70,14 +72,58 @@ def _call_each(pm: pluggy.PluginManager, hook_name: str, failures: List[PluginFa
     return results
 
 
+def _unmarked_hooks(module) -> List[str]:
+    """Functions named like a hook (``wanport_*``) that pluggy will not call: not marked with
+    ``@hookimpl``. A plugin with one of these silently provides nothing, so it is reported."""
+    names = []
+    for name in dir(module):
+        obj = getattr(module, name, None)
+        if name.startswith(hookspecs.PROJECT + "_") and inspect.isfunction(obj) \
+                and not hasattr(obj, hookspecs.PROJECT + "_impl"):
+            names.append(name)
+    return names
+
+
+def register_plugin(pm: pluggy.PluginManager, module, name: str, target: str) -> Optional[PluginFailure]:
+    """Register one plugin module and validate it against the hook specifications, or return why
+    not (the plugin is then left unregistered: one bad plugin never takes the others down).
+
+    pluggy checks each ``@hookimpl``'s arguments at registration; ``check_pending()`` then finds a
+    ``@hookimpl`` whose name matches no specification (a misspelled hook, e.g. ``wanport_backend``).
+    Plugins are registered one at a time, so whatever is pending belongs to this one.
+    """
+    try:
+        pm.register(module, name=name)
+    except ValueError as exc:  # already registered under another name
+        return PluginFailure(name, target, str(exc))
+    except pluggy.PluginValidationError as exc:
+        if pm.is_registered(module):
+            pm.unregister(module)
+        return PluginFailure(name, target, "invalid hook implementation: %s" % exc)
+    try:
+        pm.check_pending()
+    except pluggy.PluginValidationError as exc:
+        pm.unregister(module)
+        known = ", ".join(sorted(n for n in dir(hookspecs) if n.startswith(hookspecs.PROJECT + "_")))
+        return PluginFailure(name, target, "%s (the hooks are: %s)" % (exc, known))
+    unmarked = _unmarked_hooks(module)
+    if unmarked:
+        pm.unregister(module)
+        return PluginFailure(name, target, "%s not marked with @hookimpl (from wanport.registry import hookimpl)"
+                             % ", ".join(unmarked))
+    return None
+
+
 def discover(include_entry_points: bool = True) -> Registry:
     """Load the reference plugin and all entry-point plugins; resolve into a frozen Registry."""
     from ..reference import plugin as reference_plugin
 
     pm = pluggy.PluginManager(hookspecs.PROJECT)
     pm.add_hookspecs(hookspecs)
-    pm.register(reference_plugin, name="reference")
     failures: List[PluginFailure] = []
+    failure = register_plugin(pm, reference_plugin, "reference", reference_plugin.__name__)
+    if failure is not None:
+        failures.append(failure)
 
     if include_entry_points:
         for ep in _entry_points(hookspecs.ENTRY_POINT_GROUP):
@@ -89,10 +135,9 @@ def discover(include_entry_points: bool = True) -> Registry:
             except Exception as exc:
                 failures.append(PluginFailure(ep.name, ep.value, "%s: %s" % (type(exc).__name__, exc)))
                 continue
-            try:
-                pm.register(module, name=ep.name)
-            except ValueError as exc:  # already registered under another name
-                failures.append(PluginFailure(ep.name, ep.value, str(exc)))
+            failure = register_plugin(pm, module, ep.name, ep.value)
+            if failure is not None:
+                failures.append(failure)
 
     backends: Dict[str, BackendSpec] = {}
     plugin_of: Dict[str, str] = {}

@@ -170,7 +170,8 @@ def resolve_ops(
                 ok, _ = _usable(impl, req)
                 if ok:
                     chosen = impl
-                    reason = "default" if impl.backend == backend.name else "fallback (no %s implementation of %s fits)" % (backend.name, kind)
+                    reason = ("default" if impl.backend == backend.name
+                              else "fallback (no %s implementation of %s fits)" % (backend.name, kind))
                     break
         if chosen is None and kind in COMPOSABLE:
             parts = [resolved[p] for p in COMPOSABLE[kind]]

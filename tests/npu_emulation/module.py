@@ -41,7 +41,7 @@ def ops_namespace(era_key: str):
     era = ERAS[era_key]
     if era.namespace not in _LIBRARIES:
         lib = torch.library.Library(era.namespace, "DEF")
-        for op, schema in era.registered().items():
+        for schema in era.registered().values():
             lib.define(schema)
         for op in era.schemas:
             lib.impl(op, _kernel(era, op), "CPU")

@@ -15,11 +15,10 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import torch
 
 from ...checkpoints.pth_files import load_pth, pth_format
-from ...files import regular_file
 from ...errors import CheckpointError
+from ...files import regular_file
 from .attention import WANPORT_T5_ATTENTION, mask_is_hooked, select_attention_implementation
-from .keymap import (EMBED_KEY, expected_wan_t5_shapes, hf_keys_for, hf_umt5_config_kwargs,
-                     t5_config_from_shapes)
+from .keymap import EMBED_KEY, expected_wan_t5_shapes, hf_keys_for, hf_umt5_config_kwargs, t5_config_from_shapes
 from .text_clean import clean_text
 
 T5_CHECKPOINT_NAME = "models_t5_umt5-xxl-enc-bf16.pth"

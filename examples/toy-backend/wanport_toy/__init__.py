@@ -1,0 +1,1 @@
+"""wanport_toy: an example backend plugin (see examples/toy-backend/README.md)."""
