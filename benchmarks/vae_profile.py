@@ -22,8 +22,10 @@ import time
 
 import torch
 
-from wanport.bench.random_weights import random_state  # noqa: I001
-from wanport.bench.random_weights import VAE_CLASSES
+from wanport.bench.random_weights import (
+    VAE_CLASSES,
+    random_state,  # noqa: I001
+)
 from wanport.registry import discover
 
 
@@ -35,7 +37,7 @@ def _vae(kind: str, dtype: torch.dtype, device: torch.device, cl: bool):
     vae = vae.eval().requires_grad_(False)
     if cl:  # Module.to(memory_format=...) refuses the non-5D parameters: convert the 5D ones
         for mod in vae.modules():
-            for pname, prm in list(mod.named_parameters(recurse=False)):
+            for _, prm in list(mod.named_parameters(recurse=False)):
                 if prm.dim() == 5:
                     prm.data = prm.data.contiguous(memory_format=torch.channels_last_3d)
     return vae
@@ -109,7 +111,7 @@ def main() -> None:
                 zin = zin.contiguous(memory_format=torch.channels_last_3d)
             vae.decode(zin[:, :, :2])  # warm-up (and the autotuner's first pass)
             rt.reset_peak_memory()
-            dec, sec = _time(rt, lambda: vae.decode(zin))
+            dec, sec = _time(rt, lambda v=vae, x=zin: v.decode(x))
             row = {"variant": name, "decode_s": round(sec, 4),
                    "decode_peak_gib": round((rt.peak_memory_bytes() or 0) / 2 ** 30, 3)}
             dec = dec.float().cpu()
@@ -122,7 +124,7 @@ def main() -> None:
                 if "cl" in flags:
                     vin = vin.contiguous(memory_format=torch.channels_last_3d)
                 vae.encode(vin[:, :, :5])
-                enc, sec = _time(rt, lambda: vae.encode(vin))
+                enc, sec = _time(rt, lambda v=vae, x=vin: v.encode(x))
                 row["encode_s"] = round(sec, 4)
                 enc = enc.float().cpu()
                 if ref_enc is None:
