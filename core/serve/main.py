@@ -165,12 +165,18 @@ def _serve(args, pipe, control, out_dir: str) -> int:
     if not _loopback(args.host) and not args.token:
         print("wanport serve: warning: listening on %s without a token: anyone who reaches this address can "
               "submit tasks (set --token or $%s)" % (args.host, TOKEN_ENV), file=sys.stderr, flush=True)
+    import signal
+
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: None)  # uvicorn re-sends it after its shutdown
     try:
         server.run()
+    except KeyboardInterrupt:  # likewise Ctrl-C: the shutdown has happened, end normally
+        pass
     except SystemExit:  # uvicorn exits when it cannot bind after all
         if server.started:
             raise
     finally:
+        signal.signal(signal.SIGTERM, previous)
         if queue.fatal is None:
             queue.stop()
     if queue.fatal is not None:
