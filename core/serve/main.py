@@ -145,6 +145,7 @@ def _serve(args, pipe, control, out_dir: str) -> int:
 
     queue = TaskQueue(store, runner, max_queued=args.queue, idle_s=idle_s, on_fatal=on_fatal)
     limits = BodyLimits(out_dir, os.path.abspath(args.image_dir) if args.image_dir else None, args.max_upload_bytes)
+    os.makedirs(limits.upload_dir, exist_ok=True)
     state = ServeState(pipe, queue, store, limits, token=args.token, world=runner.world)
     app = make_app(state)
     if args.ui:
