@@ -108,8 +108,13 @@ def cmd_serve(args) -> int:
 
 
 def _follower(pipe, control) -> int:
+    import signal
+
     from .group import follow
 
+    # Ctrl-C reaches every rank of a terminal's torchrun: rank 0 shuts the server down and sends
+    # "stop"; the other ranks wait for it (or notice rank 0's end) instead of dying mid-collective
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         code = follow(pipe, control)
     except Exception as exc:
