@@ -8,7 +8,11 @@ checkpoint, a queue of 8):
   in turn, so that the direct side computes three videos);
 * cancelling a queued task (at once) and a running one (at the end of its step), after which the
   pipeline still serves;
-* bad bodies are refused with 422 and a message naming the problem, and nothing is queued.
+* bad bodies are refused with 422 and a message naming the problem, and nothing is queued;
+* last, the server is killed with SIGKILL in the middle of a task and started again on the same
+  output folder (now with a bearer token): finished tasks are still served (same mp4 bytes, same
+  report), the interrupted one is failed, no temporary file is left; the token guards every route
+  but health.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import base64
 import concurrent.futures
 import hashlib
 import os
+import signal
 import sqlite3
 
 import pytest
@@ -25,7 +30,7 @@ httpx = pytest.importorskip("httpx")
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
-from _serve_helpers import SMALL, Server, wait_state  # noqa: E402
+from _serve_helpers import SMALL, Server, clean_env, wait_state  # noqa: E402
 
 QUEUE = 8
 MAX_UPLOAD = 4096
@@ -46,12 +51,13 @@ def image_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def server(tiny_ckpt, image_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("serve")
-    srv = Server(["checkpoint_dir=%s" % tiny_ckpt] + SMALL + ["--out-dir", str(out / "srv"), "--queue", str(QUEUE),
-                  "--image-dir", image_dir, "--max-upload-bytes", str(MAX_UPLOAD)], str(out / "server.log"))
-    srv.out_dir = str(out / "srv")
+    args = ["checkpoint_dir=%s" % tiny_ckpt] + SMALL + ["--out-dir", str(out / "srv"), "--queue", str(QUEUE),
+                                                        "--image-dir", image_dir, "--max-upload-bytes", str(MAX_UPLOAD)]
+    srv = Server(args, str(out / "server.log"))
+    srv.out_dir, srv.args, srv.tmp = str(out / "srv"), args, out
     yield srv
     code = srv.stop()
-    assert code == 0, srv.log()
+    assert code == 0 or code == -signal.SIGKILL, srv.log()  # the last test kills it
 
 
 @pytest.fixture(scope="module")
@@ -225,3 +231,40 @@ def test_malformed_and_oversize_bodies(client, server):
     r = client.post("/v1/tasks/video", content=b"{" + b" " * (MAX_UPLOAD * 2 + (64 << 10)) + b"}")
     assert r.status_code == 422 and "over the server's limit" in r.json()["error"]
     assert _rows(server) == before
+
+
+TOKEN = "s3cret-token"
+
+
+def test_kill_9_mid_task_then_restart_with_a_token(client, server):
+    finished = [task for task, state in _rows(server) if state == "done"]
+    assert finished
+    videos = {t: client.get("/v1/tasks/%s/video" % t).content for t in finished[:3]}
+    reports = {t: client.get("/v1/tasks/%s/report" % t).json() for t in finished[:3]}
+    cut = client.post("/v1/tasks/video", json={"prompt": "cut", "steps": 200}).json()["id"]
+    wait_state(client, cut, ("running",), step_at_least=1)
+    assert server.stop(signal.SIGKILL) == -signal.SIGKILL
+
+    again = Server(server.args, str(server.tmp / "restarted.log"), env=clean_env(WANPORT_SERVE_TOKEN=TOKEN))
+    try:
+        assert "1 interrupted task(s) of an earlier server marked failed" in again.log()
+        with httpx.Client(base_url=again.url, timeout=60) as c:
+            assert c.get("/v1/health").status_code == 200  # no token needed
+            assert c.get("/v1/tasks/" + cut).status_code == 401
+            assert c.post("/v1/tasks/video", json={"prompt": "x"}).status_code == 401
+            assert c.get("/v1/models", headers={"Authorization": "Bearer wrong"}).status_code == 401
+            c.headers["Authorization"] = "Bearer " + TOKEN
+            for task, video in videos.items():
+                assert c.get("/v1/tasks/" + task).json()["state"] == "done"
+                assert c.get("/v1/tasks/%s/video" % task).content == video
+                assert c.get("/v1/tasks/%s/report" % task).json() == reports[task]
+            st = c.get("/v1/tasks/" + cut).json()
+            assert st["state"] == "failed" and "interrupted" in st["error"]
+            assert c.get("/v1/tasks/%s/video" % cut).status_code == 409
+            new = c.post("/v1/tasks/video", json={"prompt": "again"}).json()["id"]  # serves on
+            assert c.get("/v1/tasks/%s?wait=60" % new).json()["state"] == "done"
+        tasks_dir = os.path.join(server.out_dir, "tasks")
+        assert [n for n in os.listdir(tasks_dir) if n.startswith(".")] == []
+        assert not os.path.exists(os.path.join(tasks_dir, cut + ".mp4"))
+    finally:
+        assert again.stop() == 0, again.log()
