@@ -58,6 +58,13 @@ class ServeState:
         try:
             self.check(values)
             return self.queue.submit(values, dict(values))
+        except WanportError as exc:
+            forget_upload(values, self.limits)
+            upload = values.get("image")
+            if isinstance(upload, str) and upload and str(exc).find(upload) >= 0 and "image_base64" in body:
+                raise type(exc)(str(exc).replace("image %s" % upload, "image_base64 (the uploaded image)")
+                                .replace(upload, "the uploaded image")) from None  # no server paths in answers
+            raise
         except BaseException:
             forget_upload(values, self.limits)
             raise

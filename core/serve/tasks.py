@@ -139,14 +139,18 @@ class TaskQueue:
     def start(self) -> None:
         self._thread.start()
 
-    def stop(self, timeout: float = 30.0) -> None:
+    def stop(self, timeout: Optional[float] = None) -> None:
         """Stop taking tasks: queued ones fail ("the server stopped"), a running one is cancelled
-        at its next step; waits for the worker."""
+        at the end of its current step; waits for the worker (by default as long as that step takes)."""
         with self._cv:
             self._stopping = True
-            if self._running is not None:
-                self._running.cancel.set()
+            running = self._running
+            if running is not None:
+                running.cancel.set()
             self._cv.notify_all()
+        if running is not None:
+            print("wanport serve: stopping; task %s stops at the end of its current step" % running.id,
+                  file=sys.stderr, flush=True)
         if self._thread.is_alive():
             self._thread.join(timeout)
         with self._cv:
@@ -253,10 +257,11 @@ class TaskQueue:
             traceback.print_exc()
             self._die("the worker stopped: %s: %s" % (type(exc).__name__, exc))
         finally:
-            try:
-                self.runner.stop()
-            except Exception:
-                pass
+            if self.fatal is None:  # after a rank died there is no one to tell (and no waiting on it)
+                try:
+                    self.runner.stop()
+                except Exception:
+                    pass
 
     def _die(self, message: str) -> None:
         with self._cv:
