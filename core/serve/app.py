@@ -21,7 +21,6 @@ import json
 import os
 import re
 import threading
-import time
 from dataclasses import dataclass
 from typing import Any, Dict, Optional
 
@@ -153,9 +152,9 @@ def make_app(state: ServeState):
     @app.get("/v1/tasks/{task_id}", dependencies=[Depends(auth)])
     async def get_task(task_id: str, wait: float = 0.0):
         status = known(task_id)
-        deadline = time.monotonic() + max(0.0, min(float(wait), 60.0))
-        while status["state"] not in FINAL and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
+        wait = max(0.0, min(float(wait), 60.0))
+        if status["state"] not in FINAL and wait > 0:
+            await asyncio.to_thread(state.queue.wait_final, task_id, wait)
             status = known(task_id)
         if status["state"] == "done":
             status["video_url"] = "/v1/tasks/%s/video" % task_id

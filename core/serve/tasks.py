@@ -61,6 +61,8 @@ class Task:
     last_step: Optional[float] = None
     step_times: List[float] = field(default_factory=list)
     cancel: threading.Event = field(default_factory=threading.Event)
+    #: set once the task is final (done, failed, cancelled)
+    final: threading.Event = field(default_factory=threading.Event)
 
     def stages_so_far(self, now: float) -> Dict[str, Any]:
         """Seconds spent so far: waiting in the queue, from the start to the first step (text
@@ -216,6 +218,13 @@ class TaskQueue:
                 "created_at": rec["created"], "started_at": rec["started"], "finished_at": rec["finished"],
                 "stages": rec["stages"], "error": rec["error"], "frames_sha256": rec["frames_sha256"]}
 
+    def wait_final(self, task_id: str, timeout: float) -> None:
+        """Block until the task is final or ``timeout`` seconds pass (no polling)."""
+        with self._cv:
+            task = self._live.get(task_id)
+        if task is not None:
+            task.final.wait(timeout)
+
     def depth(self) -> Dict[str, Any]:
         with self._cv:
             return {"queued": len(self._queue), "max_queued": self.max_queued,
@@ -227,6 +236,7 @@ class TaskQueue:
         task.state = state
         self.store.update(task.id, state=state, finished=time.time(), **fields)
         self._live.pop(task.id, None)
+        task.final.set()
 
     def _next(self) -> Optional[Task]:
         with self._cv:
