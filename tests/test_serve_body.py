@@ -78,3 +78,21 @@ def test_image_paths_stay_inside_the_image_folder(tmp_path):
             confined_image(bad, limits)
     with pytest.raises(RequestError, match="takes no image paths"):
         confined_image("a.png", BodyLimits(str(tmp_path / "srv")))
+
+
+def test_bad_settings_are_refused_before_anything_loads(capsys, tmp_path):
+    import socket
+
+    from wanport import cli
+
+    code = cli.main(["serve", "checkpoint_dir=%s" % (tmp_path / "none"), "--queue", "0", "--port", "70000",
+                     "--image-dir", str(tmp_path / "nowhere")])
+    err = capsys.readouterr().err
+    assert code == 2
+    for fragment in ("--port 70000: give 0..65535", "--queue 0: at least 1", "--image-dir", "not a folder"):
+        assert fragment in err
+    with socket.socket() as busy:  # a port in use: refused before the weights load
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        code = cli.main(["serve", "checkpoint_dir=%s" % (tmp_path / "none"), "--port", str(busy.getsockname()[1])])
+    assert code == 2 and "cannot listen on 127.0.0.1 port" in capsys.readouterr().err
