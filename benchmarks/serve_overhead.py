@@ -20,7 +20,6 @@ client shares the process (and the GIL) with the server, which counts against th
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import datetime
 import sys
-from typing import Any, Optional
+from typing import Any
 
 from ..errors import WanportError
 from .tasks import GroupFailure, LocalRunner, Task, TaskCancelled

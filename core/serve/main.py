@@ -11,7 +11,6 @@ from __future__ import annotations
 import ipaddress
 import os
 import sys
-from typing import Optional
 
 from ..errors import ConfigError
 
