@@ -12,6 +12,8 @@
     wanport bench ops|dit|pipeline|merge ...    benchmarks (JSON, markdown, PNG with matplotlib)
     wanport dump [RECIPE] [overrides] --out DIR record a run for cross-backend comparison
     wanport compare A B [--out STEM]            compare two dumps: first divergent block and step
+    wanport serve [RECIPE] [overrides] [--host 127.0.0.1] [--port 8000] [--ui]
+                                                the recipe's pipeline behind an HTTP task API (docs/serving.md)
 
 A user error prints one message (no traceback) and exits non-zero: 2 recipe, 3 checkpoint,
 4 backend, 5 input, 6 dump, 7 output not writable, 8 out of memory or predicted not to fit the
@@ -418,6 +420,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("nproc", help="number of processes the recipe needs")
     recipe_args(sp, optional=True)
     sp.set_defaults(func=cmd_nproc)
+
+    sp = sub.add_parser("serve", help="load a recipe's pipeline once and serve it: HTTP task API, optional "
+                                      "Gradio page (docs/serving.md)")
+    from .serve.main import add_arguments, cmd_serve
+
+    add_arguments(sp)
+    sp.set_defaults(func=cmd_serve)
     return p
 
 
