@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import datetime
 import statistics
-from typing import Any, Callable, Dict, List, Mapping, Optional
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 import torch
 
@@ -91,11 +91,13 @@ def bench_dit(
     env: Optional[Mapping[str, str]] = None,
     compile: bool = False,
     quant: Optional[str] = None,
+    quant_keep: Optional[Sequence[str]] = None,
 ) -> Dict[str, Any]:
     """``compile``: torch.compile each block (the warm-up absorbs the compilation).
     ``quant``: a scheme of ``quant.dit`` (docs/quantization.md): the same random DiT is then also run
     with its blocks' Linears quantized (default ``keep``), timed, and its output compared with the
-    exact forward's (cosine, relative L2), peak memory of each."""
+    exact forward's (cosine, relative L2), peak memory of each. ``quant_keep``: the ``quant.keep``
+    list (default: the peers' default, docs/quantization.md)."""
     cfg = dit_config_for(model, layers)
     preset = MODELS[model]
     try:
@@ -162,7 +164,8 @@ def bench_dit(
 
     if quant:
         result["quant"] = _bench_quant(quant, cfg, policy, registry, spec, ops, runtime, device, seed,
-                                       (x, t, ctx), exact_out, flops["total"], warmup, repeats, compile)
+                                       (x, t, ctx), exact_out, flops["total"], warmup, repeats, compile,
+                                       quant_keep)
         result["ops"]["quant_linear"] = result["quant"]["impl"]
         del exact_out
         runtime.empty_cache()
@@ -185,18 +188,21 @@ def bench_dit(
 
 
 def _bench_quant(scheme, cfg, policy, registry, spec, ops, runtime, device, seed, inputs, exact_out, flops,
-                 warmup, repeats, compile) -> Dict[str, Any]:
+                 warmup, repeats, compile, keep=None) -> Dict[str, Any]:
     """The same random DiT with its blocks' Linears quantized: time, peak memory (quantized weights
     resident, measured after quantizing), output vs the exact forward's."""
     from ..models.dit.quant_linear import quantize_in_place, quantized_layers, select_linears
     from ..ops.quant import DEFAULT_KEEP
 
+    keep = list(DEFAULT_KEEP) if keep is None else list(keep)
     table = resolve_ops(registry, spec, dit_requirements(cfg, policy, spec.device_type, quant_scheme=scheme),
                         ops or {})
     kernels = table.quant_linear.fn
     with torch.no_grad():
         dit = WanDiT.random(cfg, policy, device, seed=seed)
-        names, _ = select_linears(dit, DEFAULT_KEEP)
+        names, problems = select_linears(dit, keep)
+        if problems:
+            raise ConfigError("bench dit --quant-keep: %s" % problems[0])
         quantize_in_place(dit, names, kernels, policy.matmul)
         dit.bind_ops(table)
         weight_bytes = sum(p.numel() * p.element_size() for p in dit.parameters())
@@ -215,7 +221,7 @@ def _bench_quant(scheme, cfg, policy, registry, spec, ops, runtime, device, seed
         "scheme": scheme,
         "impl": table.quant_linear.impl,
         "layers_quantized": len(quantized_layers(dit)),
-        "keep": list(DEFAULT_KEEP),
+        "keep": keep,
         "weights_gib": round(weight_bytes / GIB, 2),
         "cosine_vs_exact": float(torch.dot(a, b) / (a.norm() * b.norm()).clamp_min(1e-300)),
         "rel_l2_vs_exact": float((a - b).norm() / b.norm().clamp_min(1e-300)),
