@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..ops.impl import Constraints, OpImpl, lazy
+from ..ops.quant import QUANT_TOLERANCE, SCHEMES
 from ..registry.backend import BackendSpec
 from ..registry.hookspecs import hookimpl
 
@@ -45,6 +46,8 @@ PRIORITY = {
     ("gated_residual", "torch"): 10,
     ("linear_gelu", "torch"): 10,
 }
+# quant_linear: one float32 emulation per scheme, each the only one of its scheme here
+PRIORITY.update({("quant_linear", "emulate_" + scheme): 10 for scheme in SCHEMES})
 
 
 def _impl(kind: str, name: str, target: str, constraints: Constraints, description: str) -> OpImpl:
@@ -73,4 +76,11 @@ def wanport_op_impls():
               "x + y * gate in the promoted dtype"),
         _impl("linear_gelu", "torch", ".linear_gelu:linear_gelu", any_float,
               "F.linear then tanh GELU (the official rounding order)"),
+    ] + [
+        # one float32 emulation per scheme: quantize -> dequantize -> matmul (the ground truth)
+        OpImpl("quant_linear", "emulate_" + scheme, NAME, lazy(".quant_linear:make", scheme, package=__package__),
+               Constraints(dtypes=_FLOATS, schemes=frozenset({scheme})), priority=PRIORITY[("quant_linear", "emulate_" + scheme)],
+               exact=False, tolerance=QUANT_TOLERANCE[scheme],
+               description="float32 emulation of %s: quantize, dequantize, matmul" % scheme)
+        for scheme in SCHEMES
     ]
