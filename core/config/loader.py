@@ -191,6 +191,10 @@ def _check_type(path: str, kind: str, value: Any, choices, problems: List[str]) 
         if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
             problems.append("%s: expected a list of integers, got %r" % (path, value))
             return None
+    elif base == "str_list":
+        if not isinstance(value, list) or not all(isinstance(v, str) and v and "\0" not in v for v in value):
+            problems.append("%s: expected a list of names, got %r" % (path, value))
+            return None
     elif base == "str_map":
         if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
             problems.append("%s: expected a mapping of names to values, got %r" % (path, value))

@@ -84,6 +84,21 @@ class ParallelConfig:
 
 
 @dataclass
+class QuantConfig:
+    dit: str = _f("none", type="str", choices=("none", "fp8_rowwise", "fp8_tensor", "int8_w8a8", "int8_w8a16"),
+                  help="quantize the DiT blocks' Linears (lossy, opt-in; docs/quantization.md): fp8_rowwise "
+                       "(FP8 e4m3, per-channel weight / per-token activation scales), fp8_tensor (one scale per "
+                       "tensor), int8_w8a8 (INT8 per-channel / per-token), int8_w8a16 (INT8 weights only), none")
+    attention: str = _f("none", type="str", choices=("none", "fp8"),
+                        help="FP8 attention (lossy; only where the backend declares it), or none")
+    keep: List[str] = _f(type="str_list", factory=lambda: ["patch_embedding", "text_embedding", "time_embedding",
+                                                           "time_projection", "head", "img_emb"],
+                         help="DiT modules whose Linears stay in the precision policy's dtype: module paths "
+                              "(official key prefixes, e.g. blocks.0 or blocks.39.ffn) or fnmatch patterns "
+                              "(blocks.*.cross_attn.k); each must name a module of the model")
+
+
+@dataclass
 class OutputConfig:
     dir: str = _f("out", type="str", help="output folder (created if missing)")
     name: Optional[str] = _f(None, type="str?", help="file stem; default <model>_<task>_seed<seed>")
@@ -121,5 +136,7 @@ class RunConfig:
     lora: List[Any] = _f(type="lora_list", factory=list,
                          help="LoRA adapters applied in order: [{path, strength: 1.0, expert: high|low|both "
                               "(two-expert models), merge: true}] (merge false: an unmerged side path)")
+    quant: QuantConfig = _f(type="section", help="quantized DiT Linears (opt-in, lossy; docs/quantization.md)",
+                            factory=QuantConfig)
     lora_strict: bool = _f(True, type="bool",
                            help="a LoRA key that matches no layer is an error (false: a warning, listed in the report)")

@@ -60,6 +60,9 @@ class RunPlan:
     #: the recipe's LoRAs (``wanport.lora.spec.LoraSpec``), in order
     loras: Tuple[Any, ...] = ()
     lora_strict: bool = True
+    #: the recipe's QuantConfig (``quant.dit`` scheme, ``quant.attention``, ``keep``); the keep
+    #: names are checked against the DiT at inspection (``wanport.quant.plan``)
+    quant: Any = None
 
     @property
     def world(self) -> int:
@@ -218,6 +221,10 @@ def plan_run(cfg: RunConfig, source: str = "recipe") -> RunPlan:
     from ..lora.spec import plan_loras
 
     loras = plan_loras(cfg.lora, bool(preset.experts), problems)
+    if cfg.quant.dit != "none" and any(not getattr(l, "merge", True) for l in loras or ()):
+        problems.append("lora: merge: false cannot be combined with quant.dit: %s (the unmerged side path needs the "
+                        "unquantized Linear); set merge: true, the LoRA is then merged before quantizing"
+                        % cfg.quant.dit)
 
     if problems:
         if len(problems) == 1:
@@ -252,6 +259,7 @@ def plan_run(cfg: RunConfig, source: str = "recipe") -> RunPlan:
         denoising_step_list=step_list,
         loras=loras,
         lora_strict=cfg.lora_strict,
+        quant=cfg.quant,
     )
 
 

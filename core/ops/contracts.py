@@ -154,9 +154,35 @@ class GatedResidualFn(Protocol):
         """
 
 
+class QuantLinearFn(Protocol):
+    """A quantized Linear: what ``load()`` of a ``quant_linear`` implementation returns is a
+    ``wanport.ops.quant.QuantKernels`` (callable as the matmul below, plus the weight/activation
+    quantizers and the fused producers; docs/quantization.md).
+
+    One implementation implements the schemes it declares in ``Constraints(schemes=...)``; the
+    recipe's ``quant.dit`` picks the scheme. The call:
+    """
+
+    def __call__(self, x, weight: torch.Tensor, weight_scale: torch.Tensor, bias: Optional[torch.Tensor], *,
+                 out_dtype: torch.dtype) -> torch.Tensor:
+        """y = dequant(x) @ dequant(weight).T + bias, returned in ``out_dtype``.
+
+        x: [..., K] tensor (quantized inside per the scheme) or a ``QuantizedActivation`` of
+        the same scheme; weight [N, K] in the scheme's storage dtype, weight_scale float32
+        [N, 1] or [1, 1]; bias [N] (any float dtype) or None. Products accumulated in at least
+        float32; the only error vs float64 beyond the scheme's own rounding (the reference
+        emulation, ``wanport.reference.quant_linear``) is the rounding of the output.
+        """
+
+
 #: Op kinds in the order the registry reports them.
 OP_KINDS = ("attention", "rotary", "rms_norm", "layer_norm", "layer_norm_modulate", "qk_norm_rope",
-            "gated_residual", "linear_gelu")
+            "gated_residual", "linear_gelu", "quant_linear")
+
+#: Op kinds chosen by the recipe's scheme, not by exactness: the resolver takes only the active
+#: backend's own implementations that declare the scheme (no fallback to another backend's), and
+#: resolves the site only when the recipe asks for quantization.
+SCHEME_KINDS = ("quant_linear",)
 
 #: Op kinds that a backend need not implement: the resolver composes them from other kinds.
 COMPOSABLE = {"qk_norm_rope": ("rms_norm", "rotary")}
@@ -177,7 +203,12 @@ CALL_SITES = {
     "qk_norm_rope": "qk_norm_rope",
     "gated_residual": "gated_residual",
     "linear_gelu": "linear_gelu",
+    # every quantized Linear of the blocks (the report lists each layer; docs/quantization.md)
+    "quant_linear": "quant_linear",
 }
+
+#: Call sites resolved only when the call-site requirements name them (quantization asked for).
+OPTIONAL_SITES = ("quant_linear",)
 
 CONTRACTS = {
     "attention": AttentionFn,
@@ -188,4 +219,5 @@ CONTRACTS = {
     "qk_norm_rope": QKNormRopeFn,
     "gated_residual": GatedResidualFn,
     "linear_gelu": LinearGeluFn,
+    "quant_linear": QuantLinearFn,
 }

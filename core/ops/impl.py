@@ -27,6 +27,8 @@ class Constraints:
     batch_gt1: bool = True  # works for batch size > 1
     out_dtype: bool = False  # accepts the optional out_dtype keyword (else wrapped with a cast)
     device_types: Optional[FrozenSet[str]] = None  # None: any device (pure PyTorch)
+    #: quant_linear: the quantization schemes implemented (``wanport.ops.quant.SCHEMES`` names)
+    schemes: FrozenSet[str] = frozenset()
 
     def check(self, req: "Requirements") -> Tuple[bool, str]:
         """(ok, reason) for one call site's requirements."""
@@ -53,6 +55,9 @@ class Constraints:
             return False, "no per-token modulation (needed for per-token timesteps)"
         if req.batch_gt1 and not self.batch_gt1:
             return False, "batch size > 1 not supported"
+        if req.quant_scheme is not None and req.quant_scheme not in self.schemes:
+            return False, "does not implement quantization scheme %s (implements: %s)" % (
+                req.quant_scheme, ", ".join(sorted(self.schemes)) or "none")
         return True, ""
 
 
@@ -71,6 +76,8 @@ class Requirements:
     kv_lens: bool = False
     per_token_modulation: bool = False
     batch_gt1: bool = False
+    #: quant_linear: the scheme the recipe asks for (``quant.dit``)
+    quant_scheme: Optional[str] = None
 
 
 @dataclass(frozen=True)

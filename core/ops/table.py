@@ -31,6 +31,9 @@ class OpTable:
     qk_norm_rope: ResolvedOp
     gated_residual: ResolvedOp
     linear_gelu: ResolvedOp
+    #: the quantized Linears' kernels (a ``wanport.ops.quant.QuantKernels`` in ``fn``); None when the
+    #: recipe's ``quant.dit`` is none
+    quant_linear: Optional[ResolvedOp] = None
     #: sequence parallelism (``wanport.parallel.sequence.SequencePlan``): how the model splits and
     #: gathers its tokens; None on a single device. Set together with the self-attention wrapper.
     sequence: Optional[Any] = None

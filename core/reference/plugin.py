@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..ops.impl import Constraints, OpImpl
+from ..ops.quant import SCHEMES
 from ..registry.backend import BackendSpec
 from ..registry.hookspecs import hookimpl
 
@@ -81,6 +82,15 @@ def _load_layer_norm_modulate():
     return layer_norm_modulate
 
 
+def _load_quant(scheme: str):
+    def load():
+        from .quant_linear import make
+
+        return make(scheme)
+
+    return load
+
+
 @hookimpl
 def wanport_op_impls():
     any_float = Constraints(dtypes=_FLOATS, lse=True)
@@ -103,4 +113,10 @@ def wanport_op_impls():
                description="x + y * gate in the promoted dtype"),
         OpImpl("linear_gelu", "torch", NAME, _load_linear_gelu, any_float, priority=10,
                description="F.linear then tanh GELU (the official rounding order)"),
+    ] + [
+        # one float32 emulation per scheme: quantize -> dequantize -> matmul (the ground truth)
+        OpImpl("quant_linear", "emulate_" + scheme, NAME, _load_quant(scheme),
+               Constraints(dtypes=_FLOATS, schemes=frozenset({scheme})), priority=10, exact=False,
+               description="float32 emulation of %s: quantize, dequantize, matmul" % scheme)
+        for scheme in SCHEMES
     ]

@@ -12,7 +12,7 @@ from typing import Dict, List, Mapping, Optional, Tuple
 
 from ..errors import BackendError
 from ..ops.composites import COMPOSERS, with_out_dtype
-from ..ops.contracts import CALL_SITES, COMPOSABLE, OP_KINDS, OUT_DTYPE_KINDS
+from ..ops.contracts import CALL_SITES, COMPOSABLE, OP_KINDS, OPTIONAL_SITES, OUT_DTYPE_KINDS, SCHEME_KINDS
 from ..ops.impl import OpImpl, Requirements
 from ..ops.table import OpTable, ResolvedOp
 from .backend import BackendSpec
@@ -77,9 +77,10 @@ def apply_env_defaults(spec: BackendSpec, recipe_env: Mapping[str, str]) -> Dict
 
 
 def _pool(registry: Registry, backend: str, kind: str) -> List[OpImpl]:
-    """Candidates in preference order: the backend's own (by priority), then reference ones."""
+    """Candidates in preference order: the backend's own (by priority), then reference ones
+    (not for a scheme kind: a backend implements a quantization scheme or refuses it)."""
     own = sorted(registry.impls_for(backend, kind), key=lambda i: -i.priority)
-    if backend == REFERENCE:
+    if backend == REFERENCE or kind in SCHEME_KINDS:
         return own
     ref = sorted(registry.impls_for(REFERENCE, kind), key=lambda i: -i.priority)
     return own + ref
@@ -145,6 +146,8 @@ def resolve_ops(
     resolved: Dict[str, ResolvedOp] = {}
     loaded: Dict[Tuple[str, str], object] = {}  # one load per implementation even when used at two sites
     for site, kind in CALL_SITES.items():
+        if site in OPTIONAL_SITES and site not in requirements:
+            continue
         req = requirements[site]
         wanted = overrides.get(site) if site != kind else None
         wanted = wanted or overrides.get(kind)
@@ -165,7 +168,9 @@ def resolve_ops(
         if not wanted:
             chosen, reason = None, ""
             for impl in _pool(registry, backend.name, kind):
-                if not impl.exact or (impl.default_sites is not None and site not in impl.default_sites):
+                # a scheme kind is lossy by request (the recipe names the scheme), never by surprise
+                lossy_ok = kind in SCHEME_KINDS
+                if (not impl.exact and not lossy_ok) or (impl.default_sites is not None and site not in impl.default_sites):
                     continue
                 ok, _ = _usable(impl, req)
                 if ok:
@@ -179,6 +184,12 @@ def resolve_ops(
             why = "recipe override" if wanted else "no fused %s implementation fits; composed" % kind
             resolved[site] = ResolvedOp(site=site, kind=kind, impl=name, fn=fn, why=why)
             continue
+        if chosen is None and kind in SCHEME_KINDS:
+            raise BackendError(
+                "quant.dit: backend %r does not implement the quantization scheme %r.\n"
+                "Its %s implementations:\n%s\nSet quant.dit to a scheme listed there, or none."
+                % (backend.name, req.quant_scheme, kind, _explain(registry, backend.name, kind, req))
+            )
         if chosen is None:
             raise BackendError(
                 "no implementation of %s fits call site %s on backend %r.\nCandidates:\n%s"
