@@ -165,6 +165,44 @@ def _loader(module: str, attr: str, *args):
 _TRITON = _needs("triton", "pip install triton")
 
 
+def _torch_version(text: str):
+    parts = []
+    for piece in text.split("+")[0].split(".")[:2]:
+        digits = "".join(ch for ch in piece if ch.isdigit())
+        parts.append(int(digits or 0))
+    return tuple(parts)
+
+
+def fp8_reason(rowwise: bool, torch_version: str, has_scaled_mm: bool, has_fp8_dtype: bool,
+               has_triton: bool, capability):
+    """(ok, why) for the FP8 Linears, from facts gathered elsewhere (pure: testable without a GPU).
+    ``capability``: (major, minor) of the device, or None when no CUDA device is visible."""
+    if not has_fp8_dtype or not has_scaled_mm:
+        return False, "torch %s lacks torch.float8_e4m3fn / torch._scaled_mm" % torch_version
+    if rowwise and _torch_version(torch_version) < (2, 5):
+        return False, "row-wise scaled FP8 GEMMs need torch >= 2.5 (this is %s); use quant.dit: fp8_tensor" % torch_version
+    if rowwise and not has_triton:
+        return False, "the per-token FP8 activation quantizers are Triton kernels: pip install triton"
+    if capability is None:
+        return False, "no CUDA device visible"
+    major, minor = capability
+    if rowwise and major < 9:
+        return False, ("row-wise scaled FP8 GEMMs need sm90 or newer (Hopper); this GPU is sm%d%d: use "
+                       "quant.dit: fp8_tensor on sm89" % (major, minor))
+    if (major, minor) < (8, 9):
+        return False, "FP8 tensor cores need sm89 or newer; this GPU is sm%d%d" % (major, minor)
+    return True, ""
+
+
+def _fp8_available(rowwise: bool):
+    def check():
+        cap = torch.cuda.get_device_capability() if torch.cuda.is_available() else None
+        return fp8_reason(rowwise, torch.__version__, hasattr(torch, "_scaled_mm"),
+                          hasattr(torch, "float8_e4m3fn"), importlib.util.find_spec("triton") is not None, cap)
+
+    return check
+
+
 #: declared error bound of every exact implementation: relative L2 vs a float64 evaluation of the
 #: contract for bf16 tensors (bf16 rounding of inputs/outputs; float32 tensors do far better)
 _BF16_TOL = 1e-2
@@ -228,4 +266,15 @@ def wanport_op_impls():
         OpImpl("gated_residual", "triton", NAME, _loader("gated_residual", "gated_residual"),
                Constraints(dtypes=_FLOATS, **att), priority=30, available=_TRITON, tolerance=_BF16_TOL,
                description="x + y * gate, in place into the float32 stream"),
+        # quantized Linears (docs/quantization.md): FP8 e4m3 GEMMs, bf16 out (what _scaled_mm's
+        # row-wise kernels return); activations quantized in the kernel that produces them
+        OpImpl("quant_linear", "fp8_rowwise_scaled_mm", NAME, _loader("quant_linear", "make_fp8", "fp8_rowwise"),
+               Constraints(dtypes=frozenset({torch.bfloat16}), schemes=frozenset({"fp8_rowwise"}), **att),
+               priority=30, exact=False, tolerance=_BF16_TOL, available=_fp8_available(True),
+               description="FP8 e4m3 GEMM with per-channel weight / per-token activation scales (torch._scaled_mm); "
+                           "activations quantized in the adaLN norm and GELU kernels"),
+        OpImpl("quant_linear", "fp8_tensor_scaled_mm", NAME, _loader("quant_linear", "make_fp8", "fp8_tensor"),
+               Constraints(dtypes=frozenset({torch.bfloat16}), schemes=frozenset({"fp8_tensor"}), **att),
+               priority=20, exact=False, tolerance=_BF16_TOL, available=_fp8_available(False),
+               description="FP8 e4m3 GEMM with one scale per tensor (torch._scaled_mm; sm89+)"),
     ]

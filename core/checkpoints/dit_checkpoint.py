@@ -65,16 +65,24 @@ def inspect_dit(directory: str, policy: PrecisionPolicy, with_image: Optional[bo
 
 
 def load_dit(ckpt: DiTCheckpoint, policy: PrecisionPolicy, device: torch.device,
-             progress: Optional[callable] = None, transform: Optional[callable] = None) -> WanDiT:
+             progress: Optional[callable] = None, transform: Optional[callable] = None,
+             quantize=None) -> WanDiT:
     """Materialise the DiT on ``device``, each tensor cast to its policy dtype as it is read.
 
     ``transform(key, tensor, device, dtype)``, when given, does that cast instead (merged LoRAs:
-    ``wanport.lora.merge.Merger`` adds their deltas in float32 first)."""
+    ``wanport.lora.merge.Merger`` adds their deltas in float32 first).
+    ``quantize`` (``wanport.quant.weights.LoadQuantizer``), when given, swaps the Linears it names
+    for quantized ones and quantizes each of their weights as it is read (after the transform,
+    from float32), or takes an already quantized weight and its scale as they are."""
     model = WanDiT.on_meta(ckpt.config, policy)
+    if quantize is not None:
+        quantize.prepare(model)
     state = {}
     total = len(ckpt.entries)
     for i, (key, tensor) in enumerate(iter_tensors(ckpt.entries)):
-        if transform is not None:
+        if quantize is not None and quantize.handles(key):
+            state.update(quantize.load(key, tensor, device, transform))
+        elif transform is not None:
             state[key] = transform(key, tensor, device, param_dtype(key, policy))
         else:
             state[key] = tensor.to(device=device, dtype=param_dtype(key, policy))

@@ -74,6 +74,8 @@ class Prepared:
     loras: Any = None
     #: the memory plan's prediction for this run (``wanport.plan.MemoryPlan``), None when skipped
     memory_plan: Any = None
+    #: the quantized DiT Linears (``wanport.quant.QuantWeights``), None without ``quant.dit``
+    quant: Any = None
 
     @property
     def is_main(self) -> bool:
@@ -154,6 +156,9 @@ def check_run(cfg: RunConfig, source: str = "recipe", registry: Optional[Registr
     plan, image, size = check_request(cfg, source)
     registry, spec = choose_backend(cfg.backend, registry)
     ckpts = as_lora_source(weights or CHECKPOINT).inspect(plan)  # every LoRA file matched too
+    from ..quant import check_quant
+
+    check_quant(plan, ckpts)  # quant.keep names, a pre-quantized checkpoint vs the scheme
     return plan, image, size, registry, spec, ckpts
 
 
@@ -161,10 +166,15 @@ def resolve_dit_ops(registry: Registry, spec, ckpts: CheckpointSet, plan: RunPla
                     overrides: Mapping[str, str], mesh=None) -> OpTable:
     """The DiT's op table; with sequence parallelism the self-attention must mask padded keys
     (and return the log-sum-exp for ring attention)."""
+    from ..quant.plan import check_attention_quant, quant_scheme
+
+    check_attention_quant(plan, spec)
     sp = mesh is not None and mesh.sp_degree > 1
+    scheme = quant_scheme(plan)
     reqs = dit_requirements(ckpts.dit.config, plan.policy, spec.device_type,
                             per_token_timesteps=per_token_modulation(plan),
-                            padded_keys=sp, ring_lse=sp and mesh.ring > 1)
+                            padded_keys=sp, ring_lse=sp and mesh.ring > 1,
+                            quant_scheme=scheme.name if scheme is not None else None)
     return resolve_ops(registry, spec, reqs, overrides)
 
 
@@ -218,6 +228,13 @@ def prepare(cfg: RunConfig, registry: Optional[Registry] = None, source: str = "
     memory_plan = refuse_if_unfit(plan, ckpts, session.runtime, size, cfg.memory_check)
     session, mesh, comm = start_parallel(plan, spec, session, ckpts)
     ops = parallel_ops(resolve_dit_ops(registry, spec, ckpts, plan, cfg.ops, mesh), mesh, comm)
+    quant = None
+    if ops.quant_linear is not None:  # weights quantized as they load (after merged LoRAs)
+        from ..quant import QuantWeights, check_quant
+
+        experts = dict(ckpts.experts) if ckpts.experts else {"": ckpts.dit}
+        weights = quant = QuantWeights(weights, check_quant(plan, ckpts), ops.quant_linear.fn, ops.quant_linear.impl,
+                                       plan.policy.matmul, {k: c.directory for k, c in experts.items()})
     cfg_parallel = None
     if mesh is not None and mesh.cfg == 2:
         from ..parallel.cfg import CfgParallel
@@ -237,7 +254,7 @@ def prepare(cfg: RunConfig, registry: Optional[Registry] = None, source: str = "
         weights = CompiledWeights(weights)
     return Prepared(plan, registry, spec, ckpts, session, ops, mesh, comm, cfg_parallel, weights=weights,
                     tables={per_token_modulation(plan): ops}, op_overrides=dict(cfg.ops), loras=loras,
-                    memory_plan=memory_plan)
+                    memory_plan=memory_plan, quant=quant)
 
 
 def vae_decode(prep: Prepared, vae, latent: torch.Tensor) -> Optional[torch.Tensor]:
@@ -334,6 +351,7 @@ def base_report(prep: Prepared, call: Call, width: int, height: int, frames: int
                                    for t in call.scheduler.timesteps],
                      "denoising_step_list": list(plan.denoising_step_list) if plan.denoising_step_list else None},
         "lora": prep.loras.report() if prep.loras is not None else None,
+        "quant": prep.quant.report() if prep.quant is not None else None,
         "backend": {
             "name": spec.name,
             "device_type": spec.device_type,

@@ -8,6 +8,7 @@ import torch
 import torch.nn as nn
 
 from .layers import RMSNormParams, linear
+from .quant_linear import matmul_dtype, shared_input
 
 
 class _Projections(nn.Module):
@@ -39,6 +40,7 @@ class SelfAttention(_Projections):
         attn_dtype: torch.dtype,
         kv_lens: Optional[Sequence[int]] = None,
     ) -> torch.Tensor:
+        x = shared_input(x, self.q, self.k, self.v)  # one quantization for the three GEMMs
         q, k = ops.qk_norm_rope.fn(linear(x, self.q), linear(x, self.k), self.norm_q.weight,
                                    self.norm_k.weight, self.eps, cos, sin, self.num_heads, attn_dtype)
         v = self._heads(linear(x, self.v))
@@ -51,6 +53,7 @@ class CrossAttention(_Projections):
 
     def forward(self, x: torch.Tensor, context: torch.Tensor, ops, attn_dtype: torch.dtype,
                 context_img: Optional[torch.Tensor] = None) -> torch.Tensor:
+        context = shared_input(context, self.k, self.v)
         q = self._heads(ops.rms_norm.fn(linear(x, self.q), self.norm_q.weight, self.eps, out_dtype=attn_dtype))
         k = self._heads(ops.rms_norm.fn(linear(context, self.k), self.norm_k.weight, self.eps,
                                         out_dtype=attn_dtype))
@@ -77,6 +80,8 @@ class ImageCrossAttention(CrossAttention):
         if context_img is None:
             raise ValueError("this i2v model's cross-attention needs the image context (clip_fea)")
         scale = self.head_dim ** -0.5
+        context = shared_input(context, self.k, self.v)
+        context_img = shared_input(context_img, self.k_img, self.v_img)
         q = self._heads(ops.rms_norm.fn(linear(x, self.q), self.norm_q.weight, self.eps, out_dtype=attn_dtype))
         k_img = self._heads(ops.rms_norm.fn(linear(context_img, self.k_img), self.norm_k_img.weight, self.eps,
                                             out_dtype=attn_dtype))
@@ -86,5 +91,5 @@ class ImageCrossAttention(CrossAttention):
                                         out_dtype=attn_dtype))
         v = self._heads(linear(context, self.v))
         out = ops.cross_attention.fn(q, k, v.to(attn_dtype), scale=scale)
-        acc = torch.promote_types(self.q.weight.dtype, self.norm_q.weight.dtype)
+        acc = torch.promote_types(matmul_dtype(self.q), self.norm_q.weight.dtype)
         return linear((out.to(acc) + out_img.to(acc)).flatten(2), self.o)

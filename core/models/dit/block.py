@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from .attention import CrossAttention, ImageCrossAttention, SelfAttention
 from .layers import LayerNormParams, linear
+from .quant_linear import QuantLinear, matmul_dtype, shared_kernels
 
 
 def _modulation_chunks(table: torch.Tensor, e: torch.Tensor, n: int):
@@ -49,22 +50,33 @@ class WanBlock(nn.Module):
 
         # norm outputs are rounded once to the dtype of the Linear that consumes them (what
         # autocast does to the official float32 result)
-        mm = self.ffn[0].weight.dtype
-        h = ops.layer_norm_modulate.fn(x, shift_sa, scale_sa, self.eps, out_dtype=mm)
+        mm = matmul_dtype(self.ffn[0])
+        sa = self.self_attn
+        h = _norm_modulate(ops, shared_kernels(sa.q, sa.k, sa.v), x, shift_sa, scale_sa, self.eps, mm)
         y = self.self_attn(h, cos, sin, ops, attn_dtype, kv_lens)
         x = ops.gated_residual.fn(x, y, gate_sa)  # promotes to the modulation dtype: the float32 residual stream
 
         x = x + self.cross_attn(ops.layer_norm.fn(x, self.norm3.weight, self.norm3.bias, self.eps, out_dtype=mm),
                                 context, ops, attn_dtype, context_img)
 
-        h = ops.layer_norm_modulate.fn(x, shift_ff, scale_ff, self.eps, out_dtype=mm)
-        up = self.ffn[0]
-        if up.__dict__.get("lora_side") is None:
+        up, down = self.ffn[0], self.ffn[2]
+        h = _norm_modulate(ops, shared_kernels(up), x, shift_ff, scale_ff, self.eps, mm)
+        if isinstance(up, QuantLinear):  # GEMM, GELU, and the quantization ffn.2 needs, fused where the backend can
+            a = up.kernels.linear_gelu(h, up.weight, up.weight_scale, up.bias, out_dtype=up.out_dtype,
+                                       quantize_output=shared_kernels(up, down) is not None)
+        elif up.__dict__.get("lora_side") is None:
             a = ops.linear_gelu.fn(h, up.weight, up.bias)
         else:  # an unmerged LoRA's side path joins before the GELU
             a = F.gelu(linear(h, up), approximate="tanh")
         y = linear(a, self.ffn[2])
         return ops.gated_residual.fn(x, y, gate_ff)
+
+
+def _norm_modulate(ops, kernels, x, shift, scale, eps, mm):
+    """The adaLN norm; quantized in the same pass when every Linear reading it is quantized."""
+    if kernels is None:
+        return ops.layer_norm_modulate.fn(x, shift, scale, eps, out_dtype=mm)
+    return kernels.layer_norm_modulate(x, shift, scale, eps, out_dtype=mm, fallback=ops.layer_norm_modulate.fn)
 
 
 class Head(nn.Module):

@@ -13,9 +13,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
-def linear(x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
+def linear(x, layer: nn.Module) -> torch.Tensor:
     """A Linear computed in its weight's dtype (what autocast does for the official fp32 weights),
-    plus the low-rank side path of unmerged LoRAs when the layer has one (``wanport.lora.side_path``)."""
+    plus the low-rank side path of unmerged LoRAs when the layer has one (``wanport.lora.side_path``).
+    A quantized Linear (``quant_linear.QuantLinear``) computes through its scheme's kernels; ``x``
+    may then be an activation already quantized for it (``wanport.ops.quant.QuantizedActivation``)."""
+    if getattr(layer, "kernels", None) is not None or not isinstance(layer, nn.Linear):
+        return layer(x)
+    if not isinstance(x, torch.Tensor):  # quantized for a sibling Linear that this one is not
+        x = x.dequantize()
     x = x.to(layer.weight.dtype)
     out = F.linear(x, layer.weight, layer.bias)
     side = layer.__dict__.get("lora_side")

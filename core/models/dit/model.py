@@ -107,6 +107,19 @@ class WanDiT(nn.Module):
         return {k: tuple(v.shape) for k, v in self.state_dict().items()}
 
     def bind_ops(self, ops: OpTable) -> "WanDiT":
+        from .quant_linear import quantized_layers
+
+        layers = quantized_layers(self)
+        if layers:
+            if ops.quant_linear is None:
+                raise RuntimeError("this DiT holds quantized Linears but the op table has no quant_linear "
+                                   "implementation (the recipe's quant.dit is none?)")
+            kernels = ops.quant_linear.fn
+            for _, layer in layers:
+                if layer.scheme.name != kernels.scheme.name:
+                    raise RuntimeError("Linear quantized as %s, op table's kernels are %s"
+                                       % (layer.scheme.name, kernels.scheme.name))
+                layer.kernels, layer.impl = kernels, ops.quant_linear.impl
         self.ops = ops
         return self
 

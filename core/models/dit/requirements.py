@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Dict
+from typing import Dict, Optional
 
 import torch
 
@@ -20,19 +20,21 @@ def dit_requirements(
     ring_lse: bool = False,
     per_token_timesteps: bool = False,
     batch_gt1: bool = False,
+    quant_scheme: Optional[str] = None,
 ) -> Dict[str, Requirements]:
     """Dtypes follow the precision policy: q/k/v reach attention in ``policy.attention``; the
     q/k RMSNorm sees Linear outputs (``policy.matmul``); RoPE sees the norm's promoted output;
     the residual stream is ``promote(matmul, modulation)`` after the first gated add; the
     image-context embedding of Wan2.1 i2v adds float32 and ``matmul`` inputs to ``layer_norm``.
-    ``per_token_timesteps`` (Wan2.2 TI2V) asks for per-token modulation shapes."""
+    ``per_token_timesteps`` (Wan2.2 TI2V) asks for per-token modulation shapes; ``quant_scheme``
+    (the recipe's ``quant.dit``) adds the ``quant_linear`` site."""
     residual = torch.promote_types(policy.matmul, policy.modulation)
     rope_in = torch.promote_types(policy.matmul, policy.norm_params)
     common = dict(device_type=device_type, batch_gt1=batch_gt1)
     layer_norm_in = {residual}
     if cfg.image_dim is not None:  # img_emb: CLIP features in float32, then a Linear's output
         layer_norm_in |= {torch.float32, policy.matmul}
-    return {
+    reqs = {
         "self_attention": Requirements(dtypes=frozenset({policy.attention}), head_dim=cfg.head_dim,
                                        lse=ring_lse, kv_lens=padded_keys, **common),
         "cross_attention": Requirements(dtypes=frozenset({policy.attention}), head_dim=cfg.head_dim, **common),
@@ -46,3 +48,6 @@ def dit_requirements(
                                        per_token_modulation=per_token_timesteps, **common),
         "linear_gelu": Requirements(dtypes=frozenset({policy.matmul}), **common),
     }
+    if quant_scheme is not None:  # the quantized Linears return (and keep their bias in) the matmul dtype
+        reqs["quant_linear"] = Requirements(dtypes=frozenset({policy.matmul}), quant_scheme=quant_scheme, **common)
+    return reqs
