@@ -184,8 +184,8 @@ def _run(tiny_ckpt, out_dir, backend, name, extra=()):
     from wanport.pipeline.run import run
 
     # the DiT's Linears in bf16 (the kernels take bf16/fp16), T5 and the VAE in float32 (fast on any CPU)
-    cfg, raw = load_recipe(None, ["checkpoint_dir=%s" % tiny_ckpt, "output.dir=%s" % out_dir, "sample.steps=2",
-                                  "sample.size=32*32", "sample.frame_num=5", "backend=%s" % backend,
+    cfg, raw = load_recipe(None, ["checkpoint_dir=%s" % tiny_ckpt, "output.dir=%s" % out_dir, "sample.steps=1",
+                                  "sample.size=32*32", "sample.frame_num=1", "backend=%s" % backend,
                                   "output.name=%s" % name,
                                   "precision={preset: fp32, matmul: bf16, attention: bf16}"] + list(extra))
     return run(cfg, raw, progress=False)
@@ -202,7 +202,8 @@ def test_tiny_t2v_int8_w8a8_end_to_end_on_the_emulated_npu(tiny_ckpt, tmp_path, 
     emulation's distance to the exact run, measured in the same test: the two quantized runs round
     different activations to different int8 steps (the other ops differ by bf16 rounding order), so
     each sits at about the quantization error from the exact video; 2x leaves room for the two
-    roundings not to correlate."""
+    roundings not to correlate. Measured (1 step, 32x32x1): rel-L2 to the exact video 0.023 (reference
+    emulation) and 0.024 (ascend), ascend vs reference emulation 0.022."""
     import wanport.io.video as video_io
     import wanport_ascend.plugin as plugin
 
@@ -222,12 +223,12 @@ def test_tiny_t2v_int8_w8a8_end_to_end_on_the_emulated_npu(tiny_ckpt, tmp_path, 
     layers = npu_q["quant"]["layers"]["dit"]
     assert [l["name"] for l in layers] == [l["name"] for l in ref_q["quant"]["layers"]["dit"]]
     assert layers and all(l["impl"] == "ascend.dynamic_quant_matmul" and l["scheme"] == "int8_w8a8" for l in layers)
-    forwards = 2 * 2  # 2 steps x (conditional + unconditional)
+    forwards = 1 * 2  # 1 step x (conditional + unconditional)
     assert calls["npu_quant_matmul"] == forwards * len(layers)  # every quantized Linear, every forward
     # one per-token quantization per distinct input: q/k/v share one, cross-attention k/v another
     assert 0 < calls["npu_dynamic_quant"] < calls["npu_quant_matmul"]
     exact, rq, nq = videos["exact"], videos["ref_q"], videos["npu_q"]
-    assert nq.shape == exact.shape == (3, 5, 32, 32) and torch.isfinite(nq).all()
+    assert nq.shape == exact.shape == (3, 1, 32, 32) and torch.isfinite(nq).all()
     floor = _rel(rq, exact)
     assert 0 < floor < 0.1  # quantization shows, and stays small
     assert _rel(nq, exact) < 2 * floor
