@@ -195,7 +195,8 @@ def cmd_bench_dit(args) -> int:
         ops[k.strip()] = v.strip()
     result = bench_dit(args.model, args.size, args.frames, backend=args.backend, ops=ops,
                        precision=args.precision, peer=args.peer, warmup=args.warmup, repeats=args.repeats,
-                       layers=args.layers, compile=args.compile)
+                       layers=args.layers, compile=args.compile, quant=args.quant,
+                       quant_keep=args.quant_keep)
     return _emit(args, dit, result)
 
 
@@ -339,6 +340,12 @@ def build_parser() -> argparse.ArgumentParser:
     bp.add_argument("--repeats", type=int, default=3)
     bp.add_argument("--layers", type=int, default=None, help="fewer layers (quick checks)")
     bp.add_argument("--compile", action="store_true", help="torch.compile each block (the warm-up compiles)")
+    bp.add_argument("--quant", default=None, metavar="SCHEME",
+                    help="also run the DiT with quantized Linears (fp8_rowwise, fp8_tensor, int8_w8a8, int8_w8a16): "
+                         "time, peak memory, output cosine / rel L2 vs the exact forward (docs/quantization.md)")
+    bp.add_argument("--quant-keep", nargs="+", default=None, metavar="MODULE",
+                    help="with --quant: the quant.keep list (default: patch/text/time embeddings, time_projection, "
+                         "head, img_emb), e.g. --quant-keep time_projection head blocks.*.cross_attn")
     bp.add_argument("--out", default=None, help=OUT_HELP)
     bp.set_defaults(func=cmd_bench_dit)
     bp = bench.add_parser("scaling", help="per-step DiT latency per parallel layout: speedup, efficiency")

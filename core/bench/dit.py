@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import datetime
 import statistics
-from typing import Any, Callable, Dict, List, Mapping, Optional
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 import torch
 
@@ -90,8 +90,14 @@ def bench_dit(
     seed: int = 0,
     env: Optional[Mapping[str, str]] = None,
     compile: bool = False,
+    quant: Optional[str] = None,
+    quant_keep: Optional[Sequence[str]] = None,
 ) -> Dict[str, Any]:
-    """``compile``: torch.compile each block (the warm-up absorbs the compilation)."""
+    """``compile``: torch.compile each block (the warm-up absorbs the compilation).
+    ``quant``: a scheme of ``quant.dit`` (docs/quantization.md): the same random DiT is then also run
+    with its blocks' Linears quantized (default ``keep``), timed, and its output compared with the
+    exact forward's (cosine, relative L2), peak memory of each. ``quant_keep``: the ``quant.keep``
+    list (default: the peers' default, docs/quantization.md)."""
     cfg = dit_config_for(model, layers)
     preset = MODELS[model]
     try:
@@ -106,6 +112,10 @@ def bench_dit(
         raise ConfigError("bench dit: --repeats must be >= 1 and --warmup >= 0")
     if peer not in (None, "diffusers"):
         raise ConfigError("bench dit: --peer must be 'diffusers'")
+    from ..ops.quant import SCHEMES
+
+    if quant is not None and quant not in SCHEMES:
+        raise ConfigError("bench dit: --quant must be one of %s" % ", ".join(SCHEMES))
     policy_from_config(precision)  # a bad value is a ConfigError before the runtime starts
     registry, spec = choose_backend(backend)
     session = start_session(registry, spec, env or {})
@@ -147,9 +157,18 @@ def bench_dit(
 
             compile_blocks(dit)
         times = time_forward(lambda: dit(x, t, ctx), runtime, warmup, repeats)
+        exact_out = dit(x, t, ctx).float() if quant else None
     result["wanport"] = _summary(times, flops["total"], runtime.peak_memory_bytes())
     del dit
     runtime.empty_cache()
+
+    if quant:
+        result["quant"] = _bench_quant(quant, cfg, policy, registry, spec, ops, runtime, device, seed,
+                                       (x, t, ctx), exact_out, flops["total"], warmup, repeats, compile,
+                                       quant_keep)
+        result["ops"]["quant_linear"] = result["quant"]["impl"]
+        del exact_out
+        runtime.empty_cache()
 
     if peer == "diffusers":
         runtime.reset_peak_memory()
@@ -168,6 +187,50 @@ def bench_dit(
     return result
 
 
+def _bench_quant(scheme, cfg, policy, registry, spec, ops, runtime, device, seed, inputs, exact_out, flops,
+                 warmup, repeats, compile, keep=None) -> Dict[str, Any]:
+    """The same random DiT with its blocks' Linears quantized: time, peak memory (quantized weights
+    resident, measured after quantizing), output vs the exact forward's."""
+    from ..models.dit.quant_linear import quantize_in_place, quantized_layers, select_linears
+    from ..ops.quant import DEFAULT_KEEP
+
+    keep = list(DEFAULT_KEEP) if keep is None else list(keep)
+    table = resolve_ops(registry, spec, dit_requirements(cfg, policy, spec.device_type, quant_scheme=scheme),
+                        ops or {})
+    kernels = table.quant_linear.fn
+    with torch.no_grad():
+        dit = WanDiT.random(cfg, policy, device, seed=seed)
+        names, problems = select_linears(dit, keep)
+        if problems:
+            raise ConfigError("bench dit --quant-keep: %s" % problems[0])
+        quantize_in_place(dit, names, kernels, policy.matmul)
+        dit.bind_ops(table)
+        weight_bytes = sum(p.numel() * p.element_size() for p in dit.parameters())
+        runtime.empty_cache()
+        runtime.reset_peak_memory()
+        if compile:
+            from ..pipeline.compile import compile_blocks
+
+            compile_blocks(dit)
+        x, t, ctx = inputs
+        times = time_forward(lambda: dit(x, t, ctx), runtime, warmup, repeats)
+        out = dit(x, t, ctx).float()
+    a, b = out.flatten().double(), exact_out.flatten().double()
+    row = _summary(times, flops, runtime.peak_memory_bytes())
+    row.update({
+        "scheme": scheme,
+        "impl": table.quant_linear.impl,
+        "layers_quantized": len(quantized_layers(dit)),
+        "keep": keep,
+        "weights_gib": round(weight_bytes / GIB, 2),
+        "cosine_vs_exact": float(torch.dot(a, b) / (a.norm() * b.norm()).clamp_min(1e-300)),
+        "rel_l2_vs_exact": float((a - b).norm() / b.norm().clamp_min(1e-300)),
+        "nonfinite": int((~torch.isfinite(out)).sum()),
+    })
+    del dit
+    return row
+
+
 def _dist_version(name: str) -> Optional[str]:
     try:
         import importlib.metadata as md
@@ -179,16 +242,22 @@ def _dist_version(name: str) -> Optional[str]:
 
 def markdown(result: Mapping[str, Any]) -> str:
     rows = ["| impl | median s | TFLOP/s | peak GiB |", "|---|---|---|---|"]
-    for name in ("wanport", "diffusers"):
+    for name in ("wanport", "quant", "diffusers"):
         r = result.get(name)
         if r:
-            rows.append("| %s | %.3f | %.0f | %s |" % (name, r["median_s"], r["tflops"], r["peak_memory_gib"]))
+            label = "wanport %s (%s)" % (r["scheme"], r["impl"]) if name == "quant" else name
+            rows.append("| %s | %.3f | %.0f | %s |" % (label, r["median_s"], r["tflops"], r["peak_memory_gib"]))
     head = "%s %dx%d x %d frames (%d tokens), backend %s on %s, precision %s" % (
         result["model"], result["size"]["width"], result["size"]["height"], result["size"]["frames"],
         result["size"]["video_tokens"], result["backend"], result["device"], result["precision"]["name"])
     tail = ""
     if "ratio_wanport_over_diffusers" in result:
         tail = "\nwanport / diffusers = %.3f" % result["ratio_wanport_over_diffusers"]
+    q = result.get("quant")
+    if q:
+        tail += ("\n%s vs exact: cosine %.6f, rel L2 %.4g, %d Linears quantized, weights %.2f GiB, speed-up %.3fx"
+                 % (q["scheme"], q["cosine_vs_exact"], q["rel_l2_vs_exact"], q["layers_quantized"], q["weights_gib"],
+                    result["wanport"]["median_s"] / q["median_s"]))
     return head + "\n\n" + "\n".join(rows) + tail
 
 
@@ -196,7 +265,7 @@ def plots(result: Mapping[str, Any]):
     """Median forward time of wanport (and the peer, when measured)."""
     from ..io.plots import bar_chart
 
-    names = [n for n in ("wanport", "diffusers") if result.get(n)]
+    names = [n for n in ("wanport", "quant", "diffusers") if result.get(n)]
     title = "wanport bench dit: %s %dx%d x %d frames, backend %s on %s" % (
         result["model"], result["size"]["width"], result["size"]["height"], result["size"]["frames"],
         result["backend"], result["device"])

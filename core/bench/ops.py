@@ -259,6 +259,10 @@ def _implementations(registry, backend: str, kind: str, device_type: str, case_d
     return out
 
 
+def _tokens(grid) -> int:
+    return grid[0] * grid[1] * grid[2]
+
+
 def bench_ops(backend: str = "auto", models: Sequence[str] = DEFAULT_MODELS,
               sizes: Optional[Sequence[str]] = None, kinds: Optional[Sequence[str]] = None,
               warmup: int = 2, repeats: int = 10, quick: bool = False, skip_slow_reference: bool = True,
@@ -305,6 +309,16 @@ def bench_ops(backend: str = "auto", models: Sequence[str] = DEFAULT_MODELS,
         del args, kwargs, ref, mine
         runtime.empty_cache()
     ceilings = measure_ceilings(device, runtime, quick)
+    # the quantized Linears (docs/quantization.md); the reference backend's float32 emulations only
+    # when asked for by --kinds (they are ground truth, not kernels worth timing)
+    if (kinds and "quant_linear" in kinds) or (not kinds and spec.name != "reference"):
+        from .quant_ops import bench_quant_linears
+
+        tokens = [QUICK_TOKENS if quick else _tokens(token_grid(m, z)) for m, z in pairs]
+        qrows, qceil = bench_quant_linears(registry, spec, runtime, device, pairs, tokens, warmup, repeats, quick)
+        rows.extend(qrows)
+        if qceil:
+            ceilings["quant_gemm_tflops"] = qceil
     for row in rows:
         if "tflops" in row and matmul_ceiling(ceilings) > 0:
             row["pct_of_matmul_ceiling"] = round(100 * row["tflops"] / matmul_ceiling(ceilings), 1)
@@ -330,6 +344,9 @@ def markdown(result: Mapping[str, Any]) -> str:
     lines = ["backend %s on %s; ceilings: matmul %.4g TFLOP/s (the fastest of: %s), copy %.4g GB/s; a %% above "
              "100 means the case ran from cache or in a dtype faster than the ceiling's"
              % (result["backend"], result["device"], matmul_ceiling(c), measured, c["copy_gbps"]), "",
+             ] + (["8-bit GEMM ceilings (TFLOP/s, same run): %s" % ", ".join(
+                 "%s %.4g" % kv for kv in sorted(c["quant_gemm_tflops"].items())), ""]
+                  if c.get("quant_gemm_tflops") else []) + [
              "| op | case | impl | ms | TFLOP/s | GB/s | % ceiling | rel err vs fp64 |",
              "|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
@@ -337,6 +354,8 @@ def markdown(result: Mapping[str, Any]) -> str:
             lines.append("| %s | %s | %s | failed: %s | | | | |" % (r["kind"], r["case"], r["impl"], r["error"]))
             continue
         pct = r.get("pct_of_matmul_ceiling", r.get("pct_of_copy_ceiling", ""))
+        if r.get("pct_of_8bit_ceiling") is not None:
+            pct = "%s (8-bit: %s)" % (pct, r["pct_of_8bit_ceiling"])
         lines.append("| %s | %s | %s | %.3f | %s | %s | %s | %s |" % (
             r["kind"], r["case"], r["impl"], r["median_ms"], r.get("tflops", ""), r.get("gbps", ""), pct,
             ("non-finite output" if r.get("nonfinite_output") else "n/a") if r.get("rel_err_vs_f64") is None

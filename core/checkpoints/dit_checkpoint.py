@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Dict, Optional
 
 import torch
@@ -28,6 +28,8 @@ class DiTCheckpoint:
     directory: str
     config: DiTConfig
     entries: Dict[str, TensorEntry]
+    #: pre-quantized Linears (module -> "<safetensors dtype>:<channel|tensor>"), empty for a bf16 checkpoint
+    prequantized: Dict[str, str] = field(default_factory=dict)
 
 
 def read_dit_config(directory: str) -> Dict:
@@ -60,8 +62,40 @@ def inspect_dit(directory: str, policy: PrecisionPolicy, with_image: Optional[bo
         image_dim = DEFAULT_IMAGE_DIM
     cfg = DiTConfig.from_json(data, os.path.join(directory, CONFIG_NAME), text_dim=text_dim, image_dim=image_dim)
     expected = WanDiT.on_meta(cfg, policy).expected_shapes()
-    check_against(entries, expected, "DiT weights in %s" % directory)
-    return DiTCheckpoint(directory, cfg, entries)
+    pre = prequantized_linears(entries, directory)
+    plain = {k: e for k, e in entries.items() if not (k.endswith(".weight_scale") and k[: -len("_scale")] in entries)}
+    check_against(plain, expected, "DiT weights in %s" % directory)
+    return DiTCheckpoint(directory, cfg, entries, pre)
+
+
+def prequantized_linears(entries: Dict[str, TensorEntry], directory: str) -> Dict[str, str]:
+    """The Linears stored quantized (an 8-bit ``<m>.weight`` with a float32 ``<m>.weight_scale``
+    of one value per output row or one for the tensor: the layout of docs/quantization.md, which
+    LightX2V's FP8/INT8 Wan checkpoints use), module -> "dtype:granularity"; a half-written pair
+    is a CheckpointError."""
+    out = {}
+    for key, e in entries.items():
+        if not key.endswith(".weight_scale"):
+            continue
+        module = key[: -len(".weight_scale")]
+        w = entries.get(module + ".weight")
+        if w is None:
+            raise CheckpointError("%s: %r has no %s.weight beside it" % (e.file, key, module))
+        if w.dtype not in ("F8_E4M3", "I8") or len(w.shape) != 2:
+            raise CheckpointError("%s: %s.weight is %s %s; a tensor with a weight_scale must be an 8-bit [out, in] "
+                                  "matrix (F8_E4M3 or I8)" % (w.file, module, w.dtype, list(w.shape)))
+        n = w.shape[0]
+        numel = 1
+        for d in e.shape:
+            numel *= d
+        if e.dtype != "F32" or numel not in (1, n) or len(e.shape) > 2:
+            raise CheckpointError("%s: %s has dtype %s shape %s; expected float32 [%d, 1] (per output channel) or "
+                                  "[1, 1] (per tensor)" % (e.file, key, e.dtype, list(e.shape), n))
+        out[module] = "%s:%s" % (w.dtype, "channel" if numel == n and n > 1 else "tensor")
+    for key, e in entries.items():
+        if e.dtype in ("F8_E4M3",) and key.endswith(".weight") and key[: -len(".weight")] not in out:
+            raise CheckpointError("%s: %s is %s without a %s_scale beside it" % (e.file, key, e.dtype, key))
+    return out
 
 
 def load_dit(ckpt: DiTCheckpoint, policy: PrecisionPolicy, device: torch.device,

@@ -33,6 +33,8 @@ _DTYPES = {
     "U8": torch.uint8,
     "BOOL": torch.bool,
 }
+if hasattr(torch, "float8_e4m3fn"):  # pre-quantized DiT checkpoints (docs/quantization.md)
+    _DTYPES["F8_E4M3"] = torch.float8_e4m3fn
 _ITEMSIZE = {name: torch.empty((), dtype=dt).element_size() for name, dt in _DTYPES.items()}
 
 

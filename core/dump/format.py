@@ -54,8 +54,9 @@ VERSION = 1
 MANIFEST = "dump.json"
 FILES = {"stats": "stats.safetensors", "latents": "latents.safetensors", "blocks": "blocks.safetensors",
          "video": "video.safetensors"}
-#: recipe keys that may differ between the two machines of a comparison
-MACHINE_KEYS = ("backend", "ops", "env", "output", "checkpoint_dir", "offload", "parallel")
+#: recipe keys that may differ between the two sides of a comparison (machine, kernels, layout; and
+#: ``quant``: a quantized run is compared with the exact one, its quant_linear site in ``ops_differ``)
+MACHINE_KEYS = ("backend", "ops", "env", "output", "checkpoint_dir", "offload", "parallel", "quant")
 
 
 def _file_sha256(path: str) -> Optional[str]:

@@ -33,7 +33,8 @@ from .weights import TensorSet, clip_tensors, dit_tensors, t5_tensors, vae_tenso
 #: and whole-model offload ("model") are the planned extensions: each adds a branch to
 #: :func:`dit_device_bytes` and a candidate in ``suggest.py``.
 DIT_OFFLOAD_MODES = ("none",)
-#: Weight quantization modes; "none" only today (FP8 weights would change the DiT's TensorSet).
+#: Layout quantization modes the suggestions try: "none" only (quantization is lossy: only a recipe
+#: asks for it, through quant.dit, which predict() counts in the DiT's TensorSet).
 QUANTIZATION_MODES = ("none",)
 
 
@@ -234,7 +235,11 @@ def predict(plan, arch: Architecture, layout: Optional[Layout] = None, device_me
     with_image = plan.image_path is not None
     notes: List[str] = []
 
-    dit = dit_tensors(arch.dit, policy)
+    quant = getattr(plan, "quant", None)  # quantized Linears (docs/quantization.md): a recipe property
+    if quant is not None and quant.dit != "none":
+        dit = dit_tensors(arch.dit, policy, quant.dit, tuple(quant.keep))
+    else:
+        dit = dit_tensors(arch.dit, policy)
     t5 = t5_tensors(arch.t5, policy.text_encoder)
     vae = vae_tensors(arch.vae_kind, arch.vae_config, policy.vae)
     clip = clip_tensors(arch.clip, policy.image_encoder) if arch.clip and preset.clip else None

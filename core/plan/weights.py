@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Dict, Iterable, Mapping, Tuple
+from typing import Dict, Iterable, Mapping, Optional, Tuple
 
 import torch
 
@@ -72,15 +72,27 @@ def sharded_numel(shape: Shape, degree: int) -> int:
     return -(-int(shape[0]) // degree) * _numel(shape[1:])
 
 
-def dit_tensors(cfg: DiTConfig, policy: PrecisionPolicy) -> TensorSet:
-    """The DiT's state dict on meta, each tensor in the dtype the loader casts it to."""
-    return _dit_tensors(cfg, policy)
+def dit_tensors(cfg: DiTConfig, policy: PrecisionPolicy, quant_scheme: Optional[str] = None,
+                keep: Tuple[str, ...] = ()) -> TensorSet:
+    """The DiT's state dict on meta, each tensor in the dtype the loader casts it to; with a
+    quantization scheme (``quant.dit``), the Linears it quantizes as 8-bit weights + float32 scales."""
+    return _dit_tensors(cfg, policy, quant_scheme, tuple(keep))
 
 
 @functools.lru_cache(maxsize=64)
-def _dit_tensors(cfg: DiTConfig, policy: PrecisionPolicy) -> TensorSet:
+def _dit_tensors(cfg: DiTConfig, policy: PrecisionPolicy, quant_scheme: Optional[str] = None,
+                 keep: Tuple[str, ...] = ()) -> TensorSet:
     model = WanDiT.on_meta(cfg, policy)
-    return TensorSet("dit", tuple((k, tuple(v.shape), param_dtype(k, policy)) for k, v in model.state_dict().items()))
+    quantized = set()
+    if quant_scheme is not None:
+        from ..models.dit.quant_linear import select_linears, swap_in
+        from ..ops.quant import get_scheme
+
+        names, _ = select_linears(model, keep)
+        swap_in(model, names, get_scheme(quant_scheme), policy.matmul)
+        quantized = {n + ".weight" for n in names} | {n + ".weight_scale" for n in names}
+    return TensorSet("dit", tuple((k, tuple(v.shape), v.dtype if k in quantized else param_dtype(k, policy))
+                                  for k, v in model.state_dict().items()))
 
 
 def t5_tensors(cfg: Mapping[str, int], dtype: torch.dtype) -> TensorSet:
