@@ -233,3 +233,29 @@ def test_tiny_t2v_int8_w8a8_end_to_end_on_the_emulated_npu(tiny_ckpt, tmp_path, 
     assert 0 < floor < 0.1  # quantization shows, and stays small
     assert _rel(nq, exact) < 2 * floor
     assert _rel(nq, rq) < 2 * floor
+
+
+@pytest.mark.parametrize("era,scheme,expect", [
+    ("v7", "int8_w8a8", "ascend.dynamic_quant_matmul"),
+    ("v6rc2", "int8_w8a16", "ascend.weight_quant_batchmatmul"),
+    ("v6rc2", "int8_w8a8", "npu_dynamic_quant takes no 'dst_type' argument"),  # refused, with the reason
+    ("v26", "fp8_rowwise", "does not implement the quantization scheme 'fp8_rowwise'"),  # no FP8 on Atlas A2
+])
+def test_op_table_per_scheme_and_era(registry, era, scheme, expect):
+    """The resolver gives the quant_linear site to the ascend implementation of the recipe's scheme,
+    or refuses before any weight loads (no fallback to the reference emulation on an accelerator)."""
+    from wanport.errors import BackendError
+    from wanport.models.dit import DiTConfig
+    from wanport.models.dit.requirements import dit_requirements
+    from wanport.precision import PRESETS
+    from wanport.registry import resolve_ops
+
+    cfg = DiTConfig(model_type="t2v", dim=256, ffn_dim=512, num_heads=2, num_layers=1)
+    reqs = dit_requirements(cfg, PRESETS["official"], "npu", quant_scheme=scheme)
+    with installed(era):
+        spec = registry.backends["ascend"]
+        if expect.startswith("ascend."):
+            assert resolve_ops(registry, spec, reqs).describe()["quant_linear"] == expect
+        else:
+            with pytest.raises(BackendError, match=expect):
+                resolve_ops(registry, spec, reqs)
