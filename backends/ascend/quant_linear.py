@@ -10,8 +10,8 @@ strided views are not used.
 
 ``int8_w8a8`` — ``npu_dynamic_quant(x, dst_type=torch.int8)`` quantizes each token (row) of a
 bf16/fp16 activation: ``s = rowmax|x| / 127``, ``q = round(x / s)`` (the reference arithmetic), then
-``npu_quant_matmul(q2d, weight.t(), weight_scale[N] fp32, pertoken_scale=s[M] fp32, bias=b fp32,
-output_dtype=bf16|fp16)`` computes ``(q @ wᵀ) · w_scale · s + b`` with an exact integer
+``npu_quant_matmul(q2d, weight.t(), weight_scale[N] fp32, pertoken_scale=s[M] fp32, bias=b,
+output_dtype=bf16|fp16)`` (b: bf16 as stored for a bf16 output, else float32) computes ``(q @ wᵀ) · w_scale · s + b`` with an exact integer
 accumulator and one rounding of the output. x is flattened to ``[M, K]`` (pertoken_scale is 1-D
 ``(M,)``). A float32 bias and scale with a bfloat16 output need op-plugin >= 7.0.0 (the 6.0.rc2
 table demanded bfloat16 scales); ``dst_type`` exists from the same release, which is how the
@@ -74,8 +74,11 @@ class AscendW8A8(QuantKernels):
         x1 = qa.data.reshape(-1, k).contiguous()
         tok = qa.scale.reshape(-1).float().contiguous()
         od = _kernel_dtype(qa.dtype, out_dtype)
-        y = self._quant_matmul(x1, weight.t(), weight_scale.reshape(-1).float(), pertoken_scale=tok,
-                               bias=None if bias is None else bias.reshape(-1).float(), output_dtype=od)
+        b = None
+        if bias is not None:  # a bf16 bias goes as it is with a bf16 output; else float32 (both tables allow it)
+            b = bias.reshape(-1) if bias.dtype == od == torch.bfloat16 else bias.reshape(-1).float()
+        y = self._quant_matmul(x1, weight.t(), weight_scale.reshape(-1).float(), pertoken_scale=tok, bias=b,
+                               output_dtype=od)
         y = y.reshape(*lead, n)
         return y if y.dtype == out_dtype else y.to(out_dtype)
 
