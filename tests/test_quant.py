@@ -204,12 +204,15 @@ def no_weight_reads(monkeypatch):
     (["quant.dit=fp8"], ConfigError, "fp8_rowwise"),
 ])
 def test_bad_requests_fail_before_weights_load(tiny_ckpt, tmp_path, no_weight_reads, overrides, error, match):
+    """The checks `prepare` runs before any weight is read: the recipe, the checkpoint inspection
+    (quant.keep against the model), the op table's resolution (the scheme, FP8 attention)."""
     from wanport.config import load_recipe
-    from wanport.pipeline.common import prepare
+    from wanport.pipeline.common import check_run, resolve_dit_ops
 
     with pytest.raises(error, match=match):
         cfg, _ = load_recipe(None, ["checkpoint_dir=%s" % tiny_ckpt, "output.dir=%s" % tmp_path] + overrides)
-        prepare(cfg)
+        plan, _, _, registry, spec, ckpts = check_run(cfg)
+        resolve_dit_ops(registry, spec, ckpts, plan, cfg.ops)
 
 
 def test_unmerged_lora_with_quant_is_refused():
