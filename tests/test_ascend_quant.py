@@ -163,7 +163,7 @@ def test_w8a16_matches_the_reference_emulation(registry, era, dtype):
     assert ((y.double() - true).abs() <= _bound_vs_float(x, w, None, sw, true, dtype) + 2 * u * acc).all()
 
 
-def test_w8a8_refused_where_the_kernel_wants_bf16_scales(registry):
+def test_w8a8_not_offered_on_6_0_rc2_and_its_call_would_fail(registry):
     """On 6.0.rc2 (bf16-only scales with a bf16 output) the implementation is not offered; loaded
     anyway, its first call fails binding the dst_type keyword that this torch_npu does not have."""
     x, w, b = case(BF16)
