@@ -20,7 +20,7 @@ import torch
 from wanport.ops.impl import AtLoad, Constraints, OpImpl, lazy
 from wanport.registry import BackendSpec, hookimpl
 
-from .schema import detect, host_status, loaded_torch_npu, requires
+from .schema import detect, host_status, loaded_torch_npu, requires, requires_all
 
 NAME = "ascend"
 
@@ -43,6 +43,9 @@ PRIORITY = {
     ("rms_norm", "rms_norm"): 20,
     ("layer_norm", "layer_norm_eval"): 20,
     ("layer_norm_modulate", "layer_norm_eval"): 20,
+    # one implementation per scheme, so no ranking between them (the recipe's quant.dit picks)
+    ("quant_linear", "dynamic_quant_matmul"): 20,  # int8_w8a8
+    ("quant_linear", "weight_quant_batchmatmul"): 20,  # int8_w8a16
 }
 
 #: declared bound per implementation: relative L2 error against a float64 evaluation of the
@@ -135,14 +138,26 @@ def _loader(module: str, factory: str, op: str, *args):
     return lazy(".%s:%s" % (module, factory), _npu_op(op), *args, package=__package__)
 
 
+def _vendor_loader(module: str, factory: str):
+    """Load = build the implementation from the torch_npu module (for kinds that bind several ops)."""
+
+    def load():
+        from .schema import import_torch_npu
+
+        torch_npu = import_torch_npu()
+        return getattr(importlib.import_module("%s.%s" % (__package__, module)), factory)(torch_npu)
+
+    return load
+
+
 _FA_ARGS = ("atten_mask", "scale", "keep_prob", "pre_tockens", "next_tockens", "inner_precise", "sparse_mode")
 _FIA_ARGS = ("num_heads", "num_key_value_heads", "input_layout", "scale", "sparse_mode", "inner_precise",
              "softmax_lse_flag", "actual_seq_lengths_kv")
 
 
-def _impl(kind, name, loader, constraints, available, description):
+def _impl(kind, name, loader, constraints, available, description, exact=True):
     return OpImpl(kind, name, NAME, loader, constraints, priority=PRIORITY[(kind, name)], description=description,
-                  available=available, tolerance=_BF16_TOL)
+                  available=available, tolerance=_BF16_TOL, exact=exact)
 
 
 @hookimpl
@@ -182,4 +197,18 @@ def wanport_op_impls():
               Constraints(dtypes=_FLOATS, out_dtype=True, batch_gt1=False, per_token_modulation=False, **npu),
               requires("npu_layer_norm_eval", "normalized_shape", "weight", "bias", "eps"),
               "npu_layer_norm_eval with weight = 1 + scale, bias = shift (one modulation row)"),
+        # quantized Linears (Atlas A2: INT8 only, no FP8). Lossy by the recipe's request (quant.dit);
+        # tolerance vs the reference emulation of the scheme: bf16 rounding of the output (and, W8A16,
+        # of the weight scale)
+        _impl("quant_linear", "dynamic_quant_matmul", _vendor_loader("quant_linear", "make_w8a8"),
+              Constraints(dtypes=_HALF, schemes=frozenset({"int8_w8a8"}), **npu),
+              requires_all(requires("npu_dynamic_quant", "dst_type"),
+                           requires("npu_quant_matmul", "pertoken_scale", "bias", "output_dtype")),
+              "int8_w8a8: npu_dynamic_quant per token + npu_quant_matmul (per-channel fp32 weight scale)",
+              exact=False),
+        _impl("quant_linear", "weight_quant_batchmatmul", _vendor_loader("quant_linear", "make_w8a16"),
+              Constraints(dtypes=_HALF, schemes=frozenset({"int8_w8a16"}), **npu),
+              requires("npu_weight_quant_batchmatmul", "bias"),
+              "int8_w8a16: npu_weight_quant_batchmatmul (per-channel antiquant_scale in x's dtype)",
+              exact=False),
     ]

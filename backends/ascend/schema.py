@@ -8,6 +8,9 @@ the ops it calls and adapts, instead of assuming a torch_npu version:
 - ``npu_rotary_mul`` gained ``rotary_mode`` (interleaved pairs) in op-plugin 7.0.0
   (torch_npu 2.1.0.post12 / 2.3.1.post6 / 2.4.0.post4 and later); older builds know only the
   split-half layout, and rotary then reorders the pairs (``ascend.rotary_mul_half``).
+- ``npu_dynamic_quant`` gained ``dst_type`` in op-plugin 7.0.0, the release from which
+  ``npu_quant_matmul`` takes float32 scales and biases with a bfloat16 output (6.0.rc2 wanted
+  bfloat16 ones); the int8_w8a8 implementation passes ``dst_type`` and is offered only there.
 - every keyword an implementation passes is checked to exist in the installed schema before the
   implementation is offered to the resolver (a renamed keyword would otherwise fail mid-run).
 - the first argument of ``npu_rms_norm`` / ``npu_rotary_mul`` is registered as ``input`` by
@@ -37,6 +40,9 @@ OPS = (
     "npu_rotary_mul",
     "npu_rms_norm",
     "npu_layer_norm_eval",
+    "npu_dynamic_quant",
+    "npu_quant_matmul",
+    "npu_weight_quant_batchmatmul",
 )
 
 #: CANN's environment script at its default (root) install path; a user install keeps it at
@@ -215,4 +221,18 @@ def requires(op: str, *args: str):
         return ops.missing(op, args)
 
     check.__name__ = "requires_%s" % op
+    return check
+
+
+def requires_all(*checks):
+    """An ``OpImpl.available`` check that passes when every one of ``checks`` does (the first reason otherwise)."""
+
+    def check() -> Tuple[bool, str]:
+        for one in checks:
+            ok, why = one()
+            if not ok:
+                return False, why
+        return True, ""
+
+    check.__name__ = "requires_all"
     return check

@@ -3,7 +3,7 @@
 Each kernel gets the era and the call's arguments bound by name (the dispatcher already enforced
 names, types and arity from the registered schema). Validation failures raise RuntimeError, as the
 real ops do; things the emulation deliberately does not model (dropout, pse, quantisation, sparse
-modes 2..8, fully-masked rows, ...) raise :class:`NotEmulated` so no test can rely on them.
+modes 2..8, fully-masked rows, int4/int64-packed quantisation, ...) raise :class:`NotEmulated` so no test can rely on them.
 
 Math follows the kernels' documented formulas in float32 (the precision the hardware accumulates
 in), results rounded to the documented output dtype.
@@ -395,10 +395,227 @@ def layer_norm_eval(era, a: Dict, first: str):
     return y.to(x.dtype)
 
 
+# ----------------------------------------------------------------------------- quantisation (Atlas A2)
+
+#: ScalarType codes: a schema's `int? output_dtype` (op-plugin 26.0.0) receives the dtype's code
+_SCALAR_TYPES = {0: torch.uint8, 1: torch.int8, 2: torch.int16, 3: torch.int32, 4: torch.int64, 5: torch.float16,
+                 6: torch.float32, 7: torch.float64, 11: torch.bool, 15: torch.bfloat16}
+
+
+def _dtype(value) -> Optional[torch.dtype]:
+    if value is None or isinstance(value, torch.dtype):
+        return value
+    if value not in _SCALAR_TYPES:
+        raise NotEmulated("ScalarType code %r (torch_npu's own dtypes)" % (value,))
+    return _SCALAR_TYPES[value]
+
+
+def _transposed_last_two(t: torch.Tensor) -> bool:
+    """QuantMatmulKernelNpuOpApi.cpp ``is_transpose_last_two_dims``: a contiguous [..., N, K] viewed as
+    [..., K, N] (batch dims contiguous over the swapped pair)."""
+    if not 2 <= t.dim() <= 6:
+        return False
+    d1, d2 = t.dim() - 1, t.dim() - 2
+    if not (t.stride(d2) == 1 and t.stride(d1) == t.size(d2)):
+        return False
+    span = t.size(d1) * t.size(d2)
+    for b in range(t.dim() - 3, -1, -1):
+        if t.stride(b) != span:
+            return False
+        span *= t.size(b)
+    return not (t.size(d1) == 1 and t.size(d2) == 1)
+
+
+def _nd_or_transposed(t: torch.Tensor, name: str) -> None:
+    check(t.is_contiguous() or _transposed_last_two(t),
+          "%s must be contiguous or a transpose of its last two dims of a contiguous tensor "
+          "(strict: other strided views unconfirmed on hardware)" % name)
+
+
+def dynamic_quant(era, a: Dict, first: str):
+    """y = round(x / s), s = rowMax(|x|) / 127 per row (every dim but the last); returns (int8 y, float32 s)."""
+    x = a[first]
+    check(x.dtype in HALF, "npu_dynamic_quant: x dtype must be float16 or bfloat16, got %s" % x.dtype)
+    check(x.dim() > 1, "npu_dynamic_quant: x must have more than 1 dim, got %d" % x.dim())
+    check(x.numel() > 0, "npu_dynamic_quant: empty x is not supported")
+    if a.get("group_index") is not None:
+        raise NotEmulated("npu_dynamic_quant group_index (MoE smooth scales)")
+    dst = _dtype(a.get("dst_type"))
+    if dst is torch.quint4x2:
+        raise NotEmulated("npu_dynamic_quant int4 output")
+    check(dst in (None, torch.int8), "npu_dynamic_quant: dst_type on Atlas A2 is int8 or quint4x2, got %s" % dst)
+    if a.get("quant_mode", "pertoken") != "pertoken" or a.get("dst_type_max", 0.0) != 0.0:
+        raise NotEmulated("npu_dynamic_quant quant_mode %r / dst_type_max" % a.get("quant_mode"))
+    xf = x.float()
+    smooth = a["smooth_scales"]
+    if smooth is not None:
+        check(smooth.dtype == x.dtype, "npu_dynamic_quant: smooth_scales dtype must equal x's")
+        check(smooth.dim() == 1 and smooth.numel() == x.shape[-1],
+              "npu_dynamic_quant: smooth_scales must be 1-D with x's last dim (%d)" % x.shape[-1])
+        xf = xf * smooth.float()
+    amax = xf.abs().amax(dim=-1)
+    if bool((amax == 0).any()):
+        raise NotEmulated("an all-zero row (scale 0; hardware output unconfirmed)")
+    if not bool(torch.isfinite(amax).all()):
+        raise NotEmulated("a non-finite row")
+    scale = amax / 127.0
+    y = torch.round(xf / scale[..., None]).clamp_(-127, 127).to(torch.int8)
+    return y, scale
+
+
+def quant_matmul(era, a: Dict, first: str):
+    """out = (x1 @ x2 [+ int32 bias]) * scale [* pertoken_scale] [+ float bias], int8 x int8 on Atlas A2."""
+    x1, x2, scale = a["x1"], a["x2"], a["scale"]
+    offset, pertoken, bias = a["offset"], a["pertoken_scale"], a["bias"]
+    for name in ("x1_dtype", "x2_dtype", "pertoken_scale_dtype", "scale_dtype", "group_sizes", "y_scale"):
+        if a.get(name) is not None:
+            raise NotEmulated("npu_quant_matmul %s" % name)
+    if x1.dtype == torch.int32 and x2.dtype == torch.int32:
+        raise NotEmulated("int4 (int32-packed) npu_quant_matmul")
+    check(x1.dtype == torch.int8 and x2.dtype == torch.int8,
+          "npu_quant_matmul: x1 and x2 must both be int8 (or both int32 = int4) on Atlas A2, got %s and %s"
+          % (x1.dtype, x2.dtype))
+    check(2 <= x1.dim() <= 6 and 2 <= x2.dim() <= 6, "npu_quant_matmul: x1/x2 must have 2..6 dims")
+    check(all(t.numel() > 0 for t in (x1, x2, scale)), "npu_quant_matmul: x1, x2 and scale must not be empty")
+    check(x1.is_contiguous(), "npu_quant_matmul: x1 must be contiguous (strict: unconfirmed on hardware)")
+    _nd_or_transposed(x2, "npu_quant_matmul: x2")
+    m, k, n = x1.shape[-2], x1.shape[-1], x2.shape[-1]
+    check(x2.shape[-2] == k, "npu_quant_matmul: K of x1 (%d) and x2 (%d) differ" % (k, x2.shape[-2]))
+    check(k <= 65535 and n <= 65535, "npu_quant_matmul: the last dims of x1 and x2 must be <= 65535")
+    try:
+        batch = torch.broadcast_shapes(tuple(x1.shape[:-2]), tuple(x2.shape[:-2]))
+    except RuntimeError:
+        check(False, "the x1 shape and x2 shape not supported for broadcast")
+    out_dtype = _dtype(a["output_dtype"]) or torch.int8
+    check(out_dtype in (torch.int8, torch.float16, torch.bfloat16, torch.int32),
+          "npu_quant_matmul: output_dtype on Atlas A2 is int8, float16, bfloat16 or int32, got %s" % out_dtype)
+    check(scale.dim() == 1 and scale.numel() in (1, n), "npu_quant_matmul: scale must be 1-D of size 1 or n=%d, got %s"
+          % (n, tuple(scale.shape)))
+    check(scale.dtype in (torch.float32, torch.int64, torch.bfloat16),
+          "npu_quant_matmul: scale dtype must be float32, int64 or bfloat16, got %s" % scale.dtype)
+    check(offset is None or out_dtype == torch.int8, "npu_quant_matmul: offset is supported with an int8 output only")
+    if pertoken is not None:
+        check(out_dtype in HALF, "npu_quant_matmul: pertoken_scale is supported only with a float16 or bfloat16 "
+              "output_dtype, got %s" % out_dtype)
+        check(pertoken.dtype == torch.float32, "npu_quant_matmul: pertoken_scale must be float32, got %s" % pertoken.dtype)
+        check(pertoken.dim() == 1 and pertoken.numel() == m,
+              "npu_quant_matmul: pertoken_scale must be 1-D (m,) with m=%d, got %s" % (m, tuple(pertoken.shape)))
+        if x1.dim() > 2:
+            raise NotEmulated("pertoken_scale with a batched x1")
+    if out_dtype in (torch.int8, torch.int32):
+        raise NotEmulated("npu_quant_matmul %s output (requantisation rounding)" % out_dtype)
+    if scale.dtype == torch.int64:
+        raise NotEmulated("an int64 (npu_trans_quant_param) scale")
+    out_shape = tuple(batch) + (m, n)
+    bias_dtypes = {torch.int32}
+    if out_dtype == torch.bfloat16:
+        if era.qmm_bf16_scale_only:
+            check(scale.dtype == torch.bfloat16, "npu_quant_matmul: a bfloat16 output needs a bfloat16 scale (this "
+                  "torch_npu); got %s" % scale.dtype)
+            bias_dtypes |= {torch.bfloat16}
+        else:
+            check(scale.dtype in (torch.float32, torch.bfloat16),
+                  "npu_quant_matmul: a bfloat16 output needs a float32 or bfloat16 scale, got %s" % scale.dtype)
+            bias_dtypes |= {torch.bfloat16, torch.float32}
+    else:  # float16
+        if pertoken is not None:
+            check(scale.dtype == torch.float32, "npu_quant_matmul: float16 output with pertoken_scale needs a float32 "
+                  "scale, got %s" % scale.dtype)
+            if not era.qmm_bf16_scale_only:
+                bias_dtypes |= {torch.float32}  # 7.0.0 docs add float16, 26.0.0 bfloat16: only the common one here
+        else:
+            check(scale.dtype in (torch.float32, torch.int64),
+                  "npu_quant_matmul: float16 output without pertoken_scale needs a float32/int64 scale, got %s"
+                  % scale.dtype)
+    if bias is not None:
+        check(bias.dtype in bias_dtypes, "npu_quant_matmul: bias dtype %s is not supported for output %s with "
+              "scale %s%s (allowed: %s)" % (bias.dtype, out_dtype, scale.dtype,
+                                            " and pertoken_scale" if pertoken is not None else "",
+                                            sorted(str(d) for d in bias_dtypes)))
+        shapes = {(n,)} | ({(out_shape[0], 1, n)} if len(out_shape) == 3 else set())
+        check(tuple(bias.shape) in shapes, "npu_quant_matmul: bias shape %s must be (n,)%s"
+              % (tuple(bias.shape), " or (batch, 1, n)" if len(out_shape) == 3 else ""))
+    acc = torch.matmul(x1.double(), x2.double())  # exact: |acc| <= 65535 * 128 * 128 < 2^53
+    if bias is not None and bias.dtype == torch.int32:
+        acc = acc + bias.double()
+    y = acc.float() * scale.float()
+    if pertoken is not None:
+        y = y * pertoken[:, None]
+    if bias is not None and bias.dtype != torch.int32:
+        y = y + bias.float()
+    return y.to(out_dtype).expand(out_shape).contiguous()
+
+
+def _row_or_vector(t: torch.Tensor, n: int) -> bool:
+    return tuple(t.shape) in ((n,), (1, n))
+
+
+def weight_quant_batchmatmul(era, a: Dict, first: str):
+    """W8A16: out = x @ ((weight + antiquant_offset) * antiquant_scale) + bias, in x's dtype."""
+    x, w, s, off = a["x"], a["weight"], a["antiquant_scale"], a["antiquant_offset"]
+    bias, group = a["bias"], a["antiquant_group_size"]
+    if a.get("weight_dtype") is not None:
+        raise NotEmulated("npu_weight_quant_batchmatmul weight_dtype")
+    check(a["quant_offset"] is None or a["quant_scale"] is not None,
+          "npu_weight_quant_batchmatmul: quant_offset needs quant_scale")
+    if a["quant_scale"] is not None:
+        raise NotEmulated("npu_weight_quant_batchmatmul int8 output (quant_scale)")
+    check(a.get("inner_precise", 0) in (0, 1), "npu_weight_quant_batchmatmul: inner_precise must be 0 or 1")
+    check(x.dtype in HALF, "npu_weight_quant_batchmatmul: x dtype must be float16 or bfloat16 on Atlas A2, got %s"
+          % x.dtype)
+    if w.dtype == torch.int32:
+        raise NotEmulated("int4 (int32-packed) weight")
+    check(w.dtype == torch.int8, "npu_weight_quant_batchmatmul: weight must be int8 (or int32 = int4), got %s" % w.dtype)
+    check(x.dim() == 2 and w.dim() == 2, "npu_weight_quant_batchmatmul: x (M, K) and weight (K, N) must be 2-D, "
+          "got %d-D and %d-D" % (x.dim(), w.dim()))
+    check(x.numel() > 0 and w.numel() > 0, "npu_weight_quant_batchmatmul: empty inputs are not supported")
+    _nd_or_transposed(x, "npu_weight_quant_batchmatmul: x")
+    _nd_or_transposed(w, "npu_weight_quant_batchmatmul: weight")
+    (m, k), n = x.shape, w.shape[1]
+    check(w.shape[0] == k, "npu_weight_quant_batchmatmul: K of x (%d) and weight (%d) differ" % (k, w.shape[0]))
+    check(1 <= k <= 65535 and 1 <= n <= 65535, "npu_weight_quant_batchmatmul: K and N must be in [1, 65535]")
+    if s.dtype == torch.int64:
+        raise NotEmulated("an int64 antiquant_scale")
+    check(s.dtype == x.dtype, "npu_weight_quant_batchmatmul: antiquant_scale dtype %s must equal x's %s"
+          % (s.dtype, x.dtype))
+    if group:
+        check(group % 32 == 0 and 32 <= group <= k - 1,
+              "npu_weight_quant_batchmatmul: antiquant_group_size must be a multiple of 32 in [32, K-1], got %d" % group)
+        raise NotEmulated("per-group antiquantisation")
+    check(tuple(s.shape) in ((1,), (1, 1)) or _row_or_vector(s, n),
+          "npu_weight_quant_batchmatmul: antiquant_scale must be (1,), (1, 1), (N,) or (1, N) with N=%d, got %s"
+          % (n, tuple(s.shape)))
+    if off is not None:
+        if off.dtype == torch.int32:
+            raise NotEmulated("an int32 antiquant_offset")
+        check(off.dtype == s.dtype, "npu_weight_quant_batchmatmul: antiquant_offset dtype must equal antiquant_scale's")
+        check(tuple(off.shape) == tuple(s.shape), "npu_weight_quant_batchmatmul: antiquant_offset shape %s must equal "
+              "antiquant_scale's %s" % (tuple(off.shape), tuple(s.shape)))
+    if bias is not None:
+        want = torch.float32 if x.dtype == torch.bfloat16 else torch.float16
+        check(bias.dtype == want, "npu_weight_quant_batchmatmul: bias must be %s for %s x, got %s"
+              % (want, x.dtype, bias.dtype))
+        check(_row_or_vector(bias, n), "npu_weight_quant_batchmatmul: bias must be (N,) or (1, N), got %s"
+              % (tuple(bias.shape),))
+        check(bias.is_contiguous(), "npu_weight_quant_batchmatmul: a non-contiguous bias is not supported")
+    # antiquantisation in x's dtype (as a bf16/fp16 weight), float32 accumulation, one rounding of the output
+    wd = w.to(x.dtype)
+    if off is not None:
+        wd = wd + off.reshape(-1)
+    wd = wd * s.reshape(-1)
+    y = torch.matmul(x.float(), wd.float())
+    if bias is not None:
+        y = y + bias.float().reshape(-1)
+    return y.to(x.dtype)
+
+
 KERNELS = {
     "npu_fusion_attention": fusion_attention,
     "npu_fused_infer_attention_score": fused_infer_attention,
     "npu_rotary_mul": rotary_mul,
     "npu_rms_norm": rms_norm,
     "npu_layer_norm_eval": layer_norm_eval,
+    "npu_dynamic_quant": dynamic_quant,
+    "npu_quant_matmul": quant_matmul,
+    "npu_weight_quant_batchmatmul": weight_quant_batchmatmul,
 }
