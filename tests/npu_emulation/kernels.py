@@ -571,7 +571,7 @@ def weight_quant_batchmatmul(era, a: Dict, first: str):
     check(x.numel() > 0 and w.numel() > 0, "npu_weight_quant_batchmatmul: empty inputs are not supported")
     _nd_or_transposed(x, "npu_weight_quant_batchmatmul: x")
     _nd_or_transposed(w, "npu_weight_quant_batchmatmul: weight")
-    (m, k), n = x.shape, w.shape[1]
+    k, n = x.shape[1], w.shape[1]
     check(w.shape[0] == k, "npu_weight_quant_batchmatmul: K of x (%d) and weight (%d) differ" % (k, w.shape[0]))
     check(1 <= k <= 65535 and 1 <= n <= 65535, "npu_weight_quant_batchmatmul: K and N must be in [1, 65535]")
     if s.dtype == torch.int64:
