@@ -13,7 +13,8 @@ bf16/fp16 activation: ``s = rowmax|x| / 127``, ``q = round(x / s)`` (the referen
 ``npu_quant_matmul(q2d, weight.t(), weight_scale[N] fp32, pertoken_scale=s[M] fp32, bias=b,
 output_dtype=bf16|fp16)`` (b: bf16 as stored for a bf16 output, else float32) computes
 ``(q @ wᵀ) · w_scale · s + b`` with an exact integer accumulator and one rounding of the output.
-x is flattened to ``[M, K]`` (pertoken_scale is 1-D ``(M,)``). A float32 bias and scale with a bfloat16 output need op-plugin >= 7.0.0 (the 6.0.rc2
+x is flattened to ``[M, K]`` (pertoken_scale is 1-D ``(M,)``). A float32 bias and scale with a
+bfloat16 output need op-plugin >= 7.0.0 (the 6.0.rc2
 table demanded bfloat16 scales); ``dst_type`` exists from the same release, which is how the
 plugin tells the two apart (``requires("npu_dynamic_quant", "dst_type")``). The kernel has no
 float32 output: ``out_dtype`` float32 is the bf16 (fp16) result cast up.
