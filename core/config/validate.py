@@ -60,6 +60,8 @@ class RunPlan:
     #: the recipe's LoRAs (``wanport.lora.spec.LoraSpec``), in order
     loras: Tuple[Any, ...] = ()
     lora_strict: bool = True
+    #: the recipe's ``offload:`` settings besides expert parking (``wanport.offload.OffloadPlan``)
+    offload: Any = None
 
     @property
     def world(self) -> int:
@@ -215,6 +217,11 @@ def plan_run(cfg: RunConfig, source: str = "recipe") -> RunPlan:
     problems.extend(check_parallel(cfg.parallel, heads, preset.name, needs_uncond, max(height // sh, 0),
                                    park_experts=cfg.offload.park_inactive_expert))
 
+    from ..offload.settings import check_offload
+
+    offload = check_offload(cfg.offload, experts=bool(preset.experts), park=park, dit_fsdp=cfg.parallel.dit_fsdp,
+                            t5_fsdp=cfg.parallel.t5_fsdp, compile_=cfg.compile, problems=problems)
+
     from ..lora.spec import plan_loras
 
     loras = plan_loras(cfg.lora, bool(preset.experts), problems)
@@ -252,6 +259,7 @@ def plan_run(cfg: RunConfig, source: str = "recipe") -> RunPlan:
         denoising_step_list=step_list,
         loras=loras,
         lora_strict=cfg.lora_strict,
+        offload=offload,
     )
 
 

@@ -82,9 +82,10 @@ class Prepared:
 
     @property
     def text_device(self) -> torch.device:
-        """Where the text encoder runs (``parallel.t5_cpu``: the host)."""
-        p = self.plan.parallel
-        return torch.device("cpu") if p is not None and p.t5_cpu else self.device
+        """Where the text encoder runs (``parallel.t5_cpu`` or ``offload.text_encoder: host``: the host)."""
+        p, off = self.plan.parallel, self.plan.offload
+        host = (p is not None and p.t5_cpu) or (off is not None and off.text_encoder == "host")
+        return torch.device("cpu") if host else self.device
 
     @property
     def runtime(self):
@@ -230,6 +231,12 @@ def prepare(cfg: RunConfig, registry: Optional[Registry] = None, source: str = "
 
         weights = ShardedWeights(weights, p.dit_fsdp, p.t5_fsdp, spec.device_type, mesh.world)
         if p.dit_fsdp and plan.park_inactive_expert == "auto":  # sharded experts stay where they are
+            plan = dataclasses.replace(plan, park_inactive_expert=False)
+    if plan.offload is not None and plan.offload.active:
+        from ..offload.weights import OffloadWeights
+
+        weights = OffloadWeights(weights, plan.offload, session.runtime, session.device)
+        if plan.offload.dit != "none" and plan.park_inactive_expert == "auto":  # both experts are on the host
             plan = dataclasses.replace(plan, park_inactive_expert=False)
     if plan.compile:
         from .compile import CompiledWeights
