@@ -37,7 +37,7 @@ class Transfers:
         self.runtime = runtime
         self.device = torch.device(device)
         self.on_host = self.device == torch.device("cpu")
-        streams = not self.on_host and all(callable(getattr(runtime, m, None)) for m in _STREAM_METHODS)
+        streams = all(callable(getattr(runtime, m, None)) for m in _STREAM_METHODS)
         self._stream = runtime.copy_stream() if streams else None
         #: why page-locking failed (None: it did not, or was not tried)
         self.pin_failed: Optional[str] = None
@@ -67,7 +67,8 @@ class Transfers:
                 return Pending([_fresh_copy(t, self.device) for t in tensors], None, label)
             rt = self.runtime
             with rt.stream_context(self._stream):
-                out = [t.to(self.device, non_blocking=True) for t in tensors]
+                out = [t.to(self.device, non_blocking=True) if t.device != self.device else _fresh_copy(t, self.device)
+                       for t in tensors]
                 event = rt.stream_event(self._stream)
             return Pending(out, event, label)
         except OffloadError:
