@@ -124,7 +124,7 @@ class Pipeline:
         owns = not (dist.is_available() and dist.is_initialized())
         prep = None
         try:
-            prep = prepare(cfg, registry, source, weights)
+            prep = prepare(cfg, registry, source, weights, resident=resident)
             models = ResidentModels(prep, resident)
             generator = generator_for(prep, models)
             models.uses_clip = generator.uses_clip

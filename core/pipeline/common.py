@@ -205,9 +205,11 @@ def start_parallel(plan: RunPlan, spec, session: Session, ckpts: CheckpointSet):
     return dataclasses.replace(session, device=session.runtime.device()), mesh, comm
 
 
-def prepare(cfg: RunConfig, registry: Optional[Registry] = None, source: str = "recipe", weights=None) -> Prepared:
+def prepare(cfg: RunConfig, registry: Optional[Registry] = None, source: str = "recipe", weights=None,
+            resident: bool = False) -> Prepared:
     """Check the recipe (plan, image, backend, checkpoint and LoRA files), start the session and
-    the mesh, resolve the op table. Every user error is raised here, before the first weight is read."""
+    the mesh, resolve the op table. Every user error is raised here, before the first weight is read.
+    ``resident``: the memory gate plans a pipeline that keeps its models (``Pipeline.from_recipe``)."""
     weights = loras = as_lora_source(weights or CHECKPOINT)
     plan, image, size, registry, spec, ckpts = check_run(cfg, source, registry, weights)
     session = start_session(registry, spec, cfg.env)
@@ -216,7 +218,7 @@ def prepare(cfg: RunConfig, registry: Optional[Registry] = None, source: str = "
     # with the layouts that do; before any weight loads or collective starts. `run --force` skips it.
     from ..plan.check import refuse_if_unfit
 
-    memory_plan = refuse_if_unfit(plan, ckpts, session.runtime, size, cfg.memory_check)
+    memory_plan = refuse_if_unfit(plan, ckpts, session.runtime, size, cfg.memory_check, resident)
     session, mesh, comm = start_parallel(plan, spec, session, ckpts)
     ops = parallel_ops(resolve_dit_ops(registry, spec, ckpts, plan, cfg.ops, mesh), mesh, comm)
     cfg_parallel = None
