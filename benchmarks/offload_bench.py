@@ -3,6 +3,7 @@ device memory, the peak with the device memory capped, and predicted-vs-measured
 pipeline calls (docs/plan.md).
 
     python3 benchmarks/offload_bench.py --out $OUT/offload [--quant fp8] [--skip-timing] [--skip-peaks]
+    python3 benchmarks/offload_bench.py --out /tmp/smoke --smoke   # the same logic, tiny models on the CPU
 
 Part 1 (timing, Wan2.1 T2V-14B 832x480 x 81, random weights): one DiT forward with the weights
 in device memory, the memory capped at 48 GiB (``DeviceRuntime.set_memory_fraction``); then
@@ -72,23 +73,36 @@ def staged_weights(device):
 # ----------------------------------------------------------------------------- helpers
 
 
-def _free() -> None:
+SMOKE = {"wan2.1-t2v-1.3b": "wan2.1-t2v-tiny", "wan2.1-t2v-14b": "wan2.1-t2v-tiny",
+         "wan2.2-ti2v-5b": "wan2.2-ti2v-5b-tiny", "wan2.2-t2v-a14b": "wan2.2-t2v-a14b-tiny",
+         "wan2.1-i2v-14b-480p": "wan2.1-i2v-tiny"}
+#: --smoke: tiny models on the reference backend at 64x64 x 5 frames (checks the script, measures nothing)
+SETTINGS = {"backend": "cuda", "smoke": False}
+
+
+def _free(rt) -> None:
     gc.collect()
-    torch.cuda.synchronize()
-    torch.cuda.empty_cache()
+    rt.synchronize()
+    rt.empty_cache()
 
 
 def _cap(rt, gib: Optional[float]) -> None:
+    fn = getattr(rt, "set_memory_fraction", None)
+    if fn is None:  # a runtime that cannot cap (the host): the cap column then says what it would be
+        return
     total = rt.total_memory_bytes()
-    rt.set_memory_fraction(1.0 if gib is None else min(1.0, gib * GIB / total))
+    fn(1.0 if gib is None else min(1.0, gib * GIB / total))
 
 
 def _recipe(model: str, size: str, frames: int, offload: Dict[str, Any], out: str, image: Optional[str] = None,
             extra: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     from wanport.config import MODELS
 
+    if SETTINGS["smoke"]:
+        model, size, frames = SMOKE[model], "64*64", 5
     raw = {"model": model, "checkpoint_dir": "/nonexistent-random", "task": MODELS[model].task,
-           "prompt": "a corgi surfing a wave at sunset, cinematic", "backend": "cuda", "precision": "official",
+           "prompt": "a corgi surfing a wave at sunset, cinematic", "backend": SETTINGS["backend"],
+           "precision": "official" if not SETTINGS["smoke"] else "fp32",
            "sample": {"size": size, "frame_num": frames, "steps": 1}, "offload": dict(offload),
            "output": {"dir": out}}
     if image:
@@ -111,14 +125,15 @@ def timing(out_dir: str, forwards: int = 2) -> Dict[str, Any]:
     prep = prepare(build_config(raw), weights=RandomWeights(0))
     rt, dev, plan = prep.runtime, prep.device, prep.plan
     pol = plan.policy
-    res: Dict[str, Any] = {"model": "wan2.1-t2v-14b", "size": "832x480", "frames": 81, "device": rt.describe()}
+    res: Dict[str, Any] = {"model": plan.preset.name, "size": "%dx%d" % (plan.width, plan.height),
+                           "frames": plan.frame_num, "device": rt.describe()}
     model = RandomWeights(0).load_dit(prep.ckpts.dit, pol, dev).bind_ops(prep.ops)
     x = torch.randn((1,) + tuple(plan.latent_shape), device=dev)
-    ctx = torch.randn(1, 512, 4096, device=dev, dtype=pol.text_encoder)
+    ctx = torch.randn(1, 512, prep.ckpts.dit.config.text_dim, device=dev, dtype=pol.text_encoder)
     t = torch.tensor([999], device=dev)
 
     def measure(label: str, cap: Optional[float]) -> Dict[str, Any]:
-        _free()
+        _free(rt)
         _cap(rt, cap)
         with torch.no_grad():
             model(x, t, context=ctx)  # warm-up
@@ -144,7 +159,7 @@ def timing(out_dir: str, forwards: int = 2) -> Dict[str, Any]:
     res["block_bytes"] = streamer.largest_block_bytes
     res["streamed_bytes_per_forward"] = sum(streamer.block_bytes)
     res["pinned"] = streamer.describe()["pinned"]
-    _free()
+    _free(rt)
     # host-to-device bandwidth of one block (page-locked, side stream)
     tr = streamer.transfers
     tr.ready(tr.copy_in(streamer.host[0]))
@@ -163,8 +178,8 @@ def timing(out_dir: str, forwards: int = 2) -> Dict[str, Any]:
     for r in rows:
         r["vs_in_memory"] = round(r["forward_median_s"] / base, 4)
     streamer.close()
-    del model, streamer, x, ctx, prep
-    _free()
+    del model, streamer, x, ctx
+    _free(rt)
     return res
 
 
@@ -197,7 +212,7 @@ def configs(out_dir: str, image: str, quant: Optional[str]) -> List[Dict[str, An
              resident=False, offload=block, image=image),
     ]
     if quant:
-        out.append(dict(name="14b-480p run block+quant %s <=24GiB" % quant, model="wan2.1-t2v-14b", size="832*480",
+        out.append(dict(name="14b-480p run block+quant %s <=24GiB" % json.dumps(quant), model="wan2.1-t2v-14b", size="832*480",
                         frames=81, resident=False, offload=block, cap=24.0, extra={"quant": quant}))
     return out
 
@@ -214,16 +229,16 @@ def peaks(out_dir: str, quant: Optional[str]) -> List[Dict[str, Any]]:
     rows = []
     from wanport.pipeline.session import choose_backend, start_session
 
-    rt = start_session(*choose_backend("cuda"), {}).runtime
+    rt = start_session(*choose_backend(SETTINGS["backend"]), {}).runtime
     for c in configs(out_dir, image, quant):
         raw = _recipe(c["model"], c["size"], c["frames"], c["offload"], out_dir, c.get("image"), c.get("extra"))
         row: Dict[str, Any] = {"config": c["name"], "cap_gib": c.get("cap")}
-        _free()
+        _free(rt)
         _cap(rt, c.get("cap"))
         s = time.perf_counter()
         try:
             cfg = build_config(raw)
-            with Pipeline.from_config(cfg, raw, weights=staged_weights(torch.device("cuda")), progress=False,
+            with Pipeline.from_config(cfg, raw, weights=staged_weights(rt.device()), progress=False,
                                       resident=c["resident"]) as pipe:
                 pipe.generate()
                 rep = pipe.last_report
@@ -254,11 +269,11 @@ def markdown(res: Dict[str, Any]) -> str:
     lines = ["# Block offload and memory plan, %s" % res.get("device", "")]
     t = res.get("timing")
     if t:
-        lines += ["", "Wan2.1 T2V-14B 832x480 x 81, one DiT forward (random weights, official precision); "
-                      "a CFG step is two forwards. Blocks to page-locked host memory: %s s; one block %.1f MiB, "
-                      "%.1f GiB streamed per forward; host-to-device %.1f GB/s (pinned: %s)."
-                  % (t["blocks_to_pinned_host_s"], t["block_bytes"] / 2 ** 20, t["streamed_bytes_per_forward"] / GIB,
-                     t["h2d_gb_per_s"], t["pinned"]),
+        lines += ["", "%s %s x %d, one DiT forward (random weights); a CFG step is two forwards. Blocks to "
+                      "page-locked host memory: %s s; one block %.1f MiB, %.2f GiB streamed per forward; "
+                      "host-to-device %.1f GB/s (pinned: %s)."
+                  % (t["model"], t["size"], t["frames"], t["blocks_to_pinned_host_s"], t["block_bytes"] / 2 ** 20,
+                     t["streamed_bytes_per_forward"] / GIB, t["h2d_gb_per_s"], t["pinned"]),
                   "", "| DiT weights | memory cap GiB | forward s (median) | CFG step s | vs in memory | peak GiB |",
                   "|---|---|---|---|---|---|"]
         for r in t["rows"]:
@@ -284,15 +299,26 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", required=True, help="output stem: STEM.json and STEM.md")
     ap.add_argument("--quant", default=None,
-                    help="also run 14B 480p block offload with the recipe key quant=VALUE (e.g. fp8), where the "
-                         "branch has quantized linears")
+                    help="also run 14B 480p block offload with the recipe key quant set to this YAML value "
+                         "(e.g. fp8 or '{dit: fp8}'), where the branch has quantized linears")
     ap.add_argument("--skip-timing", action="store_true")
     ap.add_argument("--skip-peaks", action="store_true")
+    ap.add_argument("--smoke", action="store_true",
+                    help="tiny models on the reference backend: checks the script on a CPU, measures nothing")
     args = ap.parse_args(argv)
+    if args.smoke:
+        SETTINGS.update(backend="reference", smoke=True)
+    if args.quant is not None:
+        import yaml
+
+        args.quant = yaml.safe_load(args.quant)
     out_dir = os.path.dirname(os.path.abspath(args.out))
     os.makedirs(out_dir, exist_ok=True)
     res: Dict[str, Any] = {"kind": "wanport.bench.offload", "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                           "torch": torch.__version__, "device": torch.cuda.get_device_name(0)}
+                           "torch": torch.__version__, "smoke": args.smoke}
+    from wanport.pipeline.session import choose_backend, start_session
+
+    res["device"] = start_session(*choose_backend(SETTINGS["backend"]), {}).runtime.describe()
     start = time.perf_counter()
     if not args.skip_timing:
         res["timing"] = timing(out_dir)
