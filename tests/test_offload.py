@@ -50,6 +50,10 @@ class RecordingRuntime:
         self.calls.append(("pin",))
         return t
 
+    def pinned_buffer(self, nbytes):
+        self.calls.append(("pinned_buffer", nbytes))
+        return torch.empty(nbytes, dtype=torch.uint8)
+
     def copy_stream(self):
         self.calls.append(("copy_stream",))
         return self.side
@@ -194,6 +198,24 @@ def test_quantized_and_buffer_tensors_travel(ops):
     assert seen["q"] != host["qweight"] and seen["s"] != host["scale"]
     assert blk.qweight.data_ptr() == host["qweight"] and blk.qweight.dtype == torch.int8
     assert streamer.block_bytes[0] == streamer.block_bytes[1] + 16 * 16 + 16 * 4
+
+
+def test_host_tensors_packed_into_power_of_two_buffers(ops):
+    """Host copies share page-locked buffers (a host caching allocator rounds each allocation up to
+    a power of two): few buffers, each tensor equal to its original, at a 512-byte boundary."""
+    from wanport.offload.transfers import Transfers
+
+    rt = RecordingRuntime()
+    g = torch.Generator().manual_seed(0)
+    src = [torch.randn(n, generator=g) for n in (1000, 3, 70000)] + [torch.randint(0, 9, (5, 7), dtype=torch.int8),
+                                                                    torch.randn(4, 6, generator=g).to(torch.bfloat16)]
+    host = Transfers(rt, torch.device("cpu")).to_host_all(src)
+    buffers = [c[1] for c in rt.calls if c[0] == "pinned_buffer"]
+    assert len(buffers) == 1 and buffers[0] == 1 << (sum(-(-t.numel() * t.element_size() // 512) * 512
+                                                          for t in src) - 1).bit_length()
+    for a, b in zip(src, host):
+        assert torch.equal(a, b) and a.dtype == b.dtype and b.data_ptr() % 512 == host[0].data_ptr() % 512
+        assert b.data_ptr() != a.data_ptr()
 
 
 def test_host_resident_moves_and_drops(ops, ref):

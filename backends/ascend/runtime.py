@@ -104,6 +104,12 @@ class AscendRuntime:
         except RuntimeError:  # a build that cannot page-lock host memory: ordinary copies
             return tensor
 
+    def pinned_buffer(self, nbytes: int) -> torch.Tensor:
+        try:
+            return torch.empty(int(nbytes), dtype=torch.uint8, pin_memory=True)
+        except RuntimeError:  # no page-locked memory (the CPU emulation): an ordinary host buffer
+            return torch.empty(int(nbytes), dtype=torch.uint8)
+
     def copy_stream(self):
         return self._npu.Stream()
 

@@ -65,6 +65,9 @@ class CudaRuntime:
     def pin_memory(self, tensor: torch.Tensor) -> torch.Tensor:
         return tensor if tensor.is_pinned() else tensor.pin_memory()
 
+    def pinned_buffer(self, nbytes: int) -> torch.Tensor:
+        return torch.empty(int(nbytes), dtype=torch.uint8, pin_memory=True)
+
     def copy_stream(self) -> "torch.cuda.Stream":
         return torch.cuda.Stream()
 

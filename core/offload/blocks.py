@@ -50,7 +50,7 @@ class BlockStreamer:
         self.slots: List[List[Slot]] = [slots(b) for b in self.blocks]
         self.host: List[List[torch.Tensor]] = []
         for block_slots in self.slots:
-            host = [transfers.to_host(s.get()) for s in block_slots]
+            host = transfers.to_host_all([s.get() for s in block_slots])
             for s, t in zip(block_slots, host):
                 s.set(t)
             self.host.append(host)

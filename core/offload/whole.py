@@ -24,7 +24,7 @@ class HostResident:
         self.transfers = transfers
         self.label = label
         self.slots: List[Slot] = slots(module)
-        self.host = [transfers.to_host(s.get()) for s in self.slots]
+        self.host = transfers.to_host_all([s.get() for s in self.slots])
         for s, t in zip(self.slots, self.host):
             s.set(t)
         self.bytes = nbytes(self.host)

@@ -63,6 +63,8 @@ class DeviceRuntime(Protocol):
     # Optional, for offloading (``offload:``; read through ``wanport.offload.transfers.Transfers``,
     # which copies synchronously where a runtime has none of them, as the host runtime does):
     #   pin_memory(tensor) -> tensor        a page-locked host copy (non-blocking copies need it)
+    #   pinned_buffer(nbytes) -> tensor     an empty page-locked uint8 host buffer (tensors are packed into
+    #                                       such buffers: a host caching allocator rounds each one up to 2^k)
     #   copy_stream() -> stream             a new side stream for host-to-device copies
     #   stream_context(stream)              context manager: work issued inside runs on ``stream``
     #   stream_event(stream=None) -> event  an event recorded now on ``stream`` (None: the current one)
