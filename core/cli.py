@@ -7,7 +7,7 @@
     wanport make-tiny DIR --model LAYOUT        tiny random checkpoint in the official layout (wan2.1-t2v,
                                                 wan2.1-i2v, wan2.2-t2v-a14b, wan2.2-i2v-a14b, wan2.2-ti2v-5b)
     wanport nproc [RECIPE] [overrides]          processes the recipe needs (used by run.sh)
-    wanport plan [RECIPE] [overrides] [--device-memory 24GiB] [--devices N] [--json PATH]
+    wanport plan [RECIPE] [overrides] [--device-memory 24GiB] [--devices N] [--json PATH] [--resident]
                                                 predicted device/host memory per stage; layouts that fit
     wanport bench ops|dit|pipeline|merge ...    benchmarks (JSON, markdown, PNG with matplotlib)
     wanport dump [RECIPE] [overrides] --out DIR record a run for cross-backend comparison
@@ -69,7 +69,8 @@ def cmd_plan(args) -> int:
     from .plan.cli import run_plan
 
     cfg, raw, source = _load(args)
-    return run_plan(cfg, source, args.device_memory, args.devices, args.json)
+    return run_plan(cfg, source, args.device_memory, args.devices, args.json,
+                    resident=getattr(args, "resident", False))
 
 
 def cmd_check(args) -> int:
@@ -310,6 +311,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "the recipe's backend)")
     sp.add_argument("--devices", type=int, metavar="N", help="devices to plan layouts for (default: the recipe's)")
     sp.add_argument("--json", metavar="PATH", help="also write the plan as JSON")
+    sp.add_argument("--resident", action="store_true",
+                    help="plan a wanport.Pipeline that keeps every model loaded (T5 and DiT through the decode)")
     sp.set_defaults(func=cmd_plan)
 
     sp = sub.add_parser("check", help="validate a recipe, its backend, ops and checkpoint files (loads no weights)")

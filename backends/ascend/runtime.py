@@ -96,6 +96,44 @@ class AscendRuntime:
     def empty_cache(self) -> None:
         self._npu.empty_cache()
 
+    # -- offloading (wanport.offload): side stream, events, page-locked memory (torch.npu's
+    # equivalents of torch.cuda.Stream / Event / record_stream)
+    def pin_memory(self, tensor: torch.Tensor) -> torch.Tensor:
+        try:
+            return tensor if tensor.is_pinned() else tensor.pin_memory()
+        except RuntimeError:  # a build that cannot page-lock host memory: ordinary copies
+            return tensor
+
+    def pinned_buffer(self, nbytes: int) -> torch.Tensor:
+        try:
+            return torch.empty(int(nbytes), dtype=torch.uint8, pin_memory=True)
+        except RuntimeError:  # no page-locked memory (the CPU emulation): an ordinary host buffer
+            return torch.empty(int(nbytes), dtype=torch.uint8)
+
+    def copy_stream(self):
+        return self._npu.Stream()
+
+    def stream_context(self, stream):
+        return self._npu.stream(stream)
+
+    def stream_event(self, stream=None):
+        event = self._npu.Event()
+        event.record(stream)
+        return event
+
+    def wait_event(self, event) -> None:
+        self._npu.current_stream().wait_event(event)
+
+    def host_wait(self, event) -> None:
+        event.synchronize()
+
+    def mark_used(self, tensor: torch.Tensor) -> None:
+        if tensor.device.type != "cpu":  # the CPU emulation's device is the host: nothing to record
+            tensor.record_stream(self._npu.current_stream())
+
+    def set_memory_fraction(self, fraction: float) -> None:
+        self._npu.set_per_process_memory_fraction(float(fraction))
+
     def describe(self) -> str:
         idx = int(self._npu.current_device())
         try:

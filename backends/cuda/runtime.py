@@ -60,3 +60,33 @@ class CudaRuntime:
     def describe(self) -> str:
         props = torch.cuda.get_device_properties(torch.cuda.current_device())
         return "%s (%d MiB, sm_%d%d)" % (props.name, props.total_memory // 2**20, props.major, props.minor)
+
+    # -- offloading (wanport.offload): side stream, events, page-locked memory
+    def pin_memory(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor if tensor.is_pinned() else tensor.pin_memory()
+
+    def pinned_buffer(self, nbytes: int) -> torch.Tensor:
+        return torch.empty(int(nbytes), dtype=torch.uint8, pin_memory=True)
+
+    def copy_stream(self) -> "torch.cuda.Stream":
+        return torch.cuda.Stream()
+
+    def stream_context(self, stream):
+        return torch.cuda.stream(stream)
+
+    def stream_event(self, stream=None) -> "torch.cuda.Event":
+        event = torch.cuda.Event()
+        event.record(stream)
+        return event
+
+    def wait_event(self, event) -> None:
+        torch.cuda.current_stream().wait_event(event)
+
+    def host_wait(self, event) -> None:
+        event.synchronize()
+
+    def mark_used(self, tensor: torch.Tensor) -> None:
+        tensor.record_stream(torch.cuda.current_stream())
+
+    def set_memory_fraction(self, fraction: float) -> None:
+        torch.cuda.set_per_process_memory_fraction(float(fraction))

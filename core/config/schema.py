@@ -68,6 +68,15 @@ class OffloadConfig:
     park_inactive_expert: Any = _f("auto", type="auto_bool",
                                    help="two-expert models: keep only the active expert on the device, the other "
                                         "parked in host memory (auto: when both do not fit in free device memory)")
+    dit: str = _f("none", type="str", choices=("none", "model", "block"),
+                  help="none: the DiT on the device; model: in host memory, on the device only while denoising; "
+                       "block: blocks in host memory, streamed through the device one at a time (docs/plan.md)")
+    prefetch: int = _f(1, type="int", help="dit: block -- blocks copied ahead of the running one (0..8)")
+    text_encoder: str = _f("device", type="str", choices=("device", "host"),
+                           help="where the T5 runs: device, or host (like the official --t5_cpu)")
+    vae: str = _f("device", type="str", choices=("device", "host_until_decode"),
+                  help="device, or host_until_decode: VAE weights in host memory until the decode "
+                       "(and an image task's encode) needs them")
 
 
 @dataclass

@@ -63,6 +63,8 @@ class RunPlan:
     #: the recipe's QuantConfig (``quant.dit`` scheme, ``quant.attention``, ``keep``); the keep
     #: names are checked against the DiT at inspection (``wanport.quant.plan``)
     quant: Any = None
+    #: the recipe's ``offload:`` settings besides expert parking (``wanport.offload.OffloadPlan``)
+    offload: Any = None
 
     @property
     def world(self) -> int:
@@ -218,6 +220,11 @@ def plan_run(cfg: RunConfig, source: str = "recipe") -> RunPlan:
     problems.extend(check_parallel(cfg.parallel, heads, preset.name, needs_uncond, max(height // sh, 0),
                                    park_experts=cfg.offload.park_inactive_expert))
 
+    from ..offload.settings import check_offload
+
+    offload = check_offload(cfg.offload, experts=bool(preset.experts), park=park, dit_fsdp=cfg.parallel.dit_fsdp,
+                            t5_fsdp=cfg.parallel.t5_fsdp, compile_=cfg.compile, problems=problems)
+
     from ..lora.spec import plan_loras
 
     loras = plan_loras(cfg.lora, bool(preset.experts), problems)
@@ -260,6 +267,7 @@ def plan_run(cfg: RunConfig, source: str = "recipe") -> RunPlan:
         loras=loras,
         lora_strict=cfg.lora_strict,
         quant=cfg.quant,
+        offload=offload,
     )
 
 

@@ -134,7 +134,7 @@ class Pipeline:
         owns = not (dist.is_available() and dist.is_initialized())
         prep = None
         try:
-            prep = prepare(cfg, registry, source, weights)
+            prep = prepare(cfg, registry, source, weights, resident=resident)
             models = ResidentModels(prep, resident)
             generator = generator_for(prep, models)
             models.uses_clip = generator.uses_clip
@@ -284,7 +284,7 @@ class Pipeline:
         models.done_encoding()
         del ctx_cond, ctx_uncond
         watcher = CallObserver(call.observer, on_step, call.scheduler.num_steps, called_at)
-        with clock.stage("denoise"):
+        with clock.stage("denoise"), models.denoising():
             latent, names = sampling.denoise_loop(work.experts, call.scheduler, work.latent, work.cond, work.uncond,
                                                   clock, progress, timestep_fn=work.timestep_fn,
                                                   after_step=work.after_step, observer=watcher,
@@ -294,10 +294,11 @@ class Pipeline:
             work.finish(names, extra)
         width, height, frames = work.width, work.height, work.frames
         del work
+        models.done_denoising()
         runtime.empty_cache()
 
-        with clock.stage("vae_decode"):
-            video = vae_decode(prep, models.vae(clock), latent)
+        with clock.stage("vae_decode"), models.vae_in_use(clock) as vae:
+            video = vae_decode(prep, vae, latent)
         del latent
         summary = parallel_summary(prep)  # a collective: every rank
         if video is not None:
@@ -322,6 +323,8 @@ class Pipeline:
                               else round(watcher.first_step_s, 4)}
         if summary is not None:
             report["parallel"] = summary
+        if prep.plan.offload is not None and prep.plan.offload.active:
+            report["offload"] = models.offload_report()
         report["output"] = {"nonfinite_values": nonfinite}
         if write and main:
             from ..io.atomic import write_json_atomic

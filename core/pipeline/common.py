@@ -91,9 +91,10 @@ class Prepared:
 
     @property
     def text_device(self) -> torch.device:
-        """Where the text encoder runs (``parallel.t5_cpu``: the host)."""
-        p = self.plan.parallel
-        return torch.device("cpu") if p is not None and p.t5_cpu else self.device
+        """Where the text encoder runs (``parallel.t5_cpu`` or ``offload.text_encoder: host``: the host)."""
+        p, off = self.plan.parallel, self.plan.offload
+        host = (p is not None and p.t5_cpu) or (off is not None and off.text_encoder == "host")
+        return torch.device("cpu") if host else self.device
 
     @property
     def runtime(self):
@@ -221,9 +222,11 @@ def start_parallel(plan: RunPlan, spec, session: Session, ckpts: CheckpointSet):
     return dataclasses.replace(session, device=session.runtime.device()), mesh, comm
 
 
-def prepare(cfg: RunConfig, registry: Optional[Registry] = None, source: str = "recipe", weights=None) -> Prepared:
+def prepare(cfg: RunConfig, registry: Optional[Registry] = None, source: str = "recipe", weights=None,
+            resident: bool = False) -> Prepared:
     """Check the recipe (plan, image, backend, checkpoint and LoRA files), start the session and
-    the mesh, resolve the op table. Every user error is raised here, before the first weight is read."""
+    the mesh, resolve the op table. Every user error is raised here, before the first weight is read.
+    ``resident``: the memory gate plans a pipeline that keeps its models (``Pipeline.from_recipe``)."""
     weights = loras = as_lora_source(weights or CHECKPOINT)
     plan, image, size, registry, spec, ckpts = check_run(cfg, source, registry, weights)
     session = start_session(registry, spec, cfg.env)
@@ -232,7 +235,7 @@ def prepare(cfg: RunConfig, registry: Optional[Registry] = None, source: str = "
     # with the layouts that do; before any weight loads or collective starts. `run --force` skips it.
     from ..plan.check import refuse_if_unfit
 
-    memory_plan = refuse_if_unfit(plan, ckpts, session.runtime, size, cfg.memory_check)
+    memory_plan = refuse_if_unfit(plan, ckpts, session.runtime, size, cfg.memory_check, resident)
     session, mesh, comm = start_parallel(plan, spec, session, ckpts)
     ops = parallel_ops(resolve_dit_ops(registry, spec, ckpts, plan, cfg.ops, mesh), mesh, comm)
     quant = None
@@ -254,6 +257,12 @@ def prepare(cfg: RunConfig, registry: Optional[Registry] = None, source: str = "
 
         weights = ShardedWeights(weights, p.dit_fsdp, p.t5_fsdp, spec.device_type, mesh.world)
         if p.dit_fsdp and plan.park_inactive_expert == "auto":  # sharded experts stay where they are
+            plan = dataclasses.replace(plan, park_inactive_expert=False)
+    if plan.offload is not None and plan.offload.active:
+        from ..offload.weights import OffloadWeights
+
+        weights = OffloadWeights(weights, plan.offload, session.runtime, session.device)
+        if plan.offload.dit != "none" and plan.park_inactive_expert == "auto":  # both experts are on the host
             plan = dataclasses.replace(plan, park_inactive_expert=False)
     if plan.compile:
         from .compile import CompiledWeights

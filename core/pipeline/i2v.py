@@ -73,8 +73,7 @@ class I2VGenerator(Generator):
             del clip
         self.models.done_encoding()
 
-        vae = self.models.vae(clock)
-        with clock.stage("vae_encode"):
+        with clock.stage("vae_encode"), self.models.vae_in_use(clock) as vae:
             y = i2v_condition(vae, image, frames, width, height, device, stride=sh,
                               encode=lambda v: vae_encode(prep, vae, v))
         experts, finish = self.experts(call)

@@ -6,14 +6,21 @@ parking decision sees the memory they leave). With ``resident=True`` (``Pipeline
 all of them are loaded before the first call and stay. With ``resident=False`` (``wanport run``,
 one video per process) the text encoder and CLIP are released right after they have encoded, so
 they never share the device with the DiT (on the 14B, about 11 GB of T5 less at the peak); a
-later call loads them again.
+later call loads them again, and the DiT is released after the denoising loop, before the decode.
+
+Offloading (``offload:``, ``wanport.offload``): a DiT kept in host memory (``dit: model``) gets its
+device copy for the denoising loop only (:meth:`denoising`); a VAE kept in host memory
+(``vae: host_until_decode``) for the decode and encode only (:meth:`vae_in_use`); streamed blocks
+(``dit: block``) move by themselves inside every forward.
 """
 
 from __future__ import annotations
 
+import contextlib
 from contextlib import nullcontext
-from typing import Dict
+from typing import Any, Dict
 
+from ..offload.whole import HostResident, offload_of
 from .moe import load_expert_models
 
 
@@ -84,6 +91,53 @@ class ResidentModels:
         if not self.resident and (self._text is not None or self._clip is not None):
             self._text = self._clip = None
             self.prep.runtime.empty_cache()
+
+    @contextlib.contextmanager
+    def denoising(self):
+        """The DiT(s) on the device for the loop (``offload.dit: model``), back in host memory after."""
+        held = [h for h in map(offload_of, self.dit_models()) if isinstance(h, HostResident)]
+        try:
+            for h in held:
+                h.to_device()
+            yield
+        finally:
+            for h in held:
+                h.to_host()
+
+    def done_denoising(self) -> None:
+        """After the loop: a one-video pipeline releases the DiT before the decode."""
+        if not self.resident and (self._dit is not None or self._experts is not None):
+            self._dit = self._experts = None
+            self.prep.runtime.empty_cache()
+
+    @contextlib.contextmanager
+    def vae_in_use(self, clock=None):
+        """The VAE, on the device for the block (``offload.vae: host_until_decode``: only then)."""
+        vae = self.vae(clock)
+        held = offload_of(vae)
+        if isinstance(held, HostResident):
+            with held.in_use():
+                yield vae
+            self.prep.runtime.empty_cache()
+        else:
+            yield vae
+
+    def offload_report(self) -> Dict[str, Any]:
+        """What the offload settings did: per model, where its weights live and the moves made."""
+        out: Dict[str, Any] = {}
+        off = self.prep.plan.offload
+        if off is not None:
+            out["settings"] = {"dit": off.dit, "prefetch": off.prefetch, "text_encoder": off.text_encoder,
+                               "vae": off.vae}
+        for model in self.dit_models():
+            held = offload_of(model)
+            if held is not None:
+                out.setdefault("dit", []).append(held.describe())
+        held = offload_of(self._vae)
+        if held is not None:
+            out["vae"] = dict(held.describe(), moves=len(held.moves))
+        out["text_encoder_device"] = str(self.prep.text_device)
+        return out
 
     def load_all(self, clock=None) -> None:
         """Every model of the pipeline, in the order a call uses them."""

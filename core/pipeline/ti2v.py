@@ -51,14 +51,14 @@ class TI2VGenerator(Generator):
         width, height = call.size  # image mode: best_output_size of the image within the maximum area
         frame = to_tensor(resize_crop_lanczos(call.image.image, width, height)) if call.image is not None else None
         latent_shape = (preset.z_dim, (frames - 1) // st + 1, height // sh, width // sw)
-        vae = self.models.vae(clock)
+        self.models.vae(clock)  # loaded beside the text encoder (the decode needs it)
         latent = initial_noise(latent_shape, plan.seed, plan.noise, device)[None]
 
         timestep_fn = after_step = None
         report: Dict[str, Any] = {"mode": "image-to-video" if frame is not None else "text-to-video",
                                   "image": image_report(call.image, width, height)}
         if frame is not None:
-            with clock.stage("vae_encode"):
+            with clock.stage("vae_encode"), self.models.vae_in_use(clock) as vae:
                 z = vae_encode(prep, vae, frame[None, :, None].to(device))  # [1, 48, 1, h/16, w/16]
             mask = first_frame_mask(latent_shape, device)
 

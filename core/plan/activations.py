@@ -12,8 +12,9 @@ S x S scores). Batch is 1: the conditional and unconditional forwards run one af
 VAE: the decoder (encoder) runs one latent frame (4 video frames) at a time with a cache of the
 last two input frames of every causal conv (``models/vae/cache.py``). The shapes are taken by
 running the real module on the meta device for three chunks at the recipe's size (no memory,
-no arithmetic); the estimate is ``VAE_WORK_FACTOR x`` the widest conv input of a chunk plus the
-cache, plus the whole output video (decode) or input video (encode) in float32.
+no arithmetic); the estimate is ``VAE_WORK_FACTOR x`` the widest conv input of a chunk plus
+``VAE_CACHE_FACTOR x`` the cache, plus the whole output video (decode) or input video (encode) in
+float32 (both factors fitted to measured decodes: ``plan/constants.py``).
 """
 
 from __future__ import annotations
@@ -117,7 +118,10 @@ def encoder_activation_bytes(tokens_: int, width: int, ffn: int, heads: int, dty
     s = itemsize(dtype)
     hidden = K.ENCODER_HIDDEN_COPIES * tokens_ * width * s
     mlp = 3 * tokens_ * ffn * s
-    scores = 2 * heads * tokens_ * tokens_ * (4 if fp32_scores else s)
+    if fp32_scores:  # the softmax's float32 input and output, and the compute-dtype [H, L, L] tensors
+        scores = heads * tokens_ * tokens_ * (2 * 4 + K.T5_SCORE_COPIES * s)
+    else:
+        scores = 2 * heads * tokens_ * tokens_ * s
     return int(hidden + mlp + scores)
 
 
@@ -193,7 +197,7 @@ def vae_peak(kind: str, vae_cfg: Mapping[str, int], part: str, frames: int, heig
     prof = _profile(kind, tuple(sorted(vae_cfg.items())), part, height // spatial_stride, width // spatial_stride)
     s = itemsize(dtype)
     work = int(K.VAE_WORK_FACTOR * prof.widest * s / split)
-    cache = int(prof.cache * s / split)
+    cache = int(K.VAE_CACHE_FACTOR * prof.cache * s / split)
     video = 3 * frames * height * width * 4  # float32 [3, F, H, W]
     if part == "decode":
         io = video if main_rank else video // split

@@ -53,11 +53,11 @@ def gib(n: Optional[float]) -> str:
 
 
 def find_layouts(plan, arch: Architecture, devices: int, device_memory: int,
-                 size=None, device_is_host: bool = False) -> Tuple[int, List[Suggestion]]:
+                 size=None, device_is_host: bool = False, resident: bool = False) -> Tuple[int, List[Suggestion]]:
     """(device count, suggestions): the recipe's count first, then larger ones until one fits."""
     counts = [devices] + [n for n in LARGER_COUNTS if n > devices]
     for n in counts:
-        found = suggest(plan, arch, n, device_memory, size=size, device_is_host=device_is_host)
+        found = suggest(plan, arch, n, device_memory, size=size, device_is_host=device_is_host, resident=resident)
         if found:
             return n, found
     return devices, []
@@ -65,8 +65,8 @@ def find_layouts(plan, arch: Architecture, devices: int, device_memory: int,
 
 def format_suggestions(count: int, found: List[Suggestion], devices: int) -> str:
     if not found:
-        return ("no layout of today's options fits on up to %d devices (block offload and weight quantization are "
-                "not implemented yet)" % max((devices,) + LARGER_COUNTS))
+        return ("no layout of today's options fits on up to %d devices (weight quantization is not planned yet)"
+                % max((devices,) + LARGER_COUNTS))
     head = "layouts that fit on %d device%s%s, fastest first:" % (
         count, "s" if count > 1 else "", "" if count == devices else " (none fits on %d)" % devices)
     lines = [head]
@@ -78,7 +78,7 @@ def format_suggestions(count: int, found: List[Suggestion], devices: int) -> str
 
 def refusal_message(mem: MemoryPlan, plan, arch: Architecture, size=None) -> str:
     count, found = find_layouts(plan, arch, mem.layout.world, mem.device_memory, size=size,
-                                device_is_host=mem.device_is_host)
+                                device_is_host=mem.device_is_host, resident=mem.layout.resident)
     rank = max(mem.ranks, key=lambda r: r.peak)
     return ("%s at %dx%d x %d frames is predicted not to fit: peak %s per device (stage %s), %s with the "
             "allocator's slack and the runtime's reserve, device memory %s (%s).\n%s\n"
@@ -94,20 +94,24 @@ def check_fits(mem: MemoryPlan, plan, arch: Architecture, size=None) -> None:
         raise PlanError(refusal_message(mem, plan, arch, size))
 
 
-def plan_for_runtime(plan, ckpts, runtime, size=None) -> MemoryPlan:
-    """The recipe's memory plan on the started runtime's device."""
+def plan_for_runtime(plan, ckpts, runtime, size=None, resident: bool = False) -> MemoryPlan:
+    """The recipe's memory plan on the started runtime's device (``resident``: a
+    ``wanport.Pipeline`` that keeps its models, else the one-video run)."""
+    from .memory import Layout
+
     arch = from_checkpoints(ckpts, source="checkpoint")
-    return predict(plan, arch, device_memory=device_memory_of(runtime), device_memory_source="runtime",
-                   device_is_host=device_is_host(runtime), size=size)
+    return predict(plan, arch, Layout.from_plan(plan, resident), device_memory=device_memory_of(runtime),
+                   device_memory_source="runtime", device_is_host=device_is_host(runtime), size=size)
 
 
-def refuse_if_unfit(plan, ckpts, runtime, size=None, enabled: bool = True) -> Optional[MemoryPlan]:
+def refuse_if_unfit(plan, ckpts, runtime, size=None, enabled: bool = True,
+                    resident: bool = False) -> Optional[MemoryPlan]:
     """The run path's hook (``pipeline/common.py: prepare``): the memory plan, raising
     :class:`PlanError` when it says the recipe will not fit. Skipped (None) when ``enabled`` is
     False; never refuses when the runtime cannot tell its device memory."""
     if not enabled:
         return None
-    mem = plan_for_runtime(plan, ckpts, runtime, size)
+    mem = plan_for_runtime(plan, ckpts, runtime, size, resident)
     check_fits(mem, plan, from_checkpoints(ckpts), size)
     return mem
 

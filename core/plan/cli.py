@@ -74,7 +74,7 @@ def format_plan(mem: MemoryPlan) -> str:
 
 
 def run_plan(cfg, source: str, device_memory: Optional[str] = None, devices: Optional[int] = None,
-             json_path: Optional[str] = None, out=print) -> int:
+             json_path: Optional[str] = None, out=print, resident: bool = False) -> int:
     """The command's body (``cli.py`` parses the arguments and loads the recipe)."""
     from ..config.validate import plan_run
 
@@ -93,8 +93,10 @@ def run_plan(cfg, source: str, device_memory: Optional[str] = None, devices: Opt
         info = runtime_memory(cfg)
         mem_bytes, is_host = info["bytes"], info["is_host"]
         mem_source = "backend %s: %s" % (info["backend"], info["describe"])
-    mem = predict(plan, arch, device_memory=mem_bytes, device_memory_source=mem_source, device_is_host=is_host,
-                  size=size)
+    from .memory import Layout
+
+    mem = predict(plan, arch, Layout.from_plan(plan, resident), device_memory=mem_bytes,
+                  device_memory_source=mem_source, device_is_host=is_host, size=size)
     out(format_plan(mem))
     n = int(devices) if devices else mem.layout.world
     if n < 1:
@@ -102,7 +104,8 @@ def run_plan(cfg, source: str, device_memory: Optional[str] = None, devices: Opt
     suggestions: List[Any] = []
     count = n
     if mem_bytes is not None and (mem.fits is False or n != mem.layout.world):
-        count, suggestions = find_layouts(plan, arch, n, mem_bytes, size=size, device_is_host=is_host)
+        count, suggestions = find_layouts(plan, arch, n, mem_bytes, size=size, device_is_host=is_host,
+                                          resident=resident)
         out("")
         out(format_suggestions(count, suggestions, n))
     if json_path:

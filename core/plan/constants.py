@@ -29,12 +29,29 @@ FFN_INTERMEDIATES = 1
 
 #: VAE: live activations at the widest layer of a chunk, in units of that layer's input
 #: (input, normalised copy, SiLU output, the conv's input with its two cached frames in front,
-#: the conv output). TO CALIBRATE against a GPU decode.
+#: the conv output). Fitted with VAE_CACHE_FACTOR below: 5.09.
 VAE_WORK_FACTOR = 5.0
 
+#: VAE: the causal convs' frame cache at its peak, in units of the cache after a chunk. Each conv
+#: builds its new cache entry (the last frames of its input) while the previous one is still
+#: referenced, so part of the cache exists twice during a chunk. Calibrated: fitting
+#: ``work * VAE_WORK_FACTOR + cache * VAE_CACHE_FACTOR + video`` to the three H200 decodes of
+#: benchmarks/results/2026-11-30-h200-plan-calibration.json (Wan2.1 VAE at 480p and 720p: the
+#: two share one cache/work ratio, so they fix one equation; the Wan2.2 VAE at 704p the other)
+#: gives 5.09 and 1.56; with the work factor kept at 5.0 and 1.57 here every decode is predicted
+#: within 1 % (1.002, 1.001, 1.005 measured/predicted, against 1.30, 1.30, 1.22 before).
+VAE_CACHE_FACTOR = 1.57
+
 #: Text encoder / CLIP activations: live hidden-state copies of one layer (residual, normalised,
-#: q/k/v, attention output) besides the FFN intermediates and the attention scores. TO CALIBRATE.
+#: q/k/v, attention output) besides the FFN intermediates and the attention scores.
 ENCODER_HIDDEN_COPIES = 6
+
+#: Wan T5 attention (``models/t5/attention.py``): [heads, L, L] tensors alive at the float32
+#: softmax besides its float32 input and output, in the compute dtype: the relative position bias
+#: (computed once, kept for every layer), the bias with the key mask, the scores. Calibrated: with
+#: 3 the 512-token encode is predicted at 291.6 MB against 293.6 MB measured (1.007; the earlier
+#: count, float32 scores only, said 190.8 MB: 1.54).
+T5_SCORE_COPIES = 3
 
 # ----------------------------------------------------------------------- step-time model
 #: Nominal dense throughput of one device (FLOP/s) for predicted step times; only the ORDER of
@@ -47,8 +64,13 @@ NOMINAL_FLOPS = 400e12
 #: each block's weights once per forward. TO CALIBRATE with `wanport bench scaling`.
 EFFICIENCY = {"cfg": 0.98, "ulysses": 0.92, "ring": 0.85, "dit_fsdp": 0.95}
 
-#: Host<->device copy bandwidth (bytes/s) for parking an expert (pinned memory). TO CALIBRATE.
+#: Host<->device copy bandwidth (bytes/s) from page-locked memory: parking an expert, streaming
+#: DiT blocks (``offload.dit: block``), moving a host-kept model in. TO CALIBRATE
+#: (benchmarks/plan_calibrate.py --offload measures it).
 HOST_DEVICE_BANDWIDTH = 20e9
+
+#: Per block and forward, the host-side cost of streaming it (the hooks, one event wait), in seconds.
+BLOCK_STREAM_OVERHEAD_S = 2e-4
 
 #: Host throughput (FLOP/s) of the text encoder on the CPU (``parallel.t5_cpu``). TO CALIBRATE.
 HOST_FLOPS = 1e12

@@ -11,6 +11,11 @@ The stages follow the task modules (``pipeline/t2v.py``, ``i2v.py``, ``ti2v.py``
   memory; FSDP: this rank's shard plus the gathered root and two gathered blocks), the VAE
   weights, the text contexts and loop state, and the peak of one forward.
 * ``vae_decode``: the VAE weights and the decode (the DiT is gone).
+
+A resident pipeline (``Layout.resident``: ``wanport.Pipeline``) keeps every loaded model through
+every stage instead: the T5 (unless on the host), CLIP, the DiT (its device copy: all of it; with
+``offload.dit: block`` its root; with ``model`` nothing outside the loop) and the VAE (unless kept
+on the host until the decode).
 """
 
 from __future__ import annotations
@@ -28,10 +33,9 @@ from .activations import Tokens, clip_activation_bytes, dit_forward_peak, t5_act
 from .arch import Architecture
 from .weights import TensorSet, clip_tensors, dit_tensors, t5_tensors, vae_tensors
 
-#: DiT offload modes; "none" only today. Block offload ("block": blocks streamed from host memory)
-#: and whole-model offload ("model") are the planned extensions: each adds a branch to
-#: :func:`dit_device_bytes` and a candidate in ``suggest.py``.
-DIT_OFFLOAD_MODES = ("none",)
+#: DiT offload modes (``offload.dit``, ``wanport.offload``): on the device; in host memory with a
+#: device copy during the denoising loop only (model); blocks streamed from host memory (block)
+DIT_OFFLOAD_MODES = ("none", "model", "block")
 #: Layout quantization modes the suggestions try: "none" only (quantization is lossy: only a recipe
 #: asks for it, through quant.dit, which predict() counts in the DiT's TensorSet).
 QUANTIZATION_MODES = ("none",)
@@ -48,22 +52,38 @@ class Layout(Degrees):
     #: True, False or "auto" (decided from the device memory as ``pipeline/moe.py`` does)
     park_inactive_expert: Union[bool, str] = "auto"
     offload_dit: str = "none"
+    #: ``offload.prefetch``: blocks copied ahead of the running one (``offload_dit == "block"``)
+    prefetch: int = 1
+    #: ``offload.vae: host_until_decode``
+    vae_host: bool = False
     quantization: str = "none"
-
+    #: the resident pipeline (``wanport.Pipeline``: every model loaded once and kept, T5 and the
+    #: DiT through the decode) instead of the one-video run (``wanport run``: T5 released after
+    #: encoding, the DiT before the decode)
+    resident: bool = False
 
     @classmethod
-    def from_plan(cls, plan) -> "Layout":
-        p = plan.parallel
+    def from_plan(cls, plan, resident: bool = False) -> "Layout":
+        p, off = plan.parallel, plan.offload
+        kw: Dict[str, Any] = {"park_inactive_expert": plan.park_inactive_expert, "resident": bool(resident)}
+        if off is not None:
+            kw.update(offload_dit=off.dit, prefetch=off.prefetch, vae_host=off.vae == "host_until_decode",
+                      t5_cpu=off.text_encoder == "host")
         if p is None:
-            return cls(park_inactive_expert=plan.park_inactive_expert)
+            return cls(**kw)
+        kw["t5_cpu"] = kw.get("t5_cpu", False) or p.t5_cpu
         return cls(cfg=p.cfg, ulysses=p.ulysses, ring=p.ring, dit_fsdp=p.dit_fsdp, t5_fsdp=p.t5_fsdp,
-                   t5_cpu=p.t5_cpu, vae_split=p.vae, park_inactive_expert=plan.park_inactive_expert)
+                   vae_split=p.vae, **kw)
 
     def overrides(self, experts: bool) -> List[str]:
         """The recipe overrides that select this layout (every knob, so it reads on its own)."""
         out = ["parallel.cfg=%d" % self.cfg, "parallel.ulysses=%d" % self.ulysses, "parallel.ring=%d" % self.ring,
                "parallel.dit_fsdp=%s" % _b(self.dit_fsdp), "parallel.t5_fsdp=%s" % _b(self.t5_fsdp),
-               "parallel.t5_cpu=%s" % _b(self.t5_cpu), "parallel.vae=%s" % _b(self.vae_split)]
+               "parallel.t5_cpu=%s" % _b(self.t5_cpu), "parallel.vae=%s" % _b(self.vae_split),
+               "offload.text_encoder=%s" % ("host" if self.t5_cpu else "device"), "offload.dit=%s" % self.offload_dit,
+               "offload.vae=%s" % ("host_until_decode" if self.vae_host else "device")]
+        if self.offload_dit == "block":
+            out.append("offload.prefetch=%d" % self.prefetch)
         if experts:
             v = self.park_inactive_expert
             out.append("offload.park_inactive_expert=%s" % (v if isinstance(v, str) else _b(v)))
@@ -83,6 +103,12 @@ class Layout(Degrees):
                 parts.append(label)
         if self.park_inactive_expert is True:
             parts.append("park-expert")
+        if self.offload_dit != "none":
+            parts.append("dit-%s" % self.offload_dit)
+        if self.vae_host:
+            parts.append("vae-on-host")
+        if self.resident:
+            parts.append("resident")
         return "+".join(parts) or "single device"
 
 
@@ -254,9 +280,15 @@ def predict(plan, arch: Architecture, layout: Optional[Layout] = None, device_me
         one_resident, gathered = fsdp_resident(dit, world, "blocks.", arch.dit.num_layers)
     else:
         one_resident, gathered = dit.bytes, 0
+    offload = layout.offload_dit if not fsdp else "none"
+    root = dit.without("blocks.").bytes
+    block_bytes = dit.subset("blocks.0.").bytes  # every block has the same tensors
+    streamed = min(arch.dit.num_layers, layout.prefetch + 2) * block_bytes  # wanport/offload/blocks.py
     park = layout.park_inactive_expert
     park_why = ""
-    if arch.experts > 1:
+    if arch.experts > 1 and offload != "none":
+        park, park_why = False, "offload.dit %s: both experts in host memory, nothing to park" % offload
+    elif arch.experts > 1:
         if fsdp and park == "auto":
             park, park_why = False, "auto: sharded experts stay on the device (dit_fsdp)"
         elif park == "auto":
@@ -272,7 +304,12 @@ def predict(plan, arch: Architecture, layout: Optional[Layout] = None, device_me
     else:
         park = False
     experts_on_device = 1 if park else arch.experts
-    dit_device = experts_on_device * one_resident
+    if offload == "block":  # every expert's root stays; the running expert's blocks stream
+        dit_device = arch.experts * root + streamed
+        dit_idle = arch.experts * root
+    else:
+        dit_device = experts_on_device * one_resident
+        dit_idle = 0 if offload == "model" else dit_device
 
     # -- one forward's activations
     per_token = preset.per_token_timesteps and with_image
@@ -302,40 +339,73 @@ def predict(plan, arch: Architecture, layout: Optional[Layout] = None, device_me
         if layout.t5_fsdp and world > 1 else t5.bytes)
     t5_act = t5_activation_bytes(arch.t5, policy.text_encoder, arch.dit.text_len)
 
+    resident = layout.resident
+    clip_bytes = clip.bytes if clip is not None else 0
+    vae_idle = 0 if layout.vae_host else vae.bytes  # the VAE outside its encode/decode
+
+    def kept(stage: str) -> Dict[str, int]:
+        """A resident pipeline's other models, on the device through every stage (the one-video
+        run loads each on first use, releases the T5 and CLIP after encoding, the DiT before the decode)."""
+        if not resident:
+            return {}
+        out = {}
+        if stage != "text_encode" and not layout.t5_cpu:
+            out["t5_weights"] = t5_dev
+        if stage not in ("image_encode",) and clip_bytes:
+            out["clip_weights"] = clip_bytes
+        if stage in ("text_encode", "image_encode", "vae_encode", "vae_decode") and dit_idle:
+            out["dit_weights"] = dit_idle
+        if stage in ("text_encode", "image_encode") and vae_idle:
+            out["vae_weights"] = vae_idle
+        return out
+
     def stages_for(main: bool) -> List[Stage]:
         out: List[Stage] = []
         te: Dict[str, int] = {}
         if not layout.t5_cpu:
             te = {"t5_weights": t5_dev, "t5_activations": t5_act}
-        if preset.task == "ti2v":
+        if preset.task == "ti2v" and vae_idle:
             te["vae_weights"] = vae.bytes
-        out.append(Stage("text_encode", te, "T5 on the host (parallel.t5_cpu)" if layout.t5_cpu
+        te.update(kept("text_encode"))
+        out.append(Stage("text_encode", te, "T5 on the host (offload.text_encoder: host)" if layout.t5_cpu
+                         else "the T5 stays (resident pipeline)" if resident
                          else "the T5 is released after this stage"))
         if preset.task == "i2v" and clip is not None:
-            out.append(Stage("image_encode", {"clip_weights": clip.bytes,
-                                              "clip_activations": clip_activation_bytes(arch.clip, policy.image_encoder),
-                                              "contexts": ctx_bytes},
-                             "the CLIP tower is released after this stage"))
+            ie = {"clip_weights": clip.bytes, "clip_activations": clip_activation_bytes(arch.clip, policy.image_encoder),
+                  "contexts": ctx_bytes}
+            ie.update(kept("image_encode"))
+            out.append(Stage("image_encode", ie, "the CLIP tower stays (resident pipeline)" if resident
+                             else "the CLIP tower is released after this stage"))
         if preset.task == "i2v" or (preset.task == "ti2v" and with_image):
             enc_frames = frames if preset.task == "i2v" else 1
             enc = vae_stage("encode", main, enc_frames)
-            out.append(Stage("vae_encode", {"vae_weights": vae.bytes, "vae_work": enc["work"],
-                                            "vae_cache": enc["cache"], "video_in": enc["video"],
-                                            "contexts": ctx_bytes},
-                             "the conditioning video (%d frames) encoded" % enc_frames))
-        den = {"dit_weights": dit_device, "vae_weights": vae.bytes, "contexts": ctx_bytes + cond,
-               "loop_state": loop_state, "forward_activations": fwd["peak"]}
+            ve = {"vae_weights": vae.bytes, "vae_work": enc["work"], "vae_cache": enc["cache"],
+                  "video_in": enc["video"], "contexts": ctx_bytes}
+            ve.update(kept("vae_encode"))
+            out.append(Stage("vae_encode", ve, "the conditioning video (%d frames) encoded" % enc_frames))
+        den = {"dit_weights": dit_device, "contexts": ctx_bytes + cond, "loop_state": loop_state,
+               "forward_activations": fwd["peak"]}
+        if vae_idle:
+            den["vae_weights"] = vae_idle
         if gathered:
             den["fsdp_gathered"] = gathered
-        out.append(Stage("denoise", den, "%d expert(s) on the device%s; %d tokens on this rank (%d in all)"
-                         % (experts_on_device, ", FSDP shard %d" % world if fsdp else "", tok.local, tok.total)))
+        den.update(kept("denoise"))
+        how = ("blocks streamed: root + %d of %d blocks on the device" % (min(arch.dit.num_layers, layout.prefetch + 2),
+                                                                           arch.dit.num_layers)
+               if offload == "block" else "%d expert(s) on the device%s" % (experts_on_device,
+                                                                          ", FSDP shard %d" % world if fsdp else ""))
+        out.append(Stage("denoise", den, "%s; %d tokens on this rank (%d in all)" % (how, tok.local, tok.total)))
         if main or split > 1:
             dec = vae_stage("decode", main, frames)
-            out.append(Stage("vae_decode", {"vae_weights": vae.bytes, "vae_work": dec["work"], "vae_cache": dec["cache"],
-                                            "video_out": dec["video"], "latent": lat},
-                             "the DiT is released before the decode"))
+            vd = {"vae_weights": vae.bytes, "vae_work": dec["work"], "vae_cache": dec["cache"],
+                  "video_out": dec["video"], "latent": lat}
+            vd.update(kept("vae_decode"))
+            out.append(Stage("vae_decode", vd, "the T5 and the DiT stay (resident pipeline)" if resident
+                             else "the DiT is released before the decode"))
         else:
-            out.append(Stage("vae_decode", {"vae_weights": vae.bytes}, "rank 0 decodes alone"))
+            vd = {"vae_weights": vae_idle}
+            vd.update(kept("vae_decode"))
+            out.append(Stage("vae_decode", vd, "rank 0 decodes alone"))
         return out
 
     def host_for(main: bool, device_stages: List[Stage]) -> Dict[str, int]:
@@ -344,6 +414,12 @@ def predict(plan, arch: Architecture, layout: Optional[Layout] = None, device_me
             host["t5"] = t5.bytes + t5_act
         if park and arch.experts > 1:
             host["parked_experts"] = arch.experts * one_resident  # every expert's host copy (pinned)
+        if offload == "block":
+            host["dit_blocks"] = arch.experts * (dit.bytes - root)  # pinned, streamed through the device
+        elif offload == "model":
+            host["dit"] = arch.experts * dit.bytes  # pinned; the device copy exists while denoising
+        if layout.vae_host:
+            host["vae"] = vae.bytes
         if main:
             host["video_out"] = 3 * frames * height * width * (4 + 1)  # float32 on the host, uint8 frames
         if device_is_host:
@@ -359,7 +435,7 @@ def predict(plan, arch: Architecture, layout: Optional[Layout] = None, device_me
     if plan.image_path is not None and size is None:
         notes.append("with an input image the recipe's size is the maximum area; the image's aspect ratio decides "
                      "the grid (planned here at the recipe's size)")
-    notes.append("the VAE terms are estimates with constants to calibrate (docs/plan.md)")
+    notes.append("the VAE and encoder terms carry factors fitted to the H200 measurements (docs/plan.md)")
     return MemoryPlan(model=preset.name, size=(width, height), frames=frames, tokens=tok, layout=dataclasses.replace(
         layout, park_inactive_expert=park if arch.experts > 1 else layout.park_inactive_expert),
         policy=policy.name, arch_source=arch.source, weights=weights, ranks=ranks, device_memory=device_memory,

@@ -25,6 +25,7 @@ def dtype_name(dt: torch.dtype) -> str:
     return str(dt).replace("torch.", "")
 
 
+@functools.lru_cache(maxsize=None)
 def itemsize(dt: torch.dtype) -> int:
     return torch.empty((), dtype=dt, device="meta").element_size()
 
@@ -37,13 +38,17 @@ class TensorSet:
     tensors: Tuple[Tuple[str, Shape, torch.dtype], ...]
 
     def by_dtype(self) -> Dict[str, int]:
+        return dict(self._by_dtype)
+
+    @functools.cached_property
+    def _by_dtype(self) -> Dict[str, int]:  # counted once per set (plans predict many layouts)
         out: Dict[str, int] = {}
         for _, shape, dt in self.tensors:
             key = dtype_name(dt)
             out[key] = out.get(key, 0) + _numel(shape) * itemsize(dt)
         return out
 
-    @property
+    @functools.cached_property
     def bytes(self) -> int:
         return sum(_numel(s) * itemsize(dt) for _, s, dt in self.tensors)
 

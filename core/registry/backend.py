@@ -68,6 +68,20 @@ class DeviceRuntime(Protocol):
     # device (``precision: auto`` keeps ``official`` when they do, else runs fp32). A runtime
     # without it is an accelerator's and counts as native; read through :func:`native_bf16`.
 
+    # Optional, for offloading (``offload:``; read through ``wanport.offload.transfers.Transfers``,
+    # which copies synchronously where a runtime has none of them, as the host runtime does):
+    #   pin_memory(tensor) -> tensor        a page-locked host copy (non-blocking copies need it)
+    #   pinned_buffer(nbytes) -> tensor     an empty page-locked uint8 host buffer (tensors are packed into
+    #                                       such buffers: a host caching allocator rounds each one up to 2^k)
+    #   copy_stream() -> stream             a new side stream for host-to-device copies
+    #   stream_context(stream)              context manager: work issued inside runs on ``stream``
+    #   stream_event(stream=None) -> event  an event recorded now on ``stream`` (None: the current one)
+    #   wait_event(event)                   the current stream waits for ``event`` (the host does not)
+    #   host_wait(event)                    the host waits for ``event``
+    #   mark_used(tensor)                   ``tensor`` (made on another stream) is used by the current
+    #                                       stream: the allocator keeps its memory until that work is done
+    #   set_memory_fraction(fraction)       cap this process's device allocations (benchmarks)
+
 
 #: the members every runtime has (attributes, then methods)
 RUNTIME_MEMBERS = ("device_type", "peak_memory_kind", "device", "device_count", "set_device", "synchronize", "event",

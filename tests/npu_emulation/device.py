@@ -51,6 +51,33 @@ class Event:
         return (end._t - self._t) * 1000.0
 
 
+class Stream:
+    """``torch.npu.Stream``: the emulated device is the host, so work is ordered already; records
+    the waits it is asked for."""
+
+    def __init__(self, log: List, device=None, priority: int = 0) -> None:
+        self._log = log
+
+    def wait_event(self, event) -> None:
+        self._log.append(("Stream.wait_event", (event,), {}))
+
+    def synchronize(self) -> None:
+        return None
+
+
+class _StreamContext:
+    def __init__(self, npu: "FakeNpu", stream: Stream) -> None:
+        self._npu, self._stream, self._prev = npu, stream, None
+
+    def __enter__(self):
+        self._prev, self._npu._stream = self._npu._stream, self._stream
+        return self._stream
+
+    def __exit__(self, *exc) -> bool:
+        self._npu._stream = self._prev
+        return False
+
+
 def _rss() -> int:
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(rss) * (1 if platform.system() == "Darwin" else 1024)
@@ -71,6 +98,22 @@ class FakeNpu(types.ModuleType):
         self._cann = cann
         self.config = _Config(self.log)
         self.Event = Event
+        self._default_stream = Stream(self.log)
+        self._stream = self._default_stream
+
+    # -- streams (offloading)
+    def Stream(self, device=None, priority: int = 0) -> Stream:
+        self._record("Stream")
+        return Stream(self.log, device, priority)
+
+    def stream(self, stream: Stream) -> _StreamContext:
+        return _StreamContext(self, stream)
+
+    def current_stream(self, device=None) -> Stream:
+        return self._stream
+
+    def set_per_process_memory_fraction(self, fraction: float, device=None) -> None:
+        self._record("set_per_process_memory_fraction", fraction)
 
     def _record(self, name, *args, **kwargs) -> None:
         self.log.append((name, args, kwargs))
