@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
+from ..cache.config import CacheConfig
+
 REQUIRED = "<required>"
 
 #: The main job when no recipe is given; ``recipes/tiny-t2v.yaml`` holds the same (a test checks).
@@ -121,5 +123,8 @@ class RunConfig:
     lora: List[Any] = _f(type="lora_list", factory=list,
                          help="LoRA adapters applied in order: [{path, strength: 1.0, expert: high|low|both "
                               "(two-expert models), merge: true}] (merge false: an unmerged side path)")
+    cache: CacheConfig = _f(type="section", factory=CacheConfig,
+                            help="feature caching across steps (lossy, opt-in; docs/caching.md): "
+                                 "{method: none | teacache | magcache | first_block, threshold, ...}")
     lora_strict: bool = _f(True, type="bool",
                            help="a LoRA key that matches no layer is an error (false: a warning, listed in the report)")

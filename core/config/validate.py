@@ -60,6 +60,8 @@ class RunPlan:
     #: the recipe's LoRAs (``wanport.lora.spec.LoraSpec``), in order
     loras: Tuple[Any, ...] = ()
     lora_strict: bool = True
+    #: the checked ``cache:`` section (``wanport.cache.config.CacheSettings``); None: exact
+    cache: Any = None
 
     @property
     def world(self) -> int:
@@ -219,6 +221,11 @@ def plan_run(cfg: RunConfig, source: str = "recipe") -> RunPlan:
 
     loras = plan_loras(cfg.lora, bool(preset.experts), problems)
 
+    from ..cache.config import check_cache
+
+    n_steps = len(timesteps) if timesteps else int(steps or 0)
+    cache = check_cache(cfg.cache, preset.name, n_steps, cfg.image is not None, problems)
+
     if problems:
         if len(problems) == 1:
             raise ConfigError("%s: %s" % (source, problems[0]))
@@ -252,6 +259,7 @@ def plan_run(cfg: RunConfig, source: str = "recipe") -> RunPlan:
         denoising_step_list=step_list,
         loras=loras,
         lora_strict=cfg.lora_strict,
+        cache=cache,
     )
 
 
