@@ -14,7 +14,7 @@ conditional and unconditional interleaved, without the two leading 1.0 the origi
 
 from __future__ import annotations
 
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 #: TeaCache polynomial per model family and input: (coefficients, high power first)
 TEACACHE_COEFFICIENTS: Dict[str, Dict[str, Tuple[float, ...]]] = {
@@ -175,6 +175,46 @@ TEACACHE_BORROWED: Dict[str, str] = {
 }
 
 
+#: published end-to-end times with and without TeaCache (TeaCache4Wan2.1/README.md, one A800,
+#: 50 steps T2V / 40 steps I2V, CFG): (model, input, threshold, uncached s, cached s)
+TEACACHE_TIMES: Tuple[Tuple[str, str, float, float, float], ...] = (
+    ("wan2.1-t2v-1.3b", "e", 0.05, 97.0, 64.0),
+    ("wan2.1-t2v-1.3b", "e", 0.08, 97.0, 49.0),
+    ("wan2.1-t2v-14b", "e", 0.14, 1829.0, 1234.0),
+    ("wan2.1-t2v-14b", "e", 0.20, 1829.0, 909.0),
+    ("wan2.1-t2v-14b", "e0", 0.10, 1829.0, 915.0),
+    ("wan2.1-t2v-14b", "e0", 0.20, 1829.0, 578.0),
+    ("wan2.1-i2v-14b-480p", "e", 0.13, 385.0, 241.0),
+    ("wan2.1-i2v-14b-480p", "e", 0.26, 385.0, 156.0),
+    ("wan2.1-i2v-14b-720p", "e", 0.20, 903.0, 476.0),
+    ("wan2.1-i2v-14b-720p", "e", 0.30, 903.0, 363.0),
+)
+
+
+def published_reuse(preset_name: str, steps: int) -> List[Tuple[str, float, int, float]]:
+    """The reused-step counts the published TeaCache times imply at ``steps`` steps: for each
+    published setting (input, threshold), ``round(steps * (1 - cached / uncached))`` steps reused
+    in both branches (the time outside the DiT, a few per cent, is neglected, so this slightly
+    under-counts), with the published speed-up."""
+    name = data_model(preset_name)
+    out = []
+    for model, inp, thr, base, cached in TEACACHE_TIMES:
+        if model == name:
+            out.append(("%s@%g" % (inp, thr), thr, int(round(steps * (1.0 - cached / base))), round(base / cached, 3)))
+    return out
+
+
+def even_schedule(steps: int, reuse: int, first: int = 1, last: int = 1) -> Tuple[int, ...]:
+    """``reuse`` steps spread evenly over ``first .. steps - 1 - last`` (the first and the last
+    steps computed, as TeaCache's default mode does); at most every one of those steps."""
+    pool = list(range(first, steps - last))
+    reuse = max(0, min(reuse, len(pool)))
+    if reuse == 0:
+        return ()
+    picks = sorted({pool[int(i * len(pool) / reuse + len(pool) / (2 * reuse))] for i in range(reuse)})
+    return tuple(picks)
+
+
 def data_model(preset_name: str) -> str:
     return DATA_SOURCE.get(preset_name, preset_name)
 
@@ -216,5 +256,5 @@ def magcache_curve(preset_name: str, steps: int, image: bool = False) -> Tuple[O
     return key, tuple(zip(cond, uncond))
 
 
-__all__ = ["TEACACHE_COEFFICIENTS", "TEACACHE_THRESHOLDS", "MAGCACHE_RATIOS", "MAGCACHE_DEFAULTS", "data_model",
+__all__ = ["TEACACHE_TIMES", "published_reuse", "even_schedule", "TEACACHE_COEFFICIENTS", "TEACACHE_THRESHOLDS", "MAGCACHE_RATIOS", "MAGCACHE_DEFAULTS", "data_model",
            "teacache_fit", "magcache_curve", "nearest_interp"]
