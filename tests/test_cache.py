@@ -306,3 +306,42 @@ def test_ulysses4_cached_dit_decides_and_computes_as_one_process(tmp_path):
         outs, rows = torch.load("%s.rank%d" % (out, rank))
         assert [r["action"] for r in rows] == [r["action"] for r in ref_rows]
         assert all(_rel(a, b) <= 1e-5 for a, b in zip(outs, ref_out))
+
+
+# ---------------------------------------------------------------- compare and bench
+def test_compare_shows_a_cached_dump_beside_the_exact_one(tiny_ckpt, tmp_path):
+    """Dumps of one recipe with and without the cache compare (cache is not a recipe difference);
+    the first divergence is the first forward whose blocks the cache skipped, the video differs."""
+    from wanport.dump.compare import compare_dumps, markdown
+    from wanport.dump.record import dump_recipe
+
+    over = CW.BASE + ["checkpoint_dir=%s" % tiny_ckpt, "output.dir=%s" % tmp_path]
+    cached, exact = str(tmp_path / "cached"), str(tmp_path / "exact")
+    dump_recipe(None, over + ["cache.method=first_block", "cache.threshold=0.75"], cached, blocks="0", steps="0")
+    dump_recipe(None, over, exact, blocks="0", steps="0")
+    r = compare_dumps(cached, exact)
+    assert r["warnings"] == [] and not r["identical"]
+    assert r["cache"]["a"] == {"method": "first_block", "threshold": 0.75, "reused": [[1, "uncond"]]}
+    assert r["cache"]["b"]["method"] == "none" and r["cache"]["first_reused"] == {"step": 1, "branch": "uncond",
+                                                                                   "side": "a"}
+    first = r["first_divergence"]
+    assert (first["step"], first["branch"], first["block"], first["not_computed"]) == (1, "uncond", 1, ["a"])
+    assert r["video"]["psnr_db"] is not None and r["video"]["ssim"] < 1.0
+    text = markdown(r)
+    assert "first reuse: step 1, uncond branch, in A" in text and "not computed in A" in text
+
+
+def test_bench_pipeline_measures_cached_calls_beside_the_exact_one(tiny_ckpt):
+    from wanport.bench.pipeline import bench_pipeline, markdown
+
+    over = CW.BASE + ["checkpoint_dir=%s" % tiny_ckpt]
+    result = bench_pipeline(None, over, weights="checkpoint", warmup_steps=0, caches=["reuse=1"])
+    c = result["cache"]
+    assert c["exact_forwards"] == 6 and c["exact_denoise_s"] > 0
+    (run,) = c["runs"]
+    assert run["cache"] == {"method": "teacache", "schedule": [1]}
+    assert (run["forwards"], run["reused"], run["computed"]) == (6, 2, 4) and run["speedup"] > 0
+    assert "feature cache" in markdown(result)
+    with pytest.raises(ConfigError) as err:  # a bad spec: before anything loads
+        bench_pipeline(None, over, weights="checkpoint", caches=["method=teacache,threshold=-1"])
+    assert "cache.threshold" in str(err.value)
