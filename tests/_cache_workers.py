@@ -30,10 +30,10 @@ def skewed_shards(rank: int, partial: torch.Tensor) -> torch.Tensor:
     return torch.stack([partial[0] * (0.0 if rank == 0 else 1.0), partial[1]])
 
 
-def layouts_worker(rank: int, world: int, port: int, ckpt: str, layouts, out: str):
+def layouts_worker(rank: int, world: int, port: int, ckpt: str, layouts, out: str, dit_ulysses: bool = False):
     """``layouts``: [(name, overrides, [(label, cache section, skewed shards), ...])]: one pipeline
     per layout on one process group, one call per entry; every rank saves the calls' reports,
-    rank 0 the videos."""
+    rank 0 the videos. ``dit_ulysses``: then :func:`dit_cache_run` under ulysses = world."""
     import torch.distributed as dist
 
     from wanport import Pipeline
@@ -53,22 +53,14 @@ def layouts_worker(rank: int, world: int, port: int, ckpt: str, layouts, out: st
                     result = pipe.generate(video_tensor=True, cache=cache)
                     report = json.loads(json.dumps(pipe.last_report, default=str))
                     saved[label] = {"report": report, "video": result.video if result is not None else None}
+        if dit_ulysses:
+            from wanport.parallel.mesh import init_mesh
+
+            FeatureCache.statistic_hook = None
+            saved["dit"] = dit_cache_run(init_mesh(1, world, 1, "gloo", 60))
         torch.save(saved, "%s.rank%d" % (out, rank))
     finally:
         FeatureCache.statistic_hook = None
-        shutdown()
-
-
-def dit_case_worker(rank: int, world: int, port: int, out: str):
-    """The DiT of tests/_parallel_workers.dit_case (4 heads, 45 tokens) with a first-block cache
-    over a sequence of inputs, under ulysses = world: outputs and decisions per forward."""
-    from wanport.parallel.mesh import init_mesh, shutdown
-
-    dist_env(rank, world, port)
-    mesh = init_mesh(1, world, 1, "gloo", 60)
-    try:
-        torch.save(dit_cache_run(mesh), "%s.rank%d" % (out, rank))
-    finally:
         shutdown()
 
 

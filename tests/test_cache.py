@@ -250,9 +250,9 @@ def test_a_cached_run_reuses_reports_and_changes_the_video(single):
 
 
 # ---------------------------------------------------------------- every parallel layout decides as one process
-def _launch(world, runs, tiny_ckpt, tmp_path):
+def _launch(world, runs, tiny_ckpt, tmp_path, dit_ulysses=False):
     out = str(tmp_path / ("w%d" % world))
-    mp.spawn(CW.layouts_worker, args=(world, W.free_port(), tiny_ckpt, runs, out), nprocs=world)
+    mp.spawn(CW.layouts_worker, args=(world, W.free_port(), tiny_ckpt, runs, out, dit_ulysses), nprocs=world)
     return [torch.load("%s.rank%d" % (out, r)) for r in range(world)]
 
 
@@ -288,22 +288,18 @@ def test_cached_layouts_of_two_processes_decide_and_render_as_one(tiny_ckpt, sin
 
 
 def test_cached_layouts_of_four_processes_decide_and_render_as_one(tiny_ckpt, single, tmp_path):
+    """cfg2 x ulysses2 with the VAE split, ulysses2 x ring2; then ulysses 4 on the DiT of the
+    parallel tests (the tiny checkpoint has 2 heads; that one 4, and 45 tokens: uneven shards),
+    through five inputs with a first-block cache."""
     layouts = [("cfg2xulysses2+vae", ["parallel.cfg=2", "parallel.ulysses=2", "parallel.vae=true"],
                 [("cfg2xulysses2+vae", CW.FIRST_BLOCK, False)]),
-               ("ulysses2xring2", ["parallel.ulysses=2", "parallel.ring=2"],
-                [("ulysses2xring2", CW.FIRST_BLOCK, False), ("ulysses2xring2-tea", CW.TEACACHE, False)])]
-    _check_layouts(_launch(4, layouts, tiny_ckpt, tmp_path), single, layouts)
-
-
-def test_ulysses4_cached_dit_decides_and_computes_as_one_process(tmp_path):
-    """The tiny checkpoint has 2 heads; the DiT of the parallel tests (4 heads, 45 tokens: uneven
-    shards) takes the first-block cache through five inputs under ulysses 4."""
+               ("ulysses2xring2", ["parallel.ulysses=2", "parallel.ring=2"], [("ulysses2xring2", CW.FIRST_BLOCK, False)])]
+    ranks = _launch(4, layouts, tiny_ckpt, tmp_path, dit_ulysses=True)
+    _check_layouts(ranks, single, layouts)
     ref_out, ref_rows = CW.dit_cache_run()
     assert 0 < sum(r["action"] == "reused" for r in ref_rows) < len(ref_rows)
-    out = str(tmp_path / "u4")
-    mp.spawn(CW.dit_case_worker, args=(4, W.free_port(), out), nprocs=4)
-    for rank in range(4):
-        outs, rows = torch.load("%s.rank%d" % (out, rank))
+    for saved in ranks:
+        outs, rows = saved["dit"]
         assert [r["action"] for r in rows] == [r["action"] for r in ref_rows]
         assert all(_rel(a, b) <= 1e-5 for a, b in zip(outs, ref_out))
 
