@@ -5,9 +5,7 @@ disagree)."""
 
 from __future__ import annotations
 
-import json
 import math
-import os
 
 import pytest
 import torch
@@ -249,6 +247,26 @@ def test_a_cached_run_reuses_reports_and_changes_the_video(single):
         assert not torch.equal(single[name]["video"], single["exact"]["video"])
 
 
+def test_two_expert_tiny_model_keeps_one_state_per_expert(tiny_layout):
+    """Wan2.2 T2V-A14B tiny, 3 steps (timesteps 999, 960, 857: the switch to the low-noise expert
+    at step 2). Reusing steps 1 and 2 by schedule: step 1 reuses the high-noise expert's residual,
+    step 2 finds nothing cached for the low-noise expert (per_expert) or the one state reset at
+    the switch, and computes."""
+    from wanport import Pipeline
+
+    over = CW.BASE + ["model=wan2.2-t2v-a14b-tiny", "checkpoint_dir=%s" % tiny_layout("wan2.2-t2v-a14b")]
+    with Pipeline.from_recipe(None, overrides=over, progress=False) as pipe:
+        per = pipe.generate(cache={"method": "first_block", "schedule": [1, 2]}).report
+        shared = pipe.generate(cache={"method": "first_block", "schedule": [1, 2], "per_expert": False}).report
+    assert per["experts"]["per_step"] == ["high_noise", "high_noise", "low_noise"]
+    for report, why in ((per, "nothing cached"), (shared, "expert switch")):
+        rows = {(r["step"], r["branch"]): r for r in report["cache"]["per_step"]}
+        for b in ("cond", "uncond"):
+            assert rows[(1, b)]["action"] == "reused" and rows[(1, b)]["expert"] == "high_noise"
+            assert (rows[(2, b)]["action"], rows[(2, b)]["reason"], rows[(2, b)]["expert"]) == (
+                "computed", why, "low_noise")
+
+
 # ---------------------------------------------------------------- every parallel layout decides as one process
 def _launch(world, runs, tiny_ckpt, tmp_path, dit_ulysses=False):
     out = str(tmp_path / ("w%d" % world))
@@ -293,7 +311,8 @@ def test_cached_layouts_of_four_processes_decide_and_render_as_one(tiny_ckpt, si
     through five inputs with a first-block cache."""
     layouts = [("cfg2xulysses2+vae", ["parallel.cfg=2", "parallel.ulysses=2", "parallel.vae=true"],
                 [("cfg2xulysses2+vae", CW.FIRST_BLOCK, False)]),
-               ("ulysses2xring2", ["parallel.ulysses=2", "parallel.ring=2"], [("ulysses2xring2", CW.FIRST_BLOCK, False)])]
+               ("ulysses2xring2", ["parallel.ulysses=2", "parallel.ring=2"],
+                [("ulysses2xring2", CW.FIRST_BLOCK, False)])]
     ranks = _launch(4, layouts, tiny_ckpt, tmp_path, dit_ulysses=True)
     _check_layouts(ranks, single, layouts)
     ref_out, ref_rows = CW.dit_cache_run()

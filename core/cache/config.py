@@ -162,7 +162,8 @@ def check_cache(c: Any, preset_name: str, steps: int, image: bool, problems: Lis
         src = "ParaAttention default"
     if len(problems) > before:
         return NONE
-    return CacheSettings(method, float(threshold), None if warmup is None else int(warmup), int(cutoff), max_reuse, bool(c.per_expert), schedule,
+    return CacheSettings(method, float(threshold), None if warmup is None else int(warmup), int(cutoff), max_reuse,
+                         bool(c.per_expert), schedule,
                          input=inp, coefficients=coeff, retention=retention, source=src)
 
 

@@ -241,7 +241,10 @@ def _round_half_even(x: float) -> int:
     return int(round(x))  # Python's round is numpy's: half to even
 
 
-def magcache_curve(preset_name: str, steps: int, image: bool = False) -> Tuple[Optional[str], Optional[Tuple[Tuple[float, float], ...]]]:
+Curve = Tuple[Tuple[float, float], ...]
+
+
+def magcache_curve(preset_name: str, steps: int, image: bool = False) -> Tuple[Optional[str], Optional[Curve]]:
     """(source model, per step (cond ratio, uncond ratio)) resampled to ``steps``; the first step's
     ratio is 1.0 (nothing cached yet), as in the original; (None, None) when none is published."""
     name = data_model(preset_name)
@@ -256,5 +259,6 @@ def magcache_curve(preset_name: str, steps: int, image: bool = False) -> Tuple[O
     return key, tuple(zip(cond, uncond))
 
 
-__all__ = ["TEACACHE_TIMES", "published_reuse", "even_schedule", "TEACACHE_COEFFICIENTS", "TEACACHE_THRESHOLDS", "MAGCACHE_RATIOS", "MAGCACHE_DEFAULTS", "data_model",
+__all__ = ["TEACACHE_TIMES", "published_reuse", "even_schedule", "TEACACHE_COEFFICIENTS", "TEACACHE_THRESHOLDS",
+           "MAGCACHE_RATIOS", "MAGCACHE_DEFAULTS", "data_model",
            "teacache_fit", "magcache_curve", "nearest_interp"]

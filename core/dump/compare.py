@@ -268,8 +268,8 @@ def markdown(result: Mapping[str, Any]) -> str:
         lines.append("feature cache (lossy, not a recipe difference): A %s (%d reused), B %s (%d reused)%s" % (
             cache["a"]["method"], len(cache["a"].get("reused") or ()), cache["b"]["method"],
             len(cache["b"].get("reused") or ()), "" if cache["first_reused"] is None else
-            "; first reuse: step %d, %s branch, in %s" % (cache["first_reused"]["step"], cache["first_reused"]["branch"],
-                                                          cache["first_reused"]["side"].upper())))
+            "; first reuse: step %d, %s branch, in %s" % (
+                cache["first_reused"]["step"], cache["first_reused"]["branch"], cache["first_reused"]["side"].upper())))
     first = result["first_divergence"]
     if result["identical"]:
         lines.append("**identical**: every fingerprint, latent, full tensor and the video match bit for bit.")
