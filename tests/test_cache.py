@@ -360,3 +360,20 @@ def test_bench_pipeline_measures_cached_calls_beside_the_exact_one(tiny_ckpt):
     with pytest.raises(ConfigError) as err:  # a bad spec: before anything loads
         bench_pipeline(None, over, weights="checkpoint", caches=["method=teacache,threshold=-1"])
     assert "cache.threshold" in str(err.value)
+
+
+def test_the_cache_runs_on_the_emulated_npu(tiny_ckpt, monkeypatch):
+    """The cache lives in the core: on the ascend backend (emulated torch_npu, official precision)
+    a schedule reuses what it names (one call: the emulation is slow)."""
+    import wanport_ascend.plugin as plugin
+    from npu_emulation import installed
+    from wanport import Pipeline
+
+    for key in list(plugin.ENV_DEFAULTS) + ["LOCAL_RANK", "ASCEND_RT_VISIBLE_DEVICES"]:
+        monkeypatch.delenv(key, raising=False)
+    over = CW.BASE + ["checkpoint_dir=%s" % tiny_ckpt, "backend=ascend", "precision=official", "sample.steps=2"]
+    with installed("v7"), Pipeline.from_recipe(None, overrides=over, progress=False) as pipe:
+        sched = pipe.generate(video_tensor=True, cache={"method": "first_block", "schedule": [1]})
+    assert sched.report["backend"]["name"] == "ascend"
+    assert [r["action"] for r in sched.report["cache"]["per_step"]] == ["computed", "computed", "reused", "reused"]
+    assert bool(torch.isfinite(sched.video).all())
