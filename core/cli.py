@@ -236,7 +236,7 @@ def cmd_bench_pipeline(args) -> int:
                                      warmup_steps=args.warmup_steps, seed=args.seed,
                                      progress=not args.no_progress, source=source, random_lora=args.random_lora,
                                      lora_modes=("merged", "unmerged") if args.lora_mode == "both"
-                                     else (args.lora_mode,))
+                                     else (args.lora_mode,), caches=args.cache or ())
     if result is None:  # a rank other than 0: rank 0 prints and writes
         return 0
     return _emit(args, pipeline, result)
@@ -397,6 +397,10 @@ def build_parser() -> argparse.ArgumentParser:
                          "merged and unmerged, and report the overhead against the run without it")
     bp.add_argument("--lora-mode", choices=["merged", "unmerged", "both"], default="both",
                     help="with --random-lora: which way(s) to apply it (default both)")
+    bp.add_argument("--cache", action="append", default=None, metavar="SPEC",
+                    help="also run the measured call with a feature cache, in the same pipeline (repeatable): "
+                         "published (the published TeaCache skip counts as schedules), reuse=N, or "
+                         "key=value,... of the cache: section, e.g. method=teacache,threshold=0.2 (docs/caching.md)")
     bp.add_argument("--no-progress", action="store_true", help="no progress bar")
     bp.add_argument("--out", default=None, help=OUT_HELP)
     bp.set_defaults(func=cmd_bench_pipeline)

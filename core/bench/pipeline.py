@@ -126,11 +126,13 @@ def _broadcast(obj):
 def bench_pipeline(recipe: Optional[str], overrides: Sequence[str] = (), weights: str = "auto",
                    steps: Optional[int] = None, warmup_steps: int = 1, seed: int = 0,
                    progress: bool = False, source: str = "recipe", random_lora: Optional[int] = None,
-                   lora_modes: Sequence[str] = ("merged", "unmerged")) -> Optional[Dict[str, Any]]:
+                   lora_modes: Sequence[str] = ("merged", "unmerged"),
+                   caches: Sequence[str] = ()) -> Optional[Dict[str, Any]]:
     """Load once, warm-up call, measured call, summary. ``steps`` overrides the recipe's step
     count. ``random_lora``: also measure a random LoRA of that rank, merged and/or unmerged
     (:mod:`.lora`; a pipeline each, since a LoRA is applied as the weights load), beside the run
-    without it. Returns the result on rank 0, None on the other ranks of a multi-process run."""
+    without it. ``caches``: feature-cache specs (:mod:`.cache`), each one more call in the same
+    pipeline after the measured exact call. Returns the result on rank 0, None on the other ranks of a multi-process run."""
     from ..pipeline.api import Pipeline
     from . import lora as lora_bench
 
@@ -146,20 +148,44 @@ def bench_pipeline(recipe: Optional[str], overrides: Sequence[str] = (), weights
     if plan.denoising_step_list and steps is not None and steps > len(plan.denoising_step_list):
         raise ConfigError("bench pipeline: --steps %d exceeds the %d entries of sample.denoising_step_list"
                           % (steps, len(plan.denoising_step_list)))
+    from . import cache as cache_bench
+
+    cache_calls = cache_bench.parse_specs(caches, plan.preset.name, steps if steps is not None else plan.num_steps)
+    if cache_calls:
+        from ..config import build_config
+        from ..pipeline.api import recipe_dict
+
+        for label, section in cache_calls:  # every cache section checked before anything loads
+            raw_c, source_c = recipe_dict(recipe, {"cache": section}, list(overrides))
+            plan_run(build_config(raw_c, source_c), "bench pipeline --cache %s" % label)
     weight_source, described = choose_weights(weights, plan.checkpoint_dir, seed)
-    def measure(extra: Sequence[str]):
-        """(report of the measured call, load s, is main) of one pipeline: warm-up, then measured."""
+    cached_reports: List[Any] = []
+
+    def measure(extra: Sequence[str], with_caches: bool = False):
+        """(report of the measured call, load s, is main) of one pipeline: warm-up, then measured
+        (then, ``with_caches``, one call per cache spec, whose reports go to ``cached_reports``)."""
         with Pipeline.from_recipe(recipe, overrides=list(overrides) + ["output.dir=%s" % tmp] + list(extra),
                                   weights=weight_source, progress=progress) as pipe:
             if warmup_steps:
-                pipe.generate(progress=False, **_step_values(plan, warmup_steps))
-            pipe.generate(progress=progress, **(_step_values(plan, steps) if steps is not None else {}))
-            return pipe.last_report, pipe.load_s, pipe.is_main
+                pipe.generate(progress=False, cache={"method": "none"}, **_step_values(plan, warmup_steps))
+            count = _step_values(plan, steps) if steps is not None else {}
+            pipe.generate(progress=progress, cache={"method": "none"}, **count)
+            report = pipe.last_report
+            if with_caches:
+                for _, section in cache_calls:
+                    pipe.generate(progress=progress, cache=section, **count)
+                    cached_reports.append(pipe.last_report)
+            return report, pipe.load_s, pipe.is_main
 
     with out_of_memory_as_error(plan, lambda: weight_source.inspect(plan)), \
             tempfile.TemporaryDirectory(prefix="wanport-bench-") as tmp:  # nothing is written; output.dir must be
-        report, load_s, main = measure(())
+        report, load_s, main = measure((), with_caches=True)
         result = summarize(report, described, warmup_steps, recipe, load_s) if main else None
+        if main and cache_calls:
+            exact = report["stages"].get("denoise_s") or 0.0
+            result["cache"] = {"exact_denoise_s": exact, "exact_forwards": sum(result["forwards_per_step"]),
+                               "runs": [cache_bench.row(label, section, rep, exact)
+                                        for (label, section), rep in zip(cache_calls, cached_reports)]}
         if random_lora is not None:
             info = lora_bench.synthesise(plan, weight_source, random_lora, seed, tmp) if main else None
             info = _broadcast(info)
@@ -196,6 +222,11 @@ def markdown(result: Mapping[str, Any]) -> str:
     from . import lora as lora_bench
 
     section = lora_bench.markdown(result.get("lora"))
+    if section:
+        lines += ["", section]
+    from . import cache as cache_bench
+
+    section = cache_bench.markdown(result.get("cache"))
     if section:
         lines += ["", section]
     if result.get("time_to_first_step_s") is not None:

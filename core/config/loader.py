@@ -195,6 +195,14 @@ def _check_type(path: str, kind: str, value: Any, choices, problems: List[str]) 
         if not isinstance(value, list) or not all(isinstance(v, str) and v and "\0" not in v for v in value):
             problems.append("%s: expected a list of names, got %r" % (path, value))
             return None
+    elif base == "float_list":
+        if not isinstance(value, list) or not all(_is_number(v) for v in value):
+            problems.append("%s: expected a list of numbers, got %r" % (path, value))
+            return None
+        floats = [_finite_number("%s[%d]" % (path, i), v, "a finite number", problems) for i, v in enumerate(value)]
+        if None in floats:
+            return None
+        value = floats
     elif base == "str_map":
         if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
             problems.append("%s: expected a mapping of names to values, got %r" % (path, value))

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
+from ..cache.config import CacheConfig
+
 REQUIRED = "<required>"
 
 #: The main job when no recipe is given; ``recipes/tiny-t2v.yaml`` holds the same (a test checks).
@@ -148,5 +150,8 @@ class RunConfig:
                               "(two-expert models), merge: true}] (merge false: an unmerged side path)")
     quant: QuantConfig = _f(type="section", help="quantized DiT Linears (opt-in, lossy; docs/quantization.md)",
                             factory=QuantConfig)
+    cache: CacheConfig = _f(type="section", factory=CacheConfig,
+                            help="feature caching across steps (lossy, opt-in; docs/caching.md): "
+                                 "{method: none | teacache | magcache | first_block, threshold, ...}")
     lora_strict: bool = _f(True, type="bool",
                            help="a LoRA key that matches no layer is an error (false: a warning, listed in the report)")

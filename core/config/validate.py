@@ -65,6 +65,8 @@ class RunPlan:
     quant: Any = None
     #: the recipe's ``offload:`` settings besides expert parking (``wanport.offload.OffloadPlan``)
     offload: Any = None
+    #: the checked ``cache:`` section (``wanport.cache.config.CacheSettings``); None: exact
+    cache: Any = None
 
     @property
     def world(self) -> int:
@@ -233,6 +235,11 @@ def plan_run(cfg: RunConfig, source: str = "recipe") -> RunPlan:
                         "unquantized Linear); set merge: true, the LoRA is then merged before quantizing"
                         % cfg.quant.dit)
 
+    from ..cache.config import check_cache
+
+    n_steps = len(timesteps) if timesteps else int(steps or 0)
+    cache = check_cache(cfg.cache, preset.name, n_steps, cfg.image is not None, problems)
+
     if problems:
         if len(problems) == 1:
             raise ConfigError("%s: %s" % (source, problems[0]))
@@ -268,6 +275,7 @@ def plan_run(cfg: RunConfig, source: str = "recipe") -> RunPlan:
         lora_strict=cfg.lora_strict,
         quant=cfg.quant,
         offload=offload,
+        cache=cache,
     )
 
 

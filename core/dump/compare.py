@@ -117,6 +117,19 @@ def compare_blocks(a: Dump, b: Dump, threshold: float) -> Tuple[Dict[str, Any], 
                 if not (int(pa[s]) and int(pb[s])):
                     rel_row.append(None)
                     cos_row.append(None)
+                    if blk == 0 and int(pa[s]) != int(pb[s]):  # one side ran no block: a reused forward
+                        events.append((s, order, blk, {
+                            "step": s, "t": timesteps[s] if s < len(timesteps) else None, "branch": branch,
+                            "block": blk, "rel_err": None, "cosine": None, "nonfinite": None,
+                            "not_computed": ["b" if int(pa[s]) else "a"]}))
+                    continue
+                skipped = [n for n, f in (("a", fa), ("b", fb)) if bool(torch.isnan(f[s, blk]).all())]
+                if skipped:  # the block did not run there: a feature cache reused its residual
+                    rel_row.append(None)
+                    cos_row.append(None)
+                    events.append((s, order, blk, {
+                        "step": s, "t": timesteps[s] if s < len(timesteps) else None, "branch": branch, "block": blk,
+                        "rel_err": None, "cosine": None, "nonfinite": None, "not_computed": skipped}))
                     continue
                 bad_a = float(sa[s, blk, 4] + sa[s, blk, 5]) > 0  # NaN / Inf counts
                 bad_b = float(sb[s, blk, 4] + sb[s, blk, 5]) > 0
@@ -211,8 +224,21 @@ def compare_dumps(dir_a: str, dir_b: str, threshold: float = DEFAULT_THRESHOLD,
         "ops_differ": {s: {"a": ops_a.get(s), "b": ops_b.get(s)} for s in sorted(set(ops_a) | set(ops_b))
                        if ops_a.get(s) != ops_b.get(s)},
         "layout": {"a": layout(a), "b": layout(b)},
+        "cache": cache_sides(a, b),
         "warnings": warnings,
     }
+
+
+def cache_sides(a: Dump, b: Dump) -> Dict[str, Any]:
+    """Each side's feature cache (docs/caching.md) and the first forward one side reused."""
+    sides = {name: d.manifest.get("cache") or {"method": "none", "reused": []} for name, d in (("a", a), ("b", b))}
+    first = None
+    order = {"cond": 0, "uncond": 1}
+    for name, c in sides.items():
+        for step, branch in c.get("reused") or ():
+            if first is None or (step, order.get(branch, 2)) < (first["step"], order.get(first["branch"], 2)):
+                first = {"step": step, "branch": branch, "side": name}
+    return {"a": sides["a"], "b": sides["b"], "first_reused": first}
 
 
 def _where(h: Optional[Mapping[str, Any]]) -> str:
@@ -237,13 +263,22 @@ def markdown(result: Mapping[str, Any]) -> str:
                      % (describe_layout(lay["a"]), describe_layout(lay["b"])))
     for w in result["warnings"]:
         lines.append("**warning**: %s" % w)
+    cache = result.get("cache")
+    if cache and (cache["a"]["method"] != "none" or cache["b"]["method"] != "none"):
+        lines.append("feature cache (lossy, not a recipe difference): A %s (%d reused), B %s (%d reused)%s" % (
+            cache["a"]["method"], len(cache["a"].get("reused") or ()), cache["b"]["method"],
+            len(cache["b"].get("reused") or ()), "" if cache["first_reused"] is None else
+            "; first reuse: step %d, %s branch, in %s" % (
+                cache["first_reused"]["step"], cache["first_reused"]["branch"], cache["first_reused"]["side"].upper())))
     first = result["first_divergence"]
     if result["identical"]:
         lines.append("**identical**: every fingerprint, latent, full tensor and the video match bit for bit.")
     elif first is None:
         lines.append("**no divergence past the threshold** (not bit-identical).")
     else:
-        what = ("not finite in one dump only" if first.get("nonfinite") else
+        what = ("not computed in %s (the feature cache reused its residual)" % " and ".join(
+                    x.upper() for x in first["not_computed"]) if first.get("not_computed") else
+                "not finite in one dump only" if first.get("nonfinite") else
                 "rel err %s, cosine %s" % (_fmt(first["rel_err"]), _fmt(first["cosine"])))
         lines.append("**first divergence**: step %d (t=%s), %s branch, block %d: %s"
                      % (first["step"], first["t"], first["branch"], first["block"], what))

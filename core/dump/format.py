@@ -57,6 +57,9 @@ FILES = {"stats": "stats.safetensors", "latents": "latents.safetensors", "blocks
 #: recipe keys that may differ between the two sides of a comparison (machine, kernels, layout; and
 #: ``quant``: a quantized run is compared with the exact one, its quant_linear site in ``ops_differ``)
 MACHINE_KEYS = ("backend", "ops", "env", "output", "checkpoint_dir", "offload", "parallel", "quant")
+#: lossy settings left out of the compare hash too, so a cached dump compares against an exact one;
+#: ``compare`` reports each side's (docs/caching.md)
+LOSSY_KEYS = ("cache",)
 
 
 def _file_sha256(path: str) -> Optional[str]:
@@ -72,7 +75,7 @@ def _file_sha256(path: str) -> Optional[str]:
 
 def comparable_recipe(raw: Mapping[str, Any]) -> Dict[str, Any]:
     """The recipe without the machine-specific keys; the input image by content."""
-    out = {k: v for k, v in raw.items() if k not in MACHINE_KEYS}
+    out = {k: v for k, v in raw.items() if k not in MACHINE_KEYS and k not in LOSSY_KEYS}
     if out.get("image"):
         out["image"] = {"sha256": _file_sha256(str(out["image"]))}
     return out
@@ -147,12 +150,20 @@ def write_dump(directory: str, obs: DumpObserver, report: Mapping[str, Any]) -> 
                      branches=[b for b in BRANCHES if "stats." + b in tensors["stats"]],
                      experts=[obs.experts.get(i) for i in range(steps)], notes=obs.notes),
         "parallel": parallel_info(obs, report),
+        "cache": cache_info(report),
         "files": {FILES[name]: sorted(content) for name, content in tensors.items()},
         "run_report": os.path.basename(report["output"]["report"]),
         "video_file": os.path.basename(report["output"]["video"]),
     }
     write_json_atomic(os.path.join(directory, MANIFEST), manifest)
     return manifest
+
+
+def cache_info(report: Mapping[str, Any]) -> Dict[str, Any]:
+    """The run's feature cache: method, threshold and the (step, branch) of every reused forward."""
+    c = report.get("cache") or {"method": "none"}
+    return {"method": c.get("method", "none"), "threshold": c.get("threshold"),
+            "reused": [[r["step"], r["branch"]] for r in c.get("per_step") or () if r.get("action") == "reused"]}
 
 
 class Dump:
@@ -229,5 +240,5 @@ class Dump:
                 "created_at": m.get("created_at"), "torch": v.get("torch"), "wanport": v.get("wanport")}
 
 
-__all__ = ["FORMAT", "VERSION", "MANIFEST", "FILES", "MACHINE_KEYS", "Dump", "write_dump", "comparable_recipe",
-           "parallel_info"]
+__all__ = ["FORMAT", "VERSION", "MANIFEST", "FILES", "MACHINE_KEYS", "LOSSY_KEYS", "cache_info", "Dump", "write_dump",
+           "comparable_recipe", "parallel_info"]

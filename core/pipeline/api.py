@@ -284,12 +284,17 @@ class Pipeline:
         models.done_encoding()
         del ctx_cond, ctx_uncond
         watcher = CallObserver(call.observer, on_step, call.scheduler.num_steps, called_at)
-        with clock.stage("denoise"), models.denoising():
+        from ..cache.pipeline import attached, cache_report, make_cache
+
+        cache = make_cache(plan, work.experts, call.scheduler, prep.mesh, prep.comm)
+        with clock.stage("denoise"), models.denoising(), attached(cache, models.dit_models()):
             latent, names = sampling.denoise_loop(work.experts, call.scheduler, work.latent, work.cond, work.uncond,
                                                   clock, progress, timestep_fn=work.timestep_fn,
                                                   after_step=work.after_step, observer=watcher,
-                                                  cfg_parallel=prep.cfg_parallel)
+                                                  cfg_parallel=prep.cfg_parallel, feature_cache=cache)
         extra = dict(work.report)
+        extra["cache"] = cache_report(cache, prep.mesh)  # a collective under torchrun: every rank
+        del cache
         if work.finish is not None:
             work.finish(names, extra)
         width, height, frames = work.width, work.height, work.frames

@@ -35,6 +35,7 @@ PER_CALL: Dict[str, str] = {
     "boundary": "sample.boundary",
     "noise": "sample.noise",
     "fps": "output.fps",
+    "cache": "cache",  # the whole section, e.g. {"method": "teacache"} (docs/caching.md)
 }
 
 #: recipe keys a call cannot change, and why

@@ -74,6 +74,7 @@ def denoise_loop(
     after_step: Optional[AfterStepFn] = None,
     observer: Optional[LoopObserver] = None,
     cfg_parallel=None,
+    feature_cache=None,
 ) -> Tuple[torch.Tensor, List[str]]:
     """Run every step of ``scheduler`` on ``latent`` [1, C, T, H, W].
 
@@ -83,7 +84,9 @@ def denoise_loop(
     step's timestep (a 0-d int64 tensor) to what the model receives (default ``[t]``; TI2V: one
     per token). ``observer`` (a :class:`LoopObserver`) sees every step and forward.
     ``cfg_parallel`` (``wanport.parallel.cfg.CfgParallel``) runs the two guidance branches on two
-    rank groups instead of one after the other. Returns the final latent and the expert name
+    rank groups instead of one after the other. ``feature_cache`` (``wanport.cache.runner.FeatureCache``,
+    attached to the models) is told the step, branch and expert of every forward, and the bar shows
+    its reuse count. Returns the final latent and the expert name
     used at each step."""
     from tqdm.auto import tqdm
 
@@ -100,12 +103,18 @@ def denoise_loop(
             guided = uncond is not None and expert.guide_scale != 1.0
             if guided and cfg_parallel is not None:
                 obs.forward(i, cfg_parallel.branch)
+                if feature_cache is not None:
+                    feature_cache.enter(i, cfg_parallel.branch, expert.name)
                 v = cfg_parallel.guided(expert.model, latent, tt, cond, uncond, expert.guide_scale)
             else:
                 obs.forward(i, "cond")
+                if feature_cache is not None:
+                    feature_cache.enter(i, "cond", expert.name)
                 v = expert.model(latent, tt, **cond)
                 if guided:
                     obs.forward(i, "uncond")
+                    if feature_cache is not None:
+                        feature_cache.enter(i, "uncond", expert.name)
                     v_uncond = expert.model(latent, tt, **uncond)
                     v = v_uncond + expert.guide_scale * (v - v_uncond)
             latent = scheduler.step(v, latent)
@@ -115,6 +124,8 @@ def denoise_loop(
             names.append(expert.name)
             if clock:
                 clock.steps.append(clock.now() - start)
+            if feature_cache is not None:
+                bar.set_postfix(reused=feature_cache.reused, refresh=False)
             bar.update(1)
     finally:
         bar.close()

@@ -215,8 +215,14 @@ class WanDiT(nn.Module):
         if sp is not None:
             cos, sin = sp.local(cos, dim=0), sp.local(sin, dim=0)
         attn_dtype = self.policy.attention
-        for block in self.blocks:
-            h = block(h, e0, ctx, cos, sin, ops, attn_dtype, kv_lens, ctx_img)
+
+        def run(x: torch.Tensor, start: int = 0, stop: Optional[int] = None) -> torch.Tensor:
+            for block in self.blocks[start:stop]:
+                x = block(x, e0, ctx, cos, sin, ops, attn_dtype, kv_lens, ctx_img)
+            return x
+
+        cache = self.__dict__.get("feature_cache")  # attached per call by wanport.cache (docs/caching.md)
+        h = run(h) if cache is None else cache.blocks(h, run, e=e, e0=e0, tokens=n, sp=sp)
         out = self.head(h, e, ops)
         if sp is not None:
             out = sp.gather(out)
