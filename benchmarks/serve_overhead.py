@@ -33,6 +33,8 @@ SETTINGS = {
     "32x32x1f-1step": {"size": "32*32", "frames": 1, "steps": 1},
     # a small but real tiny task
     "128x128x9f-4steps": {"size": "128*128", "frames": 9, "steps": 4},
+    # the tiny recipe's own task (recipes/tiny-t2v.yaml: 256x256, 17 frames, 8 steps)
+    "256x256x17f-8steps": {"size": "256*256", "frames": 17, "steps": 8},
 }
 
 
