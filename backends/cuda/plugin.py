@@ -228,4 +228,7 @@ def wanport_op_impls():
         OpImpl("gated_residual", "triton", NAME, _loader("gated_residual", "gated_residual"),
                Constraints(dtypes=_FLOATS, **att), priority=30, available=_TRITON, tolerance=_BF16_TOL,
                description="x + y * gate, in place into the float32 stream"),
+        OpImpl("channel_rms_norm", "triton", NAME, _loader("channel_rms_norm", "channel_rms_norm"),
+               Constraints(dtypes=_FLOATS, **att), priority=30, available=_TRITON, tolerance=_BF16_TOL,
+               description="VAE RMS norm over channels (+SiLU), one pass on channels-last data"),
     ]

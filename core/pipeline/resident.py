@@ -14,6 +14,7 @@ from __future__ import annotations
 from contextlib import nullcontext
 from typing import Dict
 
+from ..models.vae.setup import prepare_vae
 from .moe import load_expert_models
 
 
@@ -53,7 +54,8 @@ class ResidentModels:
         if self._vae is None:
             prep = self.prep
             with self._timed(clock):
-                self._vae = prep.weights.load_vae(prep.ckpts, prep.plan.policy, prep.device)
+                self._vae = prepare_vae(prep.weights.load_vae(prep.ckpts, prep.plan.policy, prep.device),
+                                        prep.ops, prep.runtime)
         return self._vae
 
     def dit(self, clock=None):

@@ -81,6 +81,12 @@ def _load_layer_norm_modulate():
     return layer_norm_modulate
 
 
+def _load_channel_rms_norm():
+    from .channel_rms_norm import channel_rms_norm
+
+    return channel_rms_norm
+
+
 @hookimpl
 def wanport_op_impls():
     any_float = Constraints(dtypes=_FLOATS, lse=True)
@@ -103,4 +109,6 @@ def wanport_op_impls():
                description="x + y * gate in the promoted dtype"),
         OpImpl("linear_gelu", "torch", NAME, _load_linear_gelu, any_float, priority=10,
                description="F.linear then tanh GELU (the official rounding order)"),
+        OpImpl("channel_rms_norm", "torch", NAME, _load_channel_rms_norm, any_float, priority=10,
+               description="VAE RMS norm over the channel dim (+SiLU), the official rounding order"),
     ]
