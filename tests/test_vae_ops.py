@@ -208,6 +208,8 @@ def test_resolver_picks_the_vae_op_per_backend():
     cuda = [i for i in reg.impls if i.backend == "cuda" and i.kind == "channel_rms_norm"]
     assert [i.name for i in cuda] == ["triton"] and cuda[0].exact
     assert cuda[0].constraints.device_types == frozenset({"cuda"})
+    # a backend without its own (ascend) gets the composed form, not the reference's rounding
+    assert table("ascend", "npu").channel_rms_norm.impl == "composed(pytorch)"
     if "cuda" in reg.backends:  # chosen on cuda when triton is there, else composed (never reference)
         picked = table("cuda", "cuda").channel_rms_norm.impl
         triton = importlib.util.find_spec("triton") is not None
