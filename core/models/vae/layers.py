@@ -230,6 +230,8 @@ class AttentionBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, ctx: VAEContext) -> torch.Tensor:
         b, c, t, h, w = x.shape
+        # channels-last 3-D data: this reshape is a view in 2-D channels_last, and so are the ones
+        # below (q/k/v rows, the way back); NCDHW data is copied per frame as before
         y = x.transpose(1, 2).reshape(b * t, c, h, w)
         qkv = self.to_qkv(self.norm(y))  # [bt, 3c, h, w]
         qkv = qkv.reshape(b * t, 1, 3 * c, h * w).transpose(2, 3)  # [bt, 1, hw, 3c]
@@ -318,7 +320,7 @@ class Resample(nn.Module):
         if self.mode == "upsample3d":
             x = self._upsample_time(x, ctx)
         b, c, t, h, w = x.shape
-        y = x.transpose(1, 2).reshape(b * t, c, h, w)
+        y = x.transpose(1, 2).reshape(b * t, c, h, w)  # channels-last 3-D: a channels_last 2-D view
         if self.mode.startswith("up"):
             y = self.resample[0](y)
         y = self.resample[1](y, ctx)
