@@ -114,6 +114,15 @@ def test_causal_input_equals_cat_then_pad_and_split_contexts_keep_their_pad():
     assert torch.equal(got, F.pad(torch.cat([context, x], 2), (1, 1, 1, 1), value=7.0))
 
 
+def test_time_interleave_keeps_channels_last_and_values():
+    y = torch.randn(1, 8, 3, 4, 5, generator=torch.Generator().manual_seed(7))
+    want = layers.interleave_halves(y)
+    assert torch.equal(want[:, :, 2], y[:, :4, 1]) and torch.equal(want[:, :, 3], y[:, 4:, 1])
+    for t in (3, 1):
+        got = layers.interleave_halves(y[:, :, :t].contiguous(memory_format=CL))
+        assert torch.equal(got, layers.interleave_halves(y[:, :, :t])) and memory_format_of(got) is CL
+
+
 @pytest.mark.parametrize("make,size", [(_tiny21, (16, 24)), (_tiny22, (32, 16))])
 def test_channels_last_equals_default_layout_within_float_bound(make, size):
     """Same math, other summation order in the convs and the norms: within a float32 bound."""

@@ -249,6 +249,17 @@ class Upsample2x(nn.Module):
         return F.interpolate(x.float(), scale_factor=(2.0, 2.0), mode="nearest-exact").to(x.dtype)
 
 
+def interleave_halves(y: torch.Tensor) -> torch.Tensor:
+    """``[b, 2c, t, h, w] -> [b, c, 2t, h, w]``: channels ``[0:c]`` become frame ``2i``, ``[c:2c]``
+    frame ``2i+1`` (the temporal upsample); channels-last data stays channels-last."""
+    b, c2, t, h, w = y.shape
+    c = c2 // 2
+    if memory_format_of(y) is torch.channels_last_3d:  # the same move, in the [b, t, h, w, c] order
+        y = y.permute(0, 2, 3, 4, 1).reshape(b, t, h, w, 2, c).permute(0, 1, 4, 2, 3, 5)
+        return y.reshape(b, 2 * t, h, w, c).contiguous().permute(0, 4, 1, 2, 3)  # t=1: a view until here
+    return y.reshape(b, 2, c, t, h, w).permute(0, 2, 3, 1, 4, 5).reshape(b, c, 2 * t, h, w)
+
+
 class Resample(nn.Module):
     """Spatial (and optionally temporal) down/upsampling; modes as in the official code.
 
@@ -296,13 +307,7 @@ class Resample(nn.Module):
             new = FeatureCache.next_context(x, prev)
             y = self.time_conv(x, ctx, prev)
         cache.put(self, new)
-        b, c2, t, h, w = y.shape
-        c = c2 // 2
-        # channels [0:c] -> frame 2i, [c:2c] -> frame 2i+1
-        if memory_format_of(y) is torch.channels_last_3d:  # the same move, in the [b, t, h, w, c] order
-            y = y.permute(0, 2, 3, 4, 1).reshape(b, t, h, w, 2, c).permute(0, 1, 4, 2, 3, 5)
-            return y.reshape(b, 2 * t, h, w, c).permute(0, 4, 1, 2, 3)
-        return y.reshape(b, 2, c, t, h, w).permute(0, 2, 3, 1, 4, 5).reshape(b, c, 2 * t, h, w)
+        return interleave_halves(y)
 
     def _downsample_time(self, x: torch.Tensor, ctx: VAEContext) -> torch.Tensor:
         cache = ctx.cache
