@@ -10,7 +10,13 @@ writes the top operators of one decode of the first variant (torch.profiler).
 
 A variant is ``+``-joined flags: ``fp32`` | ``bf16`` (weights and activations), ``bench``
 (the backend's autotuned convolution algorithms, if it has them), ``cl`` (channels-last 3D
-weights and input), ``notf32`` (full fp32 convolution math, where the device would use TF32).
+weights and input, ``CausalVideoVAE.set_memory_format``), ``fused`` (the backend's own
+``channel_rms_norm`` implementation, e.g. cuda's Triton kernel; without it the reference math runs),
+``composed`` (the composed PyTorch form of ``channel_rms_norm``), ``notf32`` (full fp32 convolution
+math, where the device would use TF32). Each row records the VAE's ops and memory format.
+
+    python3 benchmarks/vae_profile.py --vae wan2.1 --encode --profile \
+        --variants fp32 fp32+cl fp32+cl+fused bf16+cl+fused --out vae21.json
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import argparse
 import json
 import math
 import time
+from types import SimpleNamespace
 
 import torch
 
@@ -29,17 +36,32 @@ from wanport.bench.random_weights import (
 from wanport.registry import discover
 
 
-def _vae(kind: str, dtype: torch.dtype, device: torch.device, cl: bool):
+def _norm_op(reg, backend: str, flags):
+    """The ``channel_rms_norm`` a variant binds (a ResolvedOp-like object), or None: reference math."""
+    from wanport.ops.composites import compose_channel_rms_norm
+    from wanport.ops.table import ResolvedOp
+
+    if "composed" in flags:
+        return ResolvedOp("channel_rms_norm", "channel_rms_norm", "composed(pytorch)", compose_channel_rms_norm())
+    if "fused" not in flags:
+        return None
+    own = sorted(reg.impls_for(backend, "channel_rms_norm"), key=lambda i: -i.priority)
+    usable = [i for i in own if i.available()[0]]
+    if not usable:
+        raise SystemExit("backend %s has no usable channel_rms_norm implementation" % backend)
+    return ResolvedOp("channel_rms_norm", "channel_rms_norm", usable[0].qualified_name, usable[0].load())
+
+
+def _vae(kind: str, dtype: torch.dtype, device: torch.device, cl: bool, norm_op):
     with torch.device("meta"):
         vae = VAE_CLASSES[kind]()
     shapes = {k: tuple(v.shape) for k, v in vae.state_dict().items()}
     vae.load_state_dict(random_state(shapes, dtype, device, 1234), strict=True, assign=True)
     vae = vae.eval().requires_grad_(False)
-    if cl:  # Module.to(memory_format=...) refuses the non-5D parameters: convert the 5D ones
-        for mod in vae.modules():
-            for _, prm in list(mod.named_parameters(recurse=False)):
-                if prm.dim() == 5:
-                    prm.data = prm.data.contiguous(memory_format=torch.channels_last_3d)
+    if norm_op is not None:
+        vae.bind_ops(SimpleNamespace(channel_rms_norm=norm_op))
+    if cl:  # the conv weights, and every encode/decode input
+        vae.set_memory_format(torch.channels_last_3d)
     return vae
 
 
@@ -80,7 +102,8 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=81)
     ap.add_argument("--variants", nargs="+", default=["fp32", "fp32+bench", "fp32+cl", "fp32+bench+cl"])
     ap.add_argument("--encode", action="store_true", help="also time the encode of a video of that size")
-    ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--profile", nargs="?", const="", default=None, metavar="VARIANT",
+                    help="profile one decode of VARIANT (default: the first variant)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
 
@@ -105,14 +128,12 @@ def main() -> None:
         dtype = torch.bfloat16 if "bf16" in flags else torch.float32
         restore = _set_flags(flags, rt.device_type)
         try:
-            vae = _vae(args.vae, dtype, dev, "cl" in flags)
+            vae = _vae(args.vae, dtype, dev, "cl" in flags, _norm_op(reg, args.backend, flags))
             zin = latent.to(dev)
-            if "cl" in flags:
-                zin = zin.contiguous(memory_format=torch.channels_last_3d)
             vae.decode(zin[:, :, :2])  # warm-up (and the autotuner's first pass)
             rt.reset_peak_memory()
             dec, sec = _time(rt, lambda v=vae, x=zin: v.decode(x))
-            row = {"variant": name, "decode_s": round(sec, 4),
+            row = {"variant": name, "vae": vae.report(), "decode_s": round(sec, 4),
                    "decode_peak_gib": round((rt.peak_memory_bytes() or 0) / 2 ** 30, 3)}
             dec = dec.float().cpu()
             if ref_dec is None:
@@ -121,8 +142,6 @@ def main() -> None:
             del dec
             if video is not None:
                 vin = video.to(dev, dtype)
-                if "cl" in flags:
-                    vin = vin.contiguous(memory_format=torch.channels_last_3d)
                 vae.encode(vin[:, :, :5])
                 enc, sec = _time(rt, lambda v=vae, x=vin: v.encode(x))
                 row["encode_s"] = round(sec, 4)
@@ -132,7 +151,7 @@ def main() -> None:
                 row["encode_vs_first"] = {"rel_l2": float((enc.double() - ref_enc.double()).norm()
                                                           / ref_enc.double().norm())}
                 del vin, enc
-            if args.profile and name == args.variants[0]:
+            if args.profile is not None and name == (args.profile or args.variants[0]):
                 from torch.profiler import ProfilerActivity, profile
                 acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if rt.device_type == "cuda" else [])
                 with profile(activities=acts) as prof:

@@ -279,7 +279,10 @@ def test_tiny_t2v_end_to_end_on_the_emulated_npu(tiny_ckpt, tmp_path, clean_env,
             "self_attention": "ascend.fusion_attention", "cross_attention": "ascend.fusion_attention",
             "rotary": rotary, "rms_norm": "ascend.rms_norm", "layer_norm": "ascend.layer_norm_eval",
             "layer_norm_modulate": "ascend.layer_norm_eval", "qk_norm_rope": "composed(ascend.rms_norm, %s)" % rotary}
-        # the kinds the ascend backend does not implement run the reference (device-agnostic) code
+        # the kinds the ascend backend does not implement run the reference (device-agnostic) code,
+        # the composable VAE norm its composed form
+        assert ops.pop("channel_rms_norm") == "composed(pytorch)"
+        assert report["vae"] == {"channel_rms_norm": "composed(pytorch)", "memory_format": "contiguous_format"}
         assert all(ops[s].startswith("reference.") for s in ops if s not in ASCEND_SITES), ops
         assert ("half mode only" in report["backend"]["device_name"]) == (era == "v6rc2")
         assert os.path.getsize(report["output"]["video"]) > 0

@@ -183,6 +183,7 @@ PRIORITY = {
     ("layer_norm_modulate", "triton"): 30,
     ("linear_gelu", "cublaslt_epilogue"): 30,
     ("gated_residual", "triton"): 30,
+    ("channel_rms_norm", "triton"): 30,
     ("quant_linear", "fp8_rowwise_scaled_mm"): 30,
     ("quant_linear", "fp8_tensor_scaled_mm"): 20,
 }
@@ -299,4 +300,7 @@ def wanport_op_impls():
                Constraints(dtypes=frozenset({torch.bfloat16}), schemes=frozenset({"fp8_tensor"}), **att),
                exact=False, tolerance=QUANT_TOLERANCE["fp8_tensor"], available=_fp8_available(False),
                description="FP8 e4m3 GEMM with one scale per tensor (torch._scaled_mm; sm89+)"),
+        OpImpl("channel_rms_norm", "triton", NAME, _loader("channel_rms_norm", "channel_rms_norm"),
+               Constraints(dtypes=_FLOATS, **att), available=_TRITON, tolerance=_BF16_TOL,
+               description="VAE RMS norm over channels (+SiLU), one pass on channels-last data"),
     ])

@@ -47,6 +47,11 @@ class CudaRuntime:
     def reset_peak_memory(self) -> None:
         torch.cuda.reset_peak_memory_stats()
 
+    def conv_memory_format(self) -> torch.memory_format:
+        """The VAE's conv layout: cuDNN runs 3-D convs in NDHWC, so channels-last data and weights
+        skip its layout transposes (H200, Wan2.1 decode 480p: 2.83 -> 2.64 s)."""
+        return torch.channels_last_3d
+
     def memory_info(self) -> Optional[Tuple[int, int]]:
         free, total = torch.cuda.mem_get_info()
         return int(free), int(total)

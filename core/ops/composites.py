@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import math
 from typing import Callable
+
+import torch
+import torch.nn.functional as F
 
 
 def with_out_dtype(fn: Callable) -> Callable:
@@ -30,4 +34,20 @@ def compose_qk_norm_rope(rms_norm: Callable, rotary: Callable) -> Callable:
     return qk_norm_rope
 
 
-COMPOSERS = {"qk_norm_rope": compose_qk_norm_rope}
+def channel_rms_norm_composed(x: torch.Tensor, gamma: torch.Tensor, *, silu: bool = False) -> torch.Tensor:
+    """``channel_rms_norm`` in plain PyTorch ops, the arithmetic of a fused kernel: float32 (at least)
+    from the input to the end, one rounding to x's dtype (contract in ops/contracts.py)."""
+    xf = x.to(torch.promote_types(x.dtype, torch.float32))
+    c = x.shape[1]
+    y = xf / xf.pow(2).sum(dim=1, keepdim=True).sqrt().clamp_min(1e-12)
+    y = y * math.sqrt(c) * gamma.reshape((c,) + (1,) * (x.dim() - 2)).to(xf.dtype)
+    if silu:
+        y = F.silu(y)
+    return y.to(x.dtype)
+
+
+def compose_channel_rms_norm() -> Callable:
+    return channel_rms_norm_composed
+
+
+COMPOSERS = {"qk_norm_rope": compose_qk_norm_rope, "channel_rms_norm": compose_channel_rms_norm}

@@ -175,17 +175,36 @@ class QuantLinearFn(Protocol):
         """
 
 
+class ChannelRMSNormFn(Protocol):
+    def __call__(self, x: torch.Tensor, gamma: torch.Tensor, *, silu: bool = False) -> torch.Tensor:
+        """The Wan VAE's RMS norm over the channel dim (dim 1), optionally followed by SiLU.
+
+        x: [B, C, T, H, W] (video) or [N, C, H, W] (images), in any memory format (channels-last
+        keeps C innermost). gamma: C elements shaped to broadcast over dim 1 ([C, 1, 1, 1] or
+        [C, 1, 1], the official parameter), in x's dtype. Per position:
+            y = x / max(||x||_C, 1e-12) * sqrt(C) * gamma,    then silu(y) = y * sigmoid(y) if silu
+        with ||x||_C the L2 norm over the C channels of that position, computed in at least
+        float32; a position whose channels are all zero gives zeros (0 / 1e-12). Output: x's
+        shape and dtype. The reference rounds to x's dtype after the division, after each product
+        and after the SiLU (what the official module-by-module code does for bf16); fused kernels
+        and the composed form keep float32 to the end and round once (within bf16 rounding of it;
+        identical arithmetic for float32 inputs up to the order of the channel sum).
+        """
+
+
 #: Op kinds in the order the registry reports them.
 OP_KINDS = ("attention", "rotary", "rms_norm", "layer_norm", "layer_norm_modulate", "qk_norm_rope",
-            "gated_residual", "linear_gelu", "quant_linear")
+            "gated_residual", "linear_gelu", "quant_linear", "channel_rms_norm")
 
 #: Op kinds chosen by the recipe's scheme, not by exactness: the resolver takes only the active
 #: backend's own implementations that declare the scheme (no fallback to another backend's), and
 #: resolves the site only when the recipe asks for quantization.
 SCHEME_KINDS = ("quant_linear",)
 
-#: Op kinds that a backend need not implement: the resolver composes them from other kinds.
-COMPOSABLE = {"qk_norm_rope": ("rms_norm", "rotary")}
+#: Op kinds that a backend need not implement: the resolver composes them from other kinds (no
+#: kinds: pure PyTorch). A backend without its own implementation gets the composition, not another
+#: backend's implementation.
+COMPOSABLE = {"qk_norm_rope": ("rms_norm", "rotary"), "channel_rms_norm": ()}
 
 #: Op kinds with an optional ``out_dtype`` keyword; implementations that don't declare
 #: ``Constraints(out_dtype=True)`` are wrapped with a cast.
@@ -209,6 +228,9 @@ CALL_SITES = {
 
 #: Call sites resolved only when the call-site requirements name them (quantization asked for).
 OPTIONAL_SITES = ("quant_linear",)
+#: Call sites of the VAEs (``models/vae``), resolved when the requirements name them (the pipeline
+#: does; a DiT-only table leaves them None and the VAE keeps its reference math).
+VAE_CALL_SITES = {"channel_rms_norm": "channel_rms_norm"}
 
 CONTRACTS = {
     "attention": AttentionFn,
@@ -220,4 +242,5 @@ CONTRACTS = {
     "gated_residual": GatedResidualFn,
     "linear_gelu": LinearGeluFn,
     "quant_linear": QuantLinearFn,
+    "channel_rms_norm": ChannelRMSNormFn,
 }

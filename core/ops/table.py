@@ -40,6 +40,8 @@ class OpTable:
     #: sequence parallelism (``wanport.parallel.sequence.SequencePlan``): how the model splits and
     #: gathers its tokens; None on a single device. Set together with the self-attention wrapper.
     sequence: Optional["SequencePlan"] = None
+    #: the VAEs' channel RMS norm (+SiLU); None when the table was resolved for a DiT alone
+    channel_rms_norm: Optional[ResolvedOp] = None
 
     def describe(self) -> Dict[str, str]:
         """Call site -> qualified implementation name (for reports)."""

@@ -22,6 +22,7 @@ from ..config import RunConfig
 from ..config.validate import RunPlan, plan_run
 from ..lora.weights import as_lora_source
 from ..models.dit.requirements import dit_requirements
+from ..models.vae.setup import preferred_memory_format, vae_requirements
 from ..ops.table import OpTable
 from ..precision import is_auto, resolve_policy
 from ..registry import BackendSpec, Registry, resolve_ops
@@ -183,6 +184,7 @@ def resolve_dit_ops(registry: Registry, spec, ckpts: CheckpointSet, plan: RunPla
                             per_token_timesteps=per_token_modulation(plan),
                             padded_keys=sp, ring_lse=sp and mesh.ring > 1,
                             quant_scheme=scheme.name if scheme is not None else None)
+    reqs.update(vae_requirements(plan.policy, spec.device_type))  # the VAE's sites share the table
     return resolve_ops(registry, spec, reqs, overrides)
 
 
@@ -378,6 +380,8 @@ def base_report(prep: Prepared, call: Call, width: int, height: int, frames: int
         },
         "ops": {site: {"impl": op.impl, "why": op.why} for site, op in
                 ((s, getattr(ops, s)) for s in ops.describe())},
+        "vae": {"channel_rms_norm": ops.channel_rms_norm.impl if ops.channel_rms_norm is not None else None,
+                "memory_format": str(preferred_memory_format(runtime)).replace("torch.", "")},
         "precision": dict(plan.policy.to_dict(), **(plan.precision_choice or {})),
         "stages": dict(clock.as_dict(), total_s=round(clock.total(), 4)),
         "peak_memory": {"bytes": runtime.peak_memory_bytes(),

@@ -20,6 +20,7 @@ import contextlib
 from contextlib import nullcontext
 from typing import Any, Dict
 
+from ..models.vae.setup import prepare_vae
 from ..offload.whole import HostResident, offload_of
 from .moe import load_expert_models
 
@@ -60,7 +61,8 @@ class ResidentModels:
         if self._vae is None:
             prep = self.prep
             with self._timed(clock):
-                self._vae = prep.weights.load_vae(prep.ckpts, prep.plan.policy, prep.device)
+                self._vae = prepare_vae(prep.weights.load_vae(prep.ckpts, prep.plan.policy, prep.device),
+                                        prep.ops, prep.runtime)
         return self._vae
 
     def dit(self, clock=None):

@@ -45,6 +45,7 @@ PRIORITY = {
     ("layer_norm_modulate", "torch"): 10,
     ("gated_residual", "torch"): 10,
     ("linear_gelu", "torch"): 10,
+    ("channel_rms_norm", "torch"): 10,
 }
 # quant_linear: one float32 emulation per scheme, each the only one of its scheme here
 PRIORITY.update({("quant_linear", "emulate_" + scheme): 10 for scheme in SCHEMES})
@@ -76,6 +77,8 @@ def wanport_op_impls():
               "x + y * gate in the promoted dtype"),
         _impl("linear_gelu", "torch", ".linear_gelu:linear_gelu", any_float,
               "F.linear then tanh GELU (the official rounding order)"),
+        _impl("channel_rms_norm", "torch", ".channel_rms_norm:channel_rms_norm", any_float,
+              "VAE RMS norm over the channel dim (+SiLU), the official rounding order"),
     ] + [
         # one float32 emulation per scheme: quantize -> dequantize -> matmul (the ground truth)
         OpImpl("quant_linear", "emulate_" + scheme, NAME, lazy(".quant_linear:make", scheme, package=__package__),

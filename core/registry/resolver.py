@@ -12,7 +12,15 @@ from typing import Dict, List, Mapping, Optional, Tuple
 
 from ..errors import BackendError
 from ..ops.composites import COMPOSERS, with_out_dtype
-from ..ops.contracts import CALL_SITES, COMPOSABLE, OP_KINDS, OPTIONAL_SITES, OUT_DTYPE_KINDS, SCHEME_KINDS
+from ..ops.contracts import (
+    CALL_SITES,
+    COMPOSABLE,
+    OP_KINDS,
+    OPTIONAL_SITES,
+    OUT_DTYPE_KINDS,
+    SCHEME_KINDS,
+    VAE_CALL_SITES,
+)
 from ..ops.impl import OpImpl, Requirements
 from ..ops.table import OpTable, ResolvedOp
 from .backend import BackendSpec
@@ -145,7 +153,8 @@ def resolve_ops(
             )
     resolved: Dict[str, ResolvedOp] = {}
     loaded: Dict[Tuple[str, str], object] = {}  # one load per implementation even when used at two sites
-    for site, kind in CALL_SITES.items():
+    sites = list(CALL_SITES.items()) + [(s, k) for s, k in VAE_CALL_SITES.items() if s in requirements]
+    for site, kind in sites:
         if site in OPTIONAL_SITES and site not in requirements:
             continue
         req = requirements[site]
@@ -172,6 +181,8 @@ def resolve_ops(
                 lossy_ok = kind in SCHEME_KINDS
                 if (not impl.exact and not lossy_ok) or (impl.default_sites is not None and site not in impl.default_sites):
                     continue
+                if kind in COMPOSABLE and impl.backend != backend.name:
+                    continue  # composed below rather than another backend's implementation
                 ok, _ = _usable(impl, req)
                 if ok:
                     chosen = impl
@@ -181,7 +192,7 @@ def resolve_ops(
         if chosen is None and kind in COMPOSABLE:
             parts = [resolved[p] for p in COMPOSABLE[kind]]
             fn = COMPOSERS[kind](*(p.fn for p in parts))
-            name = "composed(%s)" % ", ".join(p.impl for p in parts)
+            name = "composed(%s)" % (", ".join(p.impl for p in parts) or "pytorch")
             why = "recipe override" if wanted else "no fused %s implementation fits; composed" % kind
             resolved[site] = ResolvedOp(site=site, kind=kind, impl=name, fn=fn, why=why)
             continue

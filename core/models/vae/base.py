@@ -4,13 +4,13 @@ normalisation ``(mu - mean) * (1/std)`` (the official form of applying the const
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
 
 from .cache import FeatureCache
-from .layers import VAEContext
+from .layers import RMS_norm, VAEContext
 
 ProgressFn = Callable[[int, int], None]
 
@@ -22,6 +22,47 @@ class CausalVideoVAE(nn.Module):
     NAME = "VAE"
     LATENT_MEAN: Sequence[float] = ()
     LATENT_STD: Sequence[float] = ()
+    #: the layout of the conv weights and of the activations (set_memory_format)
+    memory_format: torch.memory_format = torch.contiguous_format
+    #: the implementation of each VAE op kind (bind_ops; the reference math until then)
+    ops_bound: Dict[str, str] = {"channel_rms_norm": "reference.torch (standalone)"}
+
+    # binding (once, after the weights are in place) ------------------------------------
+    def bind_ops(self, ops: Any) -> "CausalVideoVAE":
+        """Use the op table's ``channel_rms_norm`` (a ``ResolvedOp`` or a callable) in every RMS
+        norm. A table resolved without the VAE's call site (``None``) keeps the reference math."""
+        op = getattr(ops, "channel_rms_norm", None)
+        if op is None:
+            return self
+        fn = getattr(op, "fn", op)
+        for mod in self.modules():
+            if isinstance(mod, RMS_norm):
+                mod.bind(fn)
+        self.ops_bound = {"channel_rms_norm": getattr(op, "impl", getattr(fn, "__name__", "?"))}
+        return self
+
+    def set_memory_format(self, memory_format: torch.memory_format) -> "CausalVideoVAE":
+        """Lay the conv weights out in ``memory_format`` (``channels_last_3d``: the 5-D weights, and
+        the per-frame 2-D convs' weights in ``channels_last``) and convert encode/decode inputs to it;
+        the layers keep that layout. ``Module.to(memory_format=...)`` refuses the non-conv
+        parameters, so each conv weight is converted on its own."""
+        if memory_format not in (torch.contiguous_format, torch.channels_last_3d):
+            raise ValueError("a VAE runs in contiguous_format or channels_last_3d, not %s" % (memory_format,))
+        cl = memory_format is torch.channels_last_3d
+        for mod in self.modules():
+            if isinstance(mod, (nn.Conv3d, nn.Conv2d)):
+                fmt = torch.contiguous_format if not cl else (
+                    torch.channels_last_3d if mod.weight.dim() == 5 else torch.channels_last)
+                mod.weight.data = mod.weight.data.contiguous(memory_format=fmt)
+        self.memory_format = memory_format
+        return self
+
+    def report(self) -> Dict[str, Any]:
+        """What ran: the op implementations and the memory format (for run and bench reports)."""
+        return dict(self.ops_bound, memory_format=str(self.memory_format).replace("torch.", ""))
+
+    def _layout(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.memory_format is torch.contiguous_format else x.contiguous(memory_format=self.memory_format)
 
     # hooks of the per-version input/output layout --------------------------------------
     def _encoder_input(self, x: torch.Tensor) -> torch.Tensor:
@@ -56,7 +97,7 @@ class CausalVideoVAE(nn.Module):
         if h % sp or w % sp:
             raise ValueError("encode needs H and W multiples of %d, got %dx%d" % (sp, h, w))
         p = self._param()
-        x = self._encoder_input(video.to(device=p.device, dtype=p.dtype))
+        x = self._layout(self._encoder_input(video.to(device=p.device, dtype=p.dtype)))
         ctx = context if context is not None else VAEContext(FeatureCache())
         outs = [self.encoder(x[:, :, :1], ctx)]
         for start in range(1, f, s):
@@ -81,7 +122,7 @@ class CausalVideoVAE(nn.Module):
         p = self._param()
         mean, inv_std = self._scale(p.device)
         x = z.to(device=p.device, dtype=torch.float32) / inv_std + mean
-        x = self.conv2(x.to(p.dtype))
+        x = self.conv2(self._layout(x.to(p.dtype)))
         s, sp = self.temporal_stride, self.spatial_stride
         n_frames = 1 + s * (t - 1)
         video = torch.empty(b, 3, n_frames, h * sp, w * sp, dtype=torch.float32, device=p.device)

@@ -17,15 +17,22 @@ Parameter names and shapes are the official ``Wan2.1_VAE.pth`` ones (``residual.
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence, Tuple
+from typing import Callable, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ...reference.channel_rms_norm import channel_rms_norm as reference_channel_rms_norm
 from .cache import FIRST_CHUNK_DONE, FeatureCache
 
-_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+def memory_format_of(x: torch.Tensor) -> torch.memory_format:
+    """``channels_last_3d`` for a 5-D tensor laid out so (and not also plain contiguous), else
+    ``contiguous_format``."""
+    if x.dim() == 5 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last_3d):
+        return torch.channels_last_3d
+    return torch.contiguous_format
 
 
 class VAEContext:
@@ -44,6 +51,33 @@ class VAEContext:
     def attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """Single-head attention over the sequence dim of ``[N, 1, L, C]`` tensors."""
         return F.scaled_dot_product_attention(q, k, v)
+
+    def causal_input(self, x: torch.Tensor, context: Optional[torch.Tensor], pads: Sequence[int]) -> torch.Tensor:
+        """A causal conv's input: ``context`` frames (or zeros) in front of ``x`` in time, zero
+        borders in H and W, ``pads`` in ``F.pad`` order with the front time padding already
+        reduced by the context's frames. One allocation in x's memory format; only the borders
+        are zeroed. A context that overrides :meth:`pad` (the split decode's halo exchange) gets
+        ``cat`` + its ``pad``."""
+        if type(self).pad is not VAEContext.pad:
+            if context is not None:
+                x = torch.cat([context, x], dim=2)
+            return self.pad(x, pads)
+        if context is None and not any(pads):
+            return x
+        wl, wr, ht, hb, tf, tb = pads
+        ct = 0 if context is None else context.shape[2]
+        b, c, t, h, w = x.shape
+        out = torch.empty((b, c, tf + ct + t + tb, ht + h + hb, wl + w + wr), dtype=x.dtype, device=x.device,
+                          memory_format=memory_format_of(x))
+        tt, hh, ww = out.shape[2:]
+        for region in (out[:, :, :tf], out[:, :, tt - tb:], out[:, :, :, :ht], out[:, :, :, hh - hb:],
+                       out[..., :wl], out[..., ww - wr:]):
+            if region.numel():
+                region.zero_()
+        if context is not None:
+            out[:, :, tf:tf + ct, ht:ht + h, wl:wl + w].copy_(context)
+        out[:, :, tf + ct:tf + ct + t, ht:ht + h, wl:wl + w].copy_(x)
+        return out
 
     # -- temporal cache rule -------------------------------------------------------------
     def causal_conv(self, conv: "CausalConv3d", x: torch.Tensor) -> torch.Tensor:
@@ -84,9 +118,10 @@ class CausalConv3d(nn.Conv3d):
     ) -> torch.Tensor:
         pads = list(self.causal_pad)
         if context is not None and pads[4] > 0:
-            x = torch.cat([context, x], dim=2)
             pads[4] = max(pads[4] - context.shape[2], 0)
-        x = (ctx or _DEFAULT_CTX).pad(x, pads)
+        else:
+            context = None
+        x = (ctx or _DEFAULT_CTX).causal_input(x, context, pads)
         if _fold_as_conv2d(x, self):
             return _conv3d_as_conv2d(x, self.weight, self.bias, self.stride)
         return F.conv3d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
@@ -100,8 +135,11 @@ _FOLD_MAX = 20480
 
 
 def _fold_as_conv2d(x: torch.Tensor, conv: nn.Conv3d) -> bool:
+    # not for channels-last data: the fold's transposes would leave it in neither layout (the
+    # fold is for the host's small NCDHW convs)
     return (x.shape[0] == 1 and x.shape[0] * x.shape[1] * x.shape[2] * x.shape[3] <= _FOLD_MAX
-            and conv.groups == 1 and tuple(conv.dilation) == (1, 1, 1))
+            and conv.groups == 1 and tuple(conv.dilation) == (1, 1, 1)
+            and memory_format_of(x) is not torch.channels_last_3d)
 
 
 def _conv3d_as_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
@@ -138,20 +176,23 @@ class SpatialConv2d(nn.Conv2d):
 
 class RMS_norm(nn.Module):  # noqa: N801  (official class name)
     """``x / ||x||_channels * sqrt(C) * gamma`` per position; ``gamma`` is ``[C,1,1,1]`` (video)
-    or ``[C,1,1]`` (``images=True``). Low-precision inputs are normalised in float32."""
+    or ``[C,1,1]`` (``images=True``). Computed by the ``channel_rms_norm`` op bound with
+    :meth:`bind` (default: the reference math; low-precision inputs normalised in float32);
+    ``forward(x, silu=True)`` also applies the SiLU that follows every norm but the attention's."""
 
     def __init__(self, dim: int, images: bool = False) -> None:
         super().__init__()
         shape = (dim, 1, 1) if images else (dim, 1, 1, 1)
         self.scale = math.sqrt(dim)
         self.gamma = nn.Parameter(torch.ones(shape))
+        self._op: Callable = reference_channel_rms_norm
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.float() if x.dtype in _LOW_PRECISION else x
-        # F.normalize(xf, dim=1), spelled out: same math, and ~10x faster on the CPU than
-        # vector_norm's strided channel reduction
-        y = (xf / xf.pow(2).sum(dim=1, keepdim=True).sqrt().clamp_min(1e-12)).to(x.dtype)
-        return y * self.scale * self.gamma
+    def bind(self, op: Callable) -> None:
+        """Use ``op`` (a ``channel_rms_norm`` implementation) from now on."""
+        self._op = op
+
+    def forward(self, x: torch.Tensor, silu: bool = False) -> torch.Tensor:
+        return self._op(x, self.gamma, silu=silu)
 
 
 class ResidualBlock(nn.Module):
@@ -173,8 +214,8 @@ class ResidualBlock(nn.Module):
     def forward(self, x: torch.Tensor, ctx: VAEContext) -> torch.Tensor:
         h = self.shortcut(x, ctx) if isinstance(self.shortcut, CausalConv3d) else x
         r = self.residual
-        x = ctx.causal_conv(r[2], r[1](r[0](x)))
-        x = ctx.causal_conv(r[6], r[5](r[4](r[3](x))))
+        x = ctx.causal_conv(r[2], r[0](x, silu=True))  # r[1] is that SiLU
+        x = ctx.causal_conv(r[6], r[5](r[3](x, silu=True)))  # r[4] is that SiLU
         return x + h
 
 
@@ -189,6 +230,8 @@ class AttentionBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, ctx: VAEContext) -> torch.Tensor:
         b, c, t, h, w = x.shape
+        # channels-last 3-D data: this reshape is a view in 2-D channels_last, and so are the ones
+        # below (q/k/v rows, the way back); NCDHW data is copied per frame as before
         y = x.transpose(1, 2).reshape(b * t, c, h, w)
         qkv = self.to_qkv(self.norm(y))  # [bt, 3c, h, w]
         qkv = qkv.reshape(b * t, 1, 3 * c, h * w).transpose(2, 3)  # [bt, 1, hw, 3c]
@@ -204,6 +247,17 @@ class Upsample2x(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.interpolate(x.float(), scale_factor=(2.0, 2.0), mode="nearest-exact").to(x.dtype)
+
+
+def interleave_halves(y: torch.Tensor) -> torch.Tensor:
+    """``[b, 2c, t, h, w] -> [b, c, 2t, h, w]``: channels ``[0:c]`` become frame ``2i``, ``[c:2c]``
+    frame ``2i+1`` (the temporal upsample); channels-last data stays channels-last."""
+    b, c2, t, h, w = y.shape
+    c = c2 // 2
+    if memory_format_of(y) is torch.channels_last_3d:  # the same move, in the [b, t, h, w, c] order
+        y = y.permute(0, 2, 3, 4, 1).reshape(b, t, h, w, 2, c).permute(0, 1, 4, 2, 3, 5)
+        return y.reshape(b, 2 * t, h, w, c).contiguous().permute(0, 4, 1, 2, 3)  # t=1: a view until here
+    return y.reshape(b, 2, c, t, h, w).permute(0, 2, 3, 1, 4, 5).reshape(b, c, 2 * t, h, w)
 
 
 class Resample(nn.Module):
@@ -253,10 +307,7 @@ class Resample(nn.Module):
             new = FeatureCache.next_context(x, prev)
             y = self.time_conv(x, ctx, prev)
         cache.put(self, new)
-        b, c2, t, h, w = y.shape
-        c = c2 // 2
-        # channels [0:c] -> frame 2i, [c:2c] -> frame 2i+1
-        return y.reshape(b, 2, c, t, h, w).permute(0, 2, 3, 1, 4, 5).reshape(b, c, 2 * t, h, w)
+        return interleave_halves(y)
 
     def _downsample_time(self, x: torch.Tensor, ctx: VAEContext) -> torch.Tensor:
         cache = ctx.cache
@@ -274,7 +325,7 @@ class Resample(nn.Module):
         if self.mode == "upsample3d":
             x = self._upsample_time(x, ctx)
         b, c, t, h, w = x.shape
-        y = x.transpose(1, 2).reshape(b * t, c, h, w)
+        y = x.transpose(1, 2).reshape(b * t, c, h, w)  # channels-last 3-D: a channels_last 2-D view
         if self.mode.startswith("up"):
             y = self.resample[0](y)
         y = self.resample[1](y, ctx)

@@ -67,7 +67,7 @@ class Encoder3d(nn.Module):
             x = layer(x, ctx)
         for layer in self.middle:
             x = layer(x, ctx)
-        return ctx.causal_conv(self.head[2], self.head[1](self.head[0](x)))
+        return ctx.causal_conv(self.head[2], self.head[0](x, silu=True))
 
 
 class Decoder3d(nn.Module):
@@ -105,7 +105,7 @@ class Decoder3d(nn.Module):
             x = layer(x, ctx)
         for layer in self.upsamples:
             x = layer(x, ctx)
-        return ctx.causal_conv(self.head[2], self.head[1](self.head[0](x)))
+        return ctx.causal_conv(self.head[2], self.head[0](x, silu=True))
 
 
 class WanVAE21(CausalVideoVAE):

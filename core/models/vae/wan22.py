@@ -184,7 +184,7 @@ class Encoder22(nn.Module):
             x = stage(x, ctx)
         for layer in self.middle:
             x = layer(x, ctx)
-        return ctx.causal_conv(self.head[2], self.head[1](self.head[0](x)))
+        return ctx.causal_conv(self.head[2], self.head[0](x, silu=True))
 
 
 class Decoder22(nn.Module):
@@ -209,7 +209,7 @@ class Decoder22(nn.Module):
             x = layer(x, ctx)
         for stage in self.upsamples:
             x = stage(x, ctx, first_chunk)
-        return ctx.causal_conv(self.head[2], self.head[1](self.head[0](x)))
+        return ctx.causal_conv(self.head[2], self.head[0](x, silu=True))
 
 
 class WanVAE22(CausalVideoVAE):
