@@ -12,6 +12,7 @@ from wanport.errors import BackendError
 from wanport.models.dit import DiTConfig
 from wanport.models.dit.requirements import dit_requirements
 from wanport.models.dit.rope import rope_tables
+from wanport.ops.quant import QUANT_TOLERANCE
 from wanport.precision import PRESETS
 from wanport.reference.attention import attention_math
 from wanport.reference.layer_norm_modulate import layer_norm_modulate as ref_modulate
@@ -247,9 +248,13 @@ def test_ascend_impls_declare_npu_and_wait_for_torch_npu(registry):
     ascend = [i for i in registry.impls if i.backend == "ascend"]
     assert {i.kind for i in ascend} == {"attention", "rotary", "rms_norm", "layer_norm", "layer_norm_modulate",
                                         "quant_linear"}
-    # exact except the quantized Linears, lossy by the recipe's quant.dit (tests/test_ascend_quant.py)
+    # exact except the quantized Linears, lossy by the recipe's quant.dit (tests/test_ascend_quant.py),
+    # which declare their scheme's tolerance
     assert all(i.constraints.device_types == frozenset({"npu"}) and i.exact == (i.kind != "quant_linear")
-               and i.tolerance == 1e-2 for i in ascend)
+               for i in ascend)
+    assert all(i.tolerance == 1e-2 for i in ascend if i.kind != "quant_linear")
+    assert all(i.tolerance == QUANT_TOLERANCE[next(iter(i.constraints.schemes))] for i in ascend
+               if i.kind == "quant_linear")
     for impl in ascend:  # torch_npu not imported (backend not started): offered to nobody, with the reason
         ok, why = impl.available()
         assert not ok and "not imported" in why

@@ -527,7 +527,7 @@ HEADER_CASES = [
      ["spans", "bytes, but shape"]),
     ("shape-negative", _set("shape", lambda e: [-1] + e["shape"][1:]), ["expected a list of non-negative integers"]),
     ("shape-not-a-list", _set("shape", lambda e: "big"), ["expected a list of non-negative integers"]),
-    ("dtype-unreadable", _set("dtype", lambda e: "F8_E4M3"), ["dtype 'F8_E4M3', which wanport cannot read"]),
+    ("dtype-unreadable", _set("dtype", lambda e: "F4"), ["dtype 'F4', which wanport cannot read"]),
     ("dtype-unknown", _set("dtype", lambda e: "Q4"), ["dtype 'Q4', which wanport cannot read"]),
     ("dtype-not-a-string", _set("dtype", lambda e: 32), ["dtype 32, which wanport cannot read"]),
     ("entry-not-an-object", lambda h, d: ({**h, _by_offset(h)[0]: "weights"}, d), ["not an object"]),

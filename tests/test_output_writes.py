@@ -144,7 +144,10 @@ def test_signal_during_the_write_leaves_no_temporary_file(tmp_path, sig, code):
             sys.exit(130)
         sys.exit(0)
     """)
-    proc = subprocess.Popen([sys.executable, script, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    # as from a terminal: SIGINT at its default (a test runner's worker may ignore it, and an ignored
+    # signal stays ignored across exec, so Python would install no KeyboardInterrupt handler)
+    proc = subprocess.Popen([sys.executable, script, str(tmp_path)], stdout=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         assert proc.stdout.readline().strip() == "WRITING"
         assert any(n.startswith(".v.mp4.") for n in os.listdir(tmp_path))  # the temporary file exists now
