@@ -19,7 +19,6 @@ import argparse
 import json
 import os
 import tempfile
-import threading
 import time
 
 
@@ -36,14 +35,10 @@ def main() -> None:
     args = ap.parse_args()
 
     import httpx
-    import uvicorn
 
     from wanport import Pipeline
     from wanport.bench.random_weights import RandomWeights
-    from wanport.serve.app import ServeState, make_app
-    from wanport.serve.body import BodyLimits
-    from wanport.serve.store import TaskStore
-    from wanport.serve.tasks import LocalRunner, TaskQueue
+    from wanport.serve.inprocess import start_in_thread
 
     work = tempfile.mkdtemp(prefix="wanport-serve-latency-")
     t0 = time.perf_counter()
@@ -52,17 +47,7 @@ def main() -> None:
         "sample.size=%s" % args.size, "sample.frame_num=%d" % args.frames, "sample.steps=%d" % args.steps,
         "output.dir=%s" % work])
     load_s = time.perf_counter() - t0
-    store = TaskStore(os.path.join(work, "srv"))
-    queue = TaskQueue(store, LocalRunner(pipe), max_queued=8)
-    limits = BodyLimits(store.out_dir)
-    os.makedirs(limits.upload_dir, exist_ok=True)
-    server = uvicorn.Server(uvicorn.Config(make_app(ServeState(pipe, queue, store, limits)), host="127.0.0.1",
-                                           port=args.port, log_level="warning", access_log=False))
-    thread = threading.Thread(target=server.run, daemon=True)
-    queue.start()
-    thread.start()
-    while not server.started:
-        time.sleep(0.05)
+    server, queue, _, thread = start_in_thread(pipe, os.path.join(work, "srv"), args.port)
     client = httpx.Client(base_url="http://127.0.0.1:%d" % args.port, timeout=600)
     rows = []
     for i in range(args.requests):
@@ -92,8 +77,9 @@ def main() -> None:
     result = {"model": args.model, "backend": args.backend, "size": args.size, "frames": args.frames,
               "steps": args.steps, "weights": "random, real-size", "load_s": round(load_s, 2),
               "requests": rows}
-    queue.stop(timeout=30)
     server.should_exit = True
+    thread.join(10)
+    queue.stop(timeout=30)
     with open(args.out, "w") as f:
         json.dump(result, f, indent=1, default=str)
 

@@ -25,7 +25,6 @@ import platform
 import statistics
 import sys
 import tempfile
-import threading
 import time
 
 SETTINGS = {
@@ -59,29 +58,15 @@ def main(argv=None) -> int:
 
     import httpx
     import torch
-    import uvicorn
 
     from wanport import Pipeline
     from wanport.io.atomic import write_json_atomic
-    from wanport.serve.app import ServeState, make_app
-    from wanport.serve.body import BodyLimits
-    from wanport.serve.store import TaskStore
-    from wanport.serve.tasks import LocalRunner, TaskQueue
+    from wanport.serve.inprocess import start_in_thread
 
     work = tempfile.mkdtemp(prefix="wanport-serve-bench-")
     pipe = Pipeline.from_recipe(None, checkpoint_dir=args.checkpoint, progress=False,
                                 overrides=["output.dir=%s" % work])
-    store = TaskStore(os.path.join(work, "srv"))
-    queue = TaskQueue(store, LocalRunner(pipe), max_queued=8)
-    limits = BodyLimits(store.out_dir)
-    os.makedirs(limits.upload_dir, exist_ok=True)
-    server = uvicorn.Server(uvicorn.Config(make_app(ServeState(pipe, queue, store, limits)), host="127.0.0.1",
-                                           port=args.port, log_level="warning", access_log=False))
-    thread = threading.Thread(target=server.run, daemon=True)
-    queue.start()
-    thread.start()
-    while not server.started:
-        time.sleep(0.05)
+    server, queue, store, thread = start_in_thread(pipe, os.path.join(work, "srv"), args.port)
     client = httpx.Client(base_url="http://127.0.0.1:%d" % args.port, timeout=120)
     load_start = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
 
