@@ -20,6 +20,7 @@ client shares the process (and the GIL) with the server, which counts against th
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import os
 import platform
 import statistics
@@ -139,7 +140,8 @@ def main(argv=None) -> int:
                      "load_average_1min": {"start": load_start,
                                            "end": os.getloadavg()[0] if hasattr(os, "getloadavg") else None},
                      "note": "a shared machine: other processes ran at the same time (see the load averages)"},
-        "versions": {"python": sys.version.split()[0], "torch": torch.__version__, "uvicorn": uvicorn.__version__,
+        "versions": {"python": sys.version.split()[0], "torch": torch.__version__,
+                     "uvicorn": importlib.metadata.version("uvicorn"),
                      "httpx": httpx.__version__},
         "settings": results,
     }
