@@ -11,7 +11,7 @@ pytest then collects, for every op implementation the registry holds for ``backe
 check (signature, outputs, refusals), plus the backend's spec, its runtime and its plugin's
 registration. An implementation or runtime that is not available here is skipped with its own
 reason. ``contexts`` runs everything once per named context manager (the Ascend tests run each
-emulated torch_npu era); ``registry()`` may be overridden to test a registry built by hand.
+release of the emulated Ascend ops); ``registry()`` may be overridden to test a registry built by hand.
 """
 
 from __future__ import annotations
