@@ -7,20 +7,15 @@ bad value, each naming the fix, collected into the recipe's one ``ConfigError``.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, List, Optional, Tuple
+
+from ..recipe_fields import _f
 
 METHODS = ("none", "teacache", "magcache", "first_block")
 
 #: first-block cache: ParaAttention publishes no Wan value; 0.08 is its default for FLUX.1
 FIRST_BLOCK_THRESHOLD = 0.08
-
-
-def _f(default=None, *, type, help, factory=None, choices=None):
-    meta = {"type": type, "help": help, "choices": choices}
-    if factory is not None:
-        return field(default_factory=factory, metadata=meta)
-    return field(default=default, metadata=meta)
 
 
 @dataclass

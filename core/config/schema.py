@@ -7,10 +7,11 @@ Sampling fields left null take the model preset's official defaults.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
 
 from ..cache.config import CacheConfig
+from ..recipe_fields import _f
 
 REQUIRED = "<required>"
 
@@ -28,13 +29,6 @@ TINY_RECIPE = {
     "precision": "auto",
     "output": {"dir": "out", "name": "tiny-t2v"},
 }
-
-
-def _f(default=None, *, type, help, factory=None, choices=None):
-    meta = {"type": type, "help": help, "choices": choices}
-    if factory is not None:
-        return field(default_factory=factory, metadata=meta)
-    return field(default=default, metadata=meta)
 
 
 @dataclass
