@@ -1,0 +1,46 @@
+# The GPU jobs of the benchmark sessions, one function each (sourced by queue.sh; $R is the results
+# folder). Each writes STEM.json/STEM.md under $R. Times are rough H200 figures.
+W="python3 -m wanport"
+SIZE480="sample.size=832*480 sample.frame_num=81"
+
+job_offload() {  # issue 15: block offload step time under a 24 GiB cap, plan vs measured peaks (~8 min)
+  timeout 900 python3 benchmarks/offload_bench.py --out "$R/offload" --quant '{dit: fp8_rowwise}'
+}
+job_cache14() {  # issue 14: 14B 480p x 81, 50 steps: exact, TeaCache 0.2, the published skip counts (~16 min)
+  timeout 1500 $W bench pipeline recipes/wan2.1-t2v-14b.yaml --weights random --steps 50 --warmup-steps 1 \
+    --cache method=teacache,threshold=0.2 --cache published $SIZE480 backend=cuda --no-progress --out "$R/cache14"
+}
+job_vae21() {  # issue 16: Wan2.1 VAE 480p x 81 decode/encode variants with the fused channel RMS norm (~2 min)
+  timeout 400 python3 benchmarks/vae_profile.py --vae wan2.1 --size 832*480 --frames 81 --encode \
+    --profile fp32+cl+fused --variants fp32 fp32+cl fp32+cl+fused bf16+cl bf16+cl+fused --out "$R/vae21-fused.json"
+}
+job_vae22() {  # issue 16: Wan2.2 VAE 1280x704 x 121 decode variants (~3 min)
+  timeout 500 python3 benchmarks/vae_profile.py --vae wan2.2 --size 1280*704 --frames 121 \
+    --variants fp32 fp32+cl fp32+cl+fused bf16+cl+fused --out "$R/vae22-fused.json"
+}
+job_fa4check() {  # flash-attn-4 importable and chosen
+  python3 -c "from flash_attn.cute import flash_attn_func; print('flash-attn-4 ok')" && $W backends
+}
+job_dit14fa4() {  # issue 16: 14B forward, flash-attn-4, beside diffusers (~3 min)
+  timeout 400 $W bench dit --model wan2.1-t2v-14b --size 832*480 --frames 81 --backend cuda --peer diffusers \
+    --repeats 5 --out "$R/dit14-fa4"
+}
+job_dit13fa4() {  # issue 16: 1.3B forward, flash-attn-4, beside diffusers (~1 min)
+  timeout 300 $W bench dit --model wan2.1-t2v-1.3b --size 832*480 --frames 81 --backend cuda --peer diffusers \
+    --repeats 5 --out "$R/dit13-fa4"
+}
+job_dit14compile() {  # issue 16: torch.compile re-measured with flash-attn-4 (~3 min)
+  timeout 420 $W bench dit --model wan2.1-t2v-14b --size 832*480 --frames 81 --backend cuda --compile \
+    --repeats 3 --out "$R/dit14-fa4-compile"
+}
+job_dit14fp8() {  # issue 13: FP8 linears with flash-attn-4 (~2 min)
+  timeout 400 $W bench dit --model wan2.1-t2v-14b --size 832*480 --frames 81 --backend cuda --quant fp8_rowwise \
+    --repeats 3 --out "$R/dit14-fp8-fa4"
+}
+job_distill4fp8() {  # issue 13: 4 steps, no CFG, FP8 linears, bf16 VAE: end-to-end compute (~2 min)
+  timeout 400 $W bench pipeline recipes/wan2.1-t2v-14b-distill.yaml --weights random backend=cuda \
+    quant.dit=fp8_rowwise 'precision={preset: official, vae: bf16}' --no-progress --out "$R/distill14-fp8"
+}
+job_profile14() {  # issue 16: where the 14B forward's time goes with flash-attn-4 (8 blocks, ~1 min)
+  timeout 300 python3 benchmarks/profile_dit.py --model wan2.1-t2v-14b --layers 8 --out "$R/profile14-fa4.json"
+}
