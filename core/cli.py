@@ -121,10 +121,9 @@ def cmd_backends(args) -> int:
         for kind in OP_KINDS:
             impls = sorted(registry.impls_for(name, kind), key=lambda i: -i.priority)
             if not impls:
-                from .ops.contracts import COMPOSABLE
+                from .ops.contracts import COMPOSABLE, composed_from
 
-                how = ("composed from %s" % " + ".join(COMPOSABLE[kind])) if kind in COMPOSABLE \
-                    else "reference fallback"
+                how = composed_from(kind) if kind in COMPOSABLE else "reference fallback"
                 print("    %-20s (%s)" % (kind, how))
                 continue
             cells = []

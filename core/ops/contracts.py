@@ -206,6 +206,12 @@ SCHEME_KINDS = ("quant_linear",)
 #: backend's implementation.
 COMPOSABLE = {"qk_norm_rope": ("rms_norm", "rotary"), "channel_rms_norm": ()}
 
+
+def composed_from(kind: str) -> str:
+    """How a backend without an implementation of a composable kind gets it, for the listings."""
+    parts = COMPOSABLE[kind]
+    return "composed from %s" % (" + ".join(parts) if parts else "plain PyTorch ops")
+
 #: Op kinds with an optional ``out_dtype`` keyword; implementations that don't declare
 #: ``Constraints(out_dtype=True)`` are wrapped with a cast.
 OUT_DTYPE_KINDS = ("rms_norm", "layer_norm", "layer_norm_modulate")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import importlib.metadata as importlib_metadata
 from typing import List, Optional, Sequence
 
-from ..ops.contracts import COMPOSABLE, OP_KINDS
+from ..ops.contracts import COMPOSABLE, OP_KINDS, composed_from
 from .discovery import Registry
 from .hookspecs import ENTRY_POINT_GROUP
 
@@ -31,7 +31,7 @@ def _cell(registry: Registry, backend: str, kind: str) -> str:
     impls = sorted(registry.impls_for(backend, kind), key=lambda i: (-i.priority, i.name))
     if not impls:
         if kind in COMPOSABLE:
-            return "composed from %s" % " + ".join(COMPOSABLE[kind])
+            return composed_from(kind)
         return "reference"
     cells = []
     for impl in impls:
