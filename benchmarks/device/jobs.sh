@@ -44,3 +44,15 @@ job_distill4fp8() {  # issue 13: 4 steps, no CFG, FP8 linears, bf16 VAE: end-to-
 job_profile14() {  # issue 16: where the 14B forward's time goes with flash-attn-4 (8 blocks, ~1 min)
   timeout 300 python3 benchmarks/profile_dit.py --model wan2.1-t2v-14b --layers 8 --out "$R/profile14-fa4.json"
 }
+job_pipe14() {  # issue 16: 14B 480p pipeline stage split after (flash-attn-4, fused VAE norm, channels-last) (~1.5 min)
+  timeout 400 $W bench pipeline recipes/wan2.1-t2v-14b.yaml --weights random --steps 2 $SIZE480 backend=cuda \
+    --no-progress --out "$R/pipe14-480p"
+}
+job_pipe14before() {  # the same with cuDNN attention and the plain-PyTorch VAE norm (~1.5 min)
+  timeout 400 $W bench pipeline recipes/wan2.1-t2v-14b.yaml --weights random --steps 2 $SIZE480 backend=cuda \
+    ops.attention=sdpa_cudnn ops.channel_rms_norm=composed --no-progress --out "$R/pipe14-480p-before"
+}
+job_pipe5b() {  # issue 16: TI2V-5B 1280x704 x 121 stage split, after (~2 min)
+  timeout 500 $W bench pipeline recipes/wan2.2-ti2v-5b.yaml --weights random --steps 2 backend=cuda \
+    --no-progress --out "$R/pipe5b"
+}
