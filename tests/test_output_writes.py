@@ -19,7 +19,7 @@ import torch
 from wanport import cli
 from wanport.config import TINY_RECIPE
 from wanport.config.loader import apply_overrides, build_config, text_paths
-from wanport.errors import EXIT_CODES, OutputError, ResourceError
+from wanport.errors import EXIT_CODES, ConfigError, OutputError, ResourceError
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir))
 GOOD = b"the previous good video"
@@ -305,6 +305,18 @@ def test_other_fields_read_yaml_and_empty_unsets_optional_text():
 
     plan = plan_run(cfg)
     assert plan.image_path is None and os.path.basename(plan.video_path) == "wan2.1-t2v-tiny_t2v_seed42.mp4"
+
+
+def test_one_entry_of_a_mapping_field_by_dotted_path():
+    raw = dict(json.loads(json.dumps(TINY_RECIPE)), precision="official")
+    raw = apply_overrides(raw, ["ops.attention=reference.sdpa", "precision.vae=bf16", "env.WANPORT_X=a: b"])
+    assert raw["ops"]["attention"] == "reference.sdpa"
+    assert raw["precision"] == {"preset": "official", "vae": "bf16"}  # the preset string kept as the preset
+    assert raw["env"]["WANPORT_X"] == "a: b"  # env entries are text, verbatim
+    cfg = build_config(raw)
+    assert cfg.ops["attention"] == "reference.sdpa"
+    with pytest.raises(ConfigError, match="unknown key 'sample.foo'"):
+        apply_overrides(raw, ["sample.foo=1"])  # a section is not a mapping field
 
 
 def test_help_documents_the_override_rule():

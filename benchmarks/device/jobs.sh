@@ -39,7 +39,7 @@ job_dit14fp8() {  # issue 13: FP8 linears with flash-attn-4 (~2 min)
 }
 job_distill4fp8() {  # issue 13: 4 steps, no CFG, FP8 linears, bf16 VAE: end-to-end compute (~2 min)
   timeout 400 $W bench pipeline recipes/wan2.1-t2v-14b-distill.yaml --weights random backend=cuda \
-    quant.dit=fp8_rowwise 'precision={preset: official, vae: bf16}' --no-progress --out "$R/distill14-fp8"
+    quant.dit=fp8_rowwise precision.vae=bf16 --no-progress --out "$R/distill14-fp8"
 }
 job_profile14() {  # issue 16: where the 14B forward's time goes with flash-attn-4 (8 blocks, ~1 min)
   timeout 300 python3 benchmarks/profile_dit.py --model wan2.1-t2v-14b --layers 8 --out "$R/profile14-fa4.json"

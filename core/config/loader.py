@@ -83,6 +83,10 @@ def _kinds(cls=RunConfig, prefix: str = "") -> Dict[str, str]:
 #: schema types whose command-line value is taken verbatim (the text after the first ``=``)
 VERBATIM = ("str", "str?")
 
+#: schema types of the mapping fields whose entries a dotted override may set one at a time
+#: (``ops.attention=...``, ``env.NAME=...``, ``precision.vae=...``)
+MAPPING_KINDS = ("str_map", "precision")
+
 
 def text_paths() -> List[str]:
     """The dotted paths whose override value is taken verbatim (README and ``--help`` list them)."""
@@ -102,6 +106,13 @@ def parse_override(item: str) -> Tuple[str, Any]:
     if path.startswith("--"):
         path = path[2:]
     kinds = _kinds()
+    head, _, key = path.rpartition(".")
+    if path not in kinds and kinds.get(head) in MAPPING_KINDS and key:
+        # one entry of a mapping field: ops.attention=sdpa_cudnn, precision.vae=bf16, env.X=1
+        # (the entry's name and value are checked with the rest of the recipe)
+        if kinds[head] == "str_map":
+            return path, text
+        kinds = dict(kinds, **{path: "any"})
     if path not in kinds:
         raise ConfigError("override: unknown key %r%s" % (path, _suggest(path)))
     if kinds[path] in VERBATIM:
@@ -118,6 +129,8 @@ def set_path(raw: Dict[str, Any], path: str, value: Any, merge: bool = False) ->
     ``merge``: a mapping value is merged into an existing section instead of replacing it."""
     node = raw
     parts = path.split(".")
+    if len(parts) == 2 and parts[0] == "precision" and isinstance(raw.get("precision"), str):
+        raw["precision"] = {"preset": raw["precision"]}  # precision: official + precision.vae=bf16
     for part in parts[:-1]:
         if not isinstance(node.get(part), dict):
             node[part] = {}
