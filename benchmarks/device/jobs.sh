@@ -56,3 +56,7 @@ job_pipe5b() {  # issue 16: TI2V-5B 1280x704 x 121 stage split, after (~2 min)
   timeout 500 $W bench pipeline recipes/wan2.2-ti2v-5b.yaml --weights random --steps 2 backend=cuda \
     --no-progress --out "$R/pipe5b"
 }
+job_opsq() {  # issues 13/16: quantized Linears and every attention implementation at the 14B 480p shapes (~3 min)
+  timeout 500 $W bench ops --backend cuda --models wan2.1-t2v-14b --sizes 480p --kinds quant_linear attention \
+    --out "$R/ops-quant-attn"
+}
