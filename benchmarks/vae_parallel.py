@@ -16,7 +16,7 @@ conversion of the decoded video to uint8 frames on the host (``wanport.io.video.
 timed for both. Writes ``--out FILE.json`` and ``FILE.md``.
 
     timeout 300 torchrun --nproc_per_node 2 benchmarks/vae_parallel.py --vae wan2.1 \\
-        --size 832*480 --frames 81 --out vae-par21.json
+        --size 832*480 --frames 81 --previous --out vae-par21.json
     timeout 600 torchrun --nproc_per_node 2 benchmarks/vae_parallel.py --vae wan2.2 --out vae-par22.json
     torchrun --nproc_per_node 2 benchmarks/vae_parallel.py --smoke --out /tmp/vae-par.json   # CPU, gloo
 """
@@ -32,6 +32,7 @@ import time
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from vae_profile import _compare, _norm_op, _time, _vae  # noqa: E402  (the shared VAE helpers)
@@ -39,8 +40,8 @@ from vae_profile import _compare, _norm_op, _time, _vae  # noqa: E402  (the shar
 from wanport.bench.random_weights import VAE_CLASSES  # noqa: E402
 from wanport.io.video import to_uint8_frames  # noqa: E402
 from wanport.models.vae.setup import preferred_memory_format  # noqa: E402
-from wanport.parallel.mesh import init_mesh, launched_world, shutdown  # noqa: E402
-from wanport.parallel.vae import VAEPhases, decode_split  # noqa: E402
+from wanport.parallel.mesh import CommClock, init_mesh, launched_world, shutdown  # noqa: E402
+from wanport.parallel.vae import SplitVAEContext, VAEPhases, decode_split, split_sizes  # noqa: E402
 from wanport.registry import discover  # noqa: E402
 
 #: the defaults of each VAE: (size W*H, frames) -- the sizes the Wan models decode at
@@ -59,6 +60,8 @@ def _args(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--backend", default=None, help="default: cuda (reference with --smoke)")
     ap.add_argument("--timeout", type=float, default=300.0, help="seconds any collective may wait")
+    ap.add_argument("--previous", action="store_true",
+                    help="also time the split as it was before (cat+pad inputs, a device sync per exchange)")
     ap.add_argument("--smoke", action="store_true", help="tiny VAE, tiny size: checks the script on a CPU (gloo)")
     ap.add_argument("--out", required=True, help="FILE.json (FILE.md beside it)")
     args = ap.parse_args(argv)
@@ -125,12 +128,103 @@ def _split(vae, z, rt, mesh, repeats):
     return first, times, untimed, timed, video
 
 
+class _PreviousContext(SplitVAEContext):
+    """The split context as it was before the per-phase work (``--previous``), kept here to measure
+    against in the same run: the causal input as ``cat`` of context and chunk, then ``cat`` of halo
+    rows / zero rows (zeros and received rows in NCDHW, so channels-last data left its layout) and
+    ``F.pad`` for the width; a synchronising clock around every exchange; the attention's row counts
+    all-gathered first (a host read), keys and values gathered apart. Same values, more work."""
+
+    def __init__(self, rank, world, rt):
+        super().__init__(rank, world, comm=CommClock(rt))
+
+    def causal_input(self, x, context, pads):
+        if context is not None:
+            x = torch.cat([context, x], dim=2)
+        return self.pad(x, pads)
+
+    def pad(self, x, pads):
+        pads = list(pads) + [0] * (6 - len(pads)) if len(pads) < 6 and x.dim() == 5 else list(pads)
+        top, bottom = pads[2], pads[3]
+        hdim = x.dim() - 2
+        if top or bottom:
+            rows = x.shape[hdim]
+            up, down = self.rank - 1, self.rank + 1
+            ops, recv_top, recv_bottom = [], None, None
+            if up >= 0:
+                if bottom:
+                    ops.append(dist.P2POp(dist.isend, x.narrow(hdim, 0, bottom).contiguous(), up))
+                if top:
+                    recv_top = torch.empty_like(x.narrow(hdim, 0, top)).contiguous()
+                    ops.append(dist.P2POp(dist.irecv, recv_top, up))
+            if down < self.world:
+                if top:
+                    ops.append(dist.P2POp(dist.isend, x.narrow(hdim, rows - top, top).contiguous(), down))
+                if bottom:
+                    recv_bottom = torch.empty_like(x.narrow(hdim, 0, bottom)).contiguous()
+                    ops.append(dist.P2POp(dist.irecv, recv_bottom, down))
+            if ops:
+                with self.comm:
+                    for req in dist.batch_isend_irecv(ops):
+                        req.wait()
+            zeros = lambda n: x.new_zeros(x.shape[:hdim] + (n,) + x.shape[hdim + 1:])  # noqa: E731
+            parts = [recv_top if recv_top is not None else zeros(top)] if top else []
+            parts.append(x)
+            if bottom:
+                parts.append(recv_bottom if recv_bottom is not None else zeros(bottom))
+            x = torch.cat(parts, dim=hdim)
+        rest = list(pads)
+        rest[2] = rest[3] = 0
+        return F.pad(x, tuple(rest)) if any(rest) else x
+
+    def attention(self, q, k, v):
+        return F.scaled_dot_product_attention(q, self._previous_gather(k), self._previous_gather(v))
+
+    def _previous_gather(self, t):
+        n = torch.tensor([t.shape[2]], device=t.device)
+        sizes = [torch.zeros_like(n) for _ in range(self.world)]
+        with self.comm:
+            dist.all_gather(sizes, n)
+        sizes = [int(s) for s in sizes]
+        longest = max(sizes)
+        padded = F.pad(t, (0, 0, 0, longest - t.shape[2])) if t.shape[2] < longest else t
+        parts = [torch.empty_like(padded) for _ in range(self.world)]
+        with self.comm:
+            dist.all_gather(parts, padded.contiguous())
+        return torch.cat([p[:, :, :s] for p, s in zip(parts, sizes)], dim=2)
+
+
+def _previous_decode(vae, z, rank, world, rt):
+    """The split decode as it was (see :class:`_PreviousContext`; output all-gathered to every rank)."""
+    sizes = split_sizes(z.shape[3], world)
+    ctx = _PreviousContext(rank, world, rt)
+    local = vae.decode(z.narrow(3, sum(sizes[:rank]), sizes[rank]), context=ctx)
+    parts = [torch.empty_like(local) for _ in range(world)]  # equal shards in these runs
+    with ctx.comm:
+        dist.all_gather(parts, local.contiguous())
+    return torch.cat(parts, dim=3) if rank == 0 else None, ctx.comm
+
+
+def _previous(vae, z, rt, mesh, repeats):
+    """(seconds of each decode, comm seconds of the last, comm calls of the last) of the previous split."""
+    _previous_decode(vae, z, mesh.rank, mesh.world, rt)
+    times, comm = [], None
+    for _ in range(repeats):
+        (_, comm), sec = _time(rt, lambda: _previous_decode(vae, z, mesh.rank, mesh.world, rt))
+        times.append(sec)
+    return times, comm.seconds, comm.calls
+
+
 def _markdown(res) -> str:
     lines = ["# VAE decode split over %d ranks (%s, %s x %d frames, %s)" % (res["world"], res["vae"], res["size"],
                                                                         res["frames"], res["dtype"]), "",
              "| | 1 rank | %d ranks | speed-up |" % res["world"], "|---|---|---|---|",
              "| decode (median s) | %.4f | %.4f | %.2fx |" % (res["single_s"], res["split_s"], res["speedup"]),
              "| first call (s) | | %.4f | |" % res["split_first_call_s"],
+             ] + ([] if "previous" not in res else [
+             "| previous split (median s; comm %.4f s in %d synced calls) | | %.4f | %.2fx |" % (
+                 res["previous"]["comm_s"], res["previous"]["comm_calls"], res["previous"]["split_s"],
+                 res["previous"]["speedup"])]) + [
              "| post on rank 0 (s) | %.4f | %.4f | |" % (res["single_post_s"], res["ranks"][0]["post"].get("s", 0.0)),
              "", "max abs diff %.3g, rel-L2 %.3g, PSNR %.1f dB" % (res["diff"]["max_abs"], res["diff"]["rel_l2"],
                                                                  res["diff"]["psnr_db"]), "",
@@ -184,6 +278,13 @@ def main(argv=None) -> None:
                 single = _single(vae, z, rt, args.repeats)
             dist.barrier()
             first, times, untimed, timed, video = _split(vae, z, rt, mesh, args.repeats)
+            previous = None
+            if args.previous and z.shape[3] % mesh.world == 0:
+                del video
+                ptimes, pcomm_s, pcalls = _previous(vae, z, rt, mesh, args.repeats)
+                previous = {"split_s": round(statistics.median(ptimes), 4), "times_s": [round(t, 4) for t in ptimes],
+                            "comm_s": round(pcomm_s, 4), "comm_calls": pcalls}
+                video = decode_split(vae, z, mesh.rank, mesh.world)
         mine = dict(timed.report(), rank=mesh.rank, untimed=untimed.report(),
                     peak_memory_bytes=rt.peak_memory_bytes())
         ranks = [None] * mesh.world
@@ -201,6 +302,9 @@ def main(argv=None) -> None:
                "split_s": round(statistics.median(times), 4), "split_times_s": [round(t, 4) for t in times],
                "split_first_call_s": round(first, 4), "diff": diff, "ranks": ranks}
         res["speedup"] = round(res["single_s"] / max(res["split_s"], 1e-9), 3)
+        if previous is not None:
+            previous["speedup"] = round(res["single_s"] / max(previous["split_s"], 1e-9), 3)
+            res["previous"] = previous
         text = _markdown(res)
         _write(args.out, json.dumps(res, indent=1))
         _write(args.out[:-len(".json")] + ".md", text)
