@@ -52,9 +52,10 @@ def _norm_op(reg, backend: str, flags):
     return ResolvedOp("channel_rms_norm", "channel_rms_norm", usable[0].qualified_name, usable[0].load())
 
 
-def _vae(kind: str, dtype: torch.dtype, device: torch.device, cl: bool, norm_op):
+def _vae(kind: str, dtype: torch.dtype, device: torch.device, cl: bool, norm_op, **arch):
+    """The real architecture (or ``arch``'s sizes, e.g. ``dim=8`` for a smoke run) with random weights."""
     with torch.device("meta"):
-        vae = VAE_CLASSES[kind]()
+        vae = VAE_CLASSES[kind](**arch)
     shapes = {k: tuple(v.shape) for k, v in vae.state_dict().items()}
     vae.load_state_dict(random_state(shapes, dtype, device, 1234), strict=True, assign=True)
     vae = vae.eval().requires_grad_(False)

@@ -71,17 +71,24 @@ def sequence_parallel_worker(rank: int, world: int, port: int, ulysses: int, rin
 
 def vae_worker(rank: int, world: int, port: int, dim: int, out: str):
     from wanport.parallel.mesh import init_mesh, shutdown
-    from wanport.parallel.vae import decode_split, encode_split
+    from wanport.parallel.vae import VAEPhases, decode_split, encode_split
+    from wanport.reference.runtime import HostRuntime
 
     dist_env(rank, world, port)
     mesh = init_mesh(1, world, 1, "gloo", 60)
     try:
         vae = vae_case(dim)
         z = torch.randn(1, 16, 3, 9, 7, generator=torch.Generator().manual_seed(3))
-        video = decode_split(vae, z, mesh.rank, mesh.world)
+        phases = VAEPhases(HostRuntime(), timed=True)
+        video = decode_split(vae, z, mesh.rank, mesh.world, phases=phases)
         frames = torch.randn(1, 3, 5, 72, 56, generator=torch.Generator().manual_seed(4)).clamp(-1, 1)
         latent = encode_split(vae, frames, mesh.rank, mesh.world)
-        torch.save({"video": video, "latent": latent}, "%s.rank%d" % (out, rank))
+        # the layout a GPU runs the VAE in: halo rows written into channels-last padded inputs
+        vae.set_memory_format(torch.channels_last_3d)
+        untimed = VAEPhases()
+        video_cl = decode_split(vae, z, mesh.rank, mesh.world, phases=untimed)
+        torch.save({"video": video, "latent": latent, "video_cl": video_cl, "phases": phases.report(),
+                    "untimed": untimed.report()}, "%s.rank%d" % (out, rank))
     finally:
         shutdown()
 

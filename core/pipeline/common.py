@@ -84,6 +84,8 @@ class Prepared:
     memory_plan: Optional[MemoryPlan] = None
     #: the quantized DiT Linears (``wanport.quant.QuantWeights``), None without ``quant.dit``
     quant: Optional[Any] = None
+    #: the last split VAE decode's per-phase account (``wanport.parallel.vae.VAEPhases``), for the report
+    vae_phases: Optional[Any] = None
 
     @property
     def is_main(self) -> bool:
@@ -281,9 +283,10 @@ def vae_decode(prep: Prepared, vae, latent: torch.Tensor) -> Optional[torch.Tens
     z = latent.to(prep.plan.policy.vae)
     mesh = prep.mesh
     if mesh is not None and prep.plan.parallel.vae:
-        from ..parallel.vae import decode_split
+        from ..parallel.vae import VAEPhases, decode_split
 
-        video = decode_split(vae, z, mesh.rank, mesh.world, None, prep.comm)
+        prep.vae_phases = VAEPhases()  # calls and bytes; untimed: no device synchronisation in the loop
+        video = decode_split(vae, z, mesh.rank, mesh.world, None, prep.comm, phases=prep.vae_phases)
         return None if video is None else video[0]
     if not prep.is_main:
         return None
@@ -323,6 +326,8 @@ def parallel_summary(prep: Prepared) -> Optional[Dict[str, Any]]:
 
     mine = {"rank": mesh.rank, "device": str(prep.device), "peak_memory_bytes": prep.runtime.peak_memory_bytes(),
             "comm_s": round(prep.comm.seconds, 4), "comm_calls": prep.comm.calls}
+    if prep.vae_phases is not None:
+        mine["vae_split"] = prep.vae_phases.report()
     ranks: List[Any] = [None] * mesh.world
     dist.all_gather_object(ranks, mine)
     p = prep.plan.parallel

@@ -35,6 +35,44 @@ def memory_format_of(x: torch.Tensor) -> torch.memory_format:
     return torch.contiguous_format
 
 
+def _layout(x: torch.Tensor) -> torch.memory_format:
+    """:func:`memory_format_of`, and ``channels_last`` for 4-D data laid out so."""
+    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return memory_format_of(x)
+
+
+def assemble_padded(x: torch.Tensor, pads: Sequence[int], context: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``x`` ([N, C, H, W] or [B, C, T, H, W]) with zero borders ``pads`` (``F.pad`` order: 4 or 6
+    entries) and, for 5-D data, ``context`` frames in front in time (after the front padding): one
+    allocation in x's memory format, only the borders zeroed."""
+    pads = list(pads) + [0] * (2 * (x.dim() - 2) - len(pads))
+    wl, wr, ht, hb = pads[:4]
+    lead = x.shape[:-2]
+    if x.dim() == 5:
+        tf, tb = pads[4], pads[5]
+        ct = 0 if context is None else context.shape[2]
+        lead = x.shape[:2] + (tf + ct + x.shape[2] + tb,)
+    h, w = x.shape[-2:]
+    out = torch.empty(lead + (ht + h + hb, wl + w + wr), dtype=x.dtype, device=x.device, memory_format=_layout(x))
+    hh, ww = out.shape[-2:]
+    regions = [out[..., :ht, :], out[..., hh - hb:, :], out[..., :wl], out[..., ww - wr:]]
+    if x.dim() == 5:
+        tt = out.shape[2]
+        regions += [out[:, :, :tf], out[:, :, tt - tb:]]
+    for region in regions:
+        if region.numel():
+            region.zero_()
+    inner = out[..., ht:ht + h, wl:wl + w]
+    if x.dim() == 5:
+        if context is not None:
+            inner[:, :, tf:tf + ct].copy_(context)
+        inner[:, :, tf + ct:tf + ct + x.shape[2]].copy_(x)
+    else:
+        inner.copy_(x)
+    return out
+
+
 class VAEContext:
     """State and hooks of one encode/decode call (single device: zero padding, plain SDPA)."""
 
@@ -64,20 +102,7 @@ class VAEContext:
             return self.pad(x, pads)
         if context is None and not any(pads):
             return x
-        wl, wr, ht, hb, tf, tb = pads
-        ct = 0 if context is None else context.shape[2]
-        b, c, t, h, w = x.shape
-        out = torch.empty((b, c, tf + ct + t + tb, ht + h + hb, wl + w + wr), dtype=x.dtype, device=x.device,
-                          memory_format=memory_format_of(x))
-        tt, hh, ww = out.shape[2:]
-        for region in (out[:, :, :tf], out[:, :, tt - tb:], out[:, :, :, :ht], out[:, :, :, hh - hb:],
-                       out[..., :wl], out[..., ww - wr:]):
-            if region.numel():
-                region.zero_()
-        if context is not None:
-            out[:, :, tf:tf + ct, ht:ht + h, wl:wl + w].copy_(context)
-        out[:, :, tf + ct:tf + ct + t, ht:ht + h, wl:wl + w].copy_(x)
-        return out
+        return assemble_padded(x, pads, context)
 
     # -- temporal cache rule -------------------------------------------------------------
     def causal_conv(self, conv: "CausalConv3d", x: torch.Tensor) -> torch.Tensor:
