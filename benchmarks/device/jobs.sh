@@ -76,3 +76,7 @@ job_plan2gpu() {  # issue 15: the memory plan against measured per-rank peaks un
       $SIZE480 backend=cuda $layout --no-progress --out "$R/plan2gpu-${layout#parallel.}"
   done
 }
+job_vaepar21() {  # issue 16: Wan2.1 VAE decode 480p x 81 split over 2 GPUs vs one, before/after (~1.5 min)
+  timeout 300 python3 -m torch.distributed.run --standalone --nproc_per_node 2 benchmarks/vae_parallel.py \
+    --vae wan2.1 --size 832*480 --frames 81 --previous --out "$R/vae-par21.json"
+}
