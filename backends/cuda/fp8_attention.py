@@ -94,13 +94,20 @@ def _fp8_cast(x: torch.Tensor) -> torch.Tensor:
     return x.to(torch.float8_e4m3fn)
 
 
-def _core(q, k, v, scale, return_lse, *, emulate: bool = False, num_warps: int = 8, num_stages: int = 3):
-    b, sq, n, d = q.shape
-    skv = k.shape[1]
+def quantize(q, k, v, *, emulate: bool = False):
+    """The kernel's operands (q8, s_q, k8, s_k, v8t, s_v, k_mean) from q, k, v [B, S, N, D]."""
     q8, s_q, k8, s_k, v8t, s_v, k_mean = quantize_qkv(q, k, v, to_e4m3_grid if emulate else _fp8_cast)
-    out = torch.empty((b, sq, n, d), dtype=q.dtype, device=q.device)
-    lse = torch.empty((b, n, sq), dtype=torch.float32, device=q.device) if return_lse else out
-    s_q, s_k, s_v = s_q.contiguous(), s_k.contiguous(), s_v.contiguous()
+    return q8.contiguous(), s_q.contiguous(), k8.contiguous(), s_k.contiguous(), v8t.contiguous(), s_v.contiguous(), k_mean
+
+
+def launch(ops, sq: int, skv: int, scale: float, out_dtype, return_lse: bool, *, emulate: bool = False,
+           num_warps: int = 8, num_stages: int = 3):
+    """The attention kernel on quantized operands ``ops`` (from :func:`quantize`): out [B, Sq, N, D]
+    in ``out_dtype`` and, when asked, the kernel's LSE [B, N, Sq] (before the smoothing shift)."""
+    q8, s_q, k8, s_k, v8t, s_v, _ = ops
+    b, n, _, d = q8.shape
+    out = torch.empty((b, sq, n, d), dtype=out_dtype, device=q8.device)
+    lse = torch.empty((b, n, sq), dtype=torch.float32, device=q8.device) if return_lse else out
     grid = (q8.shape[2] // BLOCK, b * n)
     extra = {} if emulate else dict(num_warps=num_warps, num_stages=num_stages)
     _fp8_attention_fwd[grid](
@@ -112,9 +119,15 @@ def _core(q, k, v, scale, return_lse, *, emulate: bool = False, num_warps: int =
         n, sq, skv, s_q.shape[2], s_k.shape[2], float(scale) * _LOG2E,
         HEAD_DIM=d, BLOCK_M=BLOCK, BLOCK_N=BLOCK, P_MULT=P_SCALE,
         RETURN_LSE=bool(return_lse), EMULATE_P=bool(emulate), **extra)
+    return (out, lse) if return_lse else out
+
+
+def _core(q, k, v, scale, return_lse, *, emulate: bool = False):
+    ops = quantize(q, k, v, emulate=emulate)
+    res = launch(ops, q.shape[1], k.shape[1], scale, q.dtype, return_lse, emulate=emulate)
     if return_lse:
-        return out, lse + lse_shift(q, k_mean, scale)
-    return out
+        return res[0], res[1] + lse_shift(q, ops[-1], scale)
+    return res
 
 
 def make_fp8_attention(emulate: bool = False):
@@ -137,4 +150,4 @@ def make_fp8_attention(emulate: bool = False):
     return attention
 
 
-__all__ = ["make_fp8_attention"]
+__all__ = ["launch", "make_fp8_attention", "quantize"]
