@@ -293,3 +293,22 @@ def test_tiny_pipeline_runs_with_fp8_attention(tiny_ckpt, tmp_path):
     assert report["ops"]["self_attention"] == {"impl": "reference.emulate_fp8", "why": "quant.attention: fp8"}
     assert report["ops"]["cross_attention"]["impl"] == "reference.math"
     assert os.path.getsize(tmp_path / "a.mp4") > 0
+
+
+def test_bench_dit_runs_fp8_attention_beside_the_exact_forward():
+    from wanport.bench.dit import bench_dit, markdown, parse_quant
+    from wanport.errors import ConfigError
+
+    assert parse_quant("fp8_rowwise+fp8_attention") == ("fp8_rowwise", "fp8")
+    assert parse_quant("fp8_attention") == (None, "fp8") and parse_quant(None) == (None, None)
+    for bad in ("fp8", "fp8_attention+fp8_attention", "int8_w8a8+fp8_rowwise"):
+        with pytest.raises(ConfigError, match="--quant takes"):
+            parse_quant(bad)
+    result = bench_dit("wan2.1-t2v-tiny", "64*64", 5, backend="reference", warmup=0, repeats=1,
+                       quant="int8_w8a16+fp8_attention")
+    q = result["quant"]
+    assert q["self_attention_impl"] == "reference.emulate_fp8" and q["attention"] == "fp8"
+    assert q["quant_linear_impl"] == "reference.emulate_int8_w8a16" and q["layers_quantized"] > 0
+    assert result["ops"]["self_attention"] == "reference.math"  # the exact forward
+    assert 0 < q["rel_l2_vs_exact"] < 0.5 and q["nonfinite"] == 0
+    assert "reference.emulate_fp8" in markdown(result)
