@@ -27,8 +27,15 @@ import pytest
 import torch
 
 from wanport.errors import BackendError
-from wanport.ops.attention_quant import (BLOCK, FP8_ATTENTION_TOLERANCE, P_SCALE, quantize_channels, quantize_qkv,
-                                         quantize_row_blocks, to_e4m3_grid)
+from wanport.ops.attention_quant import (
+    BLOCK,
+    FP8_ATTENTION_TOLERANCE,
+    P_SCALE,
+    quantize_channels,
+    quantize_qkv,
+    quantize_row_blocks,
+    to_e4m3_grid,
+)
 from wanport.reference.attention import attention_math
 from wanport.reference.fp8_attention import fp8_attention
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from ..ops.impl import Constraints, OpImpl, lazy
 from ..ops.attention_quant import FP8_ATTENTION_TOLERANCE
+from ..ops.impl import Constraints, OpImpl, lazy
 from ..ops.quant import QUANT_TOLERANCE, SCHEMES
 from ..registry.backend import BackendSpec
 from ..registry.hookspecs import hookimpl
