@@ -163,7 +163,6 @@ def test_emulation_error_follows_the_rounding_noise(seed, scale_mult):
     var_from_p = var_w @ (vd ** 2)
     predicted = torch.sqrt((var_from_s + var_from_v + var_from_p).mean())
     observed = torch.sqrt((err ** 2).mean())
-    print("observed/predicted", float(observed / predicted))
     assert 0.5 < float(observed / predicted) < 2.0, (float(observed), float(predicted))
     rel = float((out - exact).norm() / exact.norm())
     assert 1e-3 < rel < FP8_ATTENTION_TOLERANCE, rel
