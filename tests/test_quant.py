@@ -6,7 +6,7 @@
   per-element errors, and its rms error within a factor 2 of the rounding-noise prediction (so the
   error scales with the format's step, not with one machine's result);
 * the resolver takes a scheme only from an implementation of the active backend that declares it;
-* bad requests (keep naming no module, FP8 attention, unmerged LoRA) fail before any weight is read;
+* bad requests (keep naming no module, FP8 attention against an exact override, unmerged LoRA) fail before any weight is read;
 * LoRAs are merged in float32 before the weight is quantized; a pre-quantized checkpoint loads
   the same tensors as quantizing at load;
 * the tiny pipeline runs quantized on the reference backend and its report lists every layer.
@@ -199,7 +199,8 @@ def no_weight_reads(monkeypatch):
 @pytest.mark.parametrize("overrides, error, match", [
     (["quant.dit=fp8_rowwise", "quant.keep=[blocks.7]"], ConfigError, "quant.keep: 'blocks.7' names no module"),
     (["quant.dit=int8_w8a8", "quant.keep=[blocks.*.self_atn.q]"], ConfigError, "names no module"),
-    (["quant.dit=fp8_rowwise", "quant.attention=fp8"], BackendError, "quant.attention: fp8 is not implemented"),
+    (["quant.attention=fp8", "ops={self_attention: reference.math}"], BackendError,
+     "does not implement quantization scheme fp8"),
     (["quant.dit=fp8"], ConfigError, "fp8_rowwise"),
 ])
 def test_bad_requests_fail_before_weights_load(tiny_ckpt, tmp_path, no_weight_reads, overrides, error, match):

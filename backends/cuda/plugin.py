@@ -10,6 +10,7 @@ import os
 
 import torch
 
+from wanport.ops.attention_quant import FP8_ATTENTION_TOLERANCE
 from wanport.ops.impl import Constraints, OpImpl, lazy, ranked
 from wanport.ops.quant import QUANT_TOLERANCE
 from wanport.registry import BackendSpec, hookimpl
@@ -169,6 +170,7 @@ _TRITON = _needs("triton", "pip install triton")
 #: and only used when a recipe names it, whatever its rank.
 PRIORITY = {
     ("attention", "sageattn"): 50,
+    ("attention", "fp8_triton"): 48,  # lossy: only for quant.attention: fp8 (or when a recipe names it)
     ("attention", "flash_attn4"): 45,
     ("attention", "sdpa_cudnn"): 40,
     ("attention", "flash_attn3"): 35,
@@ -227,6 +229,27 @@ def _fp8_available(rowwise: bool):
     return check
 
 
+def fp8_attention_reason(has_triton: bool, has_fp8_dtype: bool, capability):
+    """(ok, why) for the FP8 attention kernel, from facts gathered elsewhere (pure: testable without a
+    GPU). ``capability``: (major, minor) of the device, or None when no CUDA device is visible."""
+    if not has_fp8_dtype:
+        return False, "torch %s lacks torch.float8_e4m3fn" % torch.__version__
+    if not has_triton:
+        return False, "the FP8 attention is a Triton kernel: pip install triton"
+    if capability is None:
+        return False, "no CUDA device visible"
+    major, minor = capability
+    if major < 9:
+        return False, ("the FP8 attention kernel is built for sm90 (Hopper) and newer; this GPU is sm%d%d: set "
+                       "quant.attention: none" % (major, minor))
+    return True, ""
+
+
+def _fp8_attention_available():
+    cap = torch.cuda.get_device_capability() if torch.cuda.is_available() else None
+    return fp8_attention_reason(importlib.util.find_spec("triton") is not None, hasattr(torch, "float8_e4m3fn"), cap)
+
+
 #: declared error bound of every exact implementation: relative L2 vs a float64 evaluation of the
 #: contract for bf16 tensors (bf16 rounding of inputs/outputs; float32 tensors do far better)
 _BF16_TOL = 1e-2
@@ -269,6 +292,11 @@ def wanport_op_impls():
                Constraints(dtypes=_HALF, head_dims=frozenset({64, 128}), **att), exact=False,
                tolerance=3e-2, available=_needs("sageattention", "SageAttention"),
                description="SageAttention INT8 QK (lossy: only when a recipe names it)"),
+        OpImpl("attention", "fp8_triton", NAME, _loader("fp8_attention", "make_fp8_attention"),
+               Constraints(dtypes=_HALF, head_dims=frozenset({64, 128}), lse=True, schemes=frozenset({"fp8"}), **att),
+               exact=False, tolerance=FP8_ATTENTION_TOLERANCE, available=_fp8_attention_available,
+               description="FP8 e4m3 flash attention (Triton, sm90+): smoothed K, Q/K per 128-row block, V per "
+                           "channel, P per 128-key block (quant.attention: fp8)"),
         # the memory-bound parts of a block, Triton
         OpImpl("qk_norm_rope", "triton", NAME, _loader("qk_norm_rope", "qk_norm_rope"),
                Constraints(dtypes=_FLOATS, **att), available=_TRITON, tolerance=_BF16_TOL,

@@ -94,9 +94,10 @@ def bench_dit(
     quant_keep: Optional[Sequence[str]] = None,
 ) -> Dict[str, Any]:
     """``compile``: torch.compile each block (the warm-up absorbs the compilation).
-    ``quant``: a scheme of ``quant.dit`` (docs/quantization.md): the same random DiT is then also run
-    with its blocks' Linears quantized (default ``keep``), timed, and its output compared with the
-    exact forward's (cosine, relative L2), peak memory of each. ``quant_keep``: the ``quant.keep``
+    ``quant``: a scheme of ``quant.dit`` (docs/quantization.md), ``fp8_attention`` (``quant.attention:
+    fp8``), or both joined by ``+`` (``fp8_rowwise+fp8_attention``): the same random DiT is then also run
+    with its blocks' Linears quantized (default ``keep``) and/or its self-attention in FP8, timed, and
+    its output compared with the exact forward's (cosine, relative L2), peak memory of each. ``quant_keep``: the ``quant.keep``
     list (default: the peers' default, docs/quantization.md)."""
     cfg = dit_config_for(model, layers)
     preset = MODELS[model]
@@ -112,10 +113,7 @@ def bench_dit(
         raise ConfigError("bench dit: --repeats must be >= 1 and --warmup >= 0")
     if peer not in (None, "diffusers"):
         raise ConfigError("bench dit: --peer must be 'diffusers'")
-    from ..ops.quant import SCHEMES
-
-    if quant is not None and quant not in SCHEMES:
-        raise ConfigError("bench dit: --quant must be one of %s" % ", ".join(SCHEMES))
+    scheme, attention = parse_quant(quant)
     policy_from_config(precision)  # a bad value is a ConfigError before the runtime starts
     registry, spec = choose_backend(backend)
     session = start_session(registry, spec, env or {})
@@ -163,10 +161,11 @@ def bench_dit(
     runtime.empty_cache()
 
     if quant:
-        result["quant"] = _bench_quant(quant, cfg, policy, registry, spec, ops, runtime, device, seed,
+        result["quant"] = _bench_quant(scheme, cfg, policy, registry, spec, ops, runtime, device, seed,
                                        (x, t, ctx), exact_out, flops["total"], warmup, repeats, compile,
-                                       quant_keep)
-        result["ops"]["quant_linear"] = result["quant"]["impl"]
+                                       quant_keep, attention)
+        if scheme is not None:
+            result["ops"]["quant_linear"] = result["quant"]["quant_linear_impl"]
         del exact_out
         runtime.empty_cache()
 
@@ -187,23 +186,47 @@ def bench_dit(
     return result
 
 
+#: the ``--quant`` token for ``quant.attention: fp8``
+FP8_ATTENTION = "fp8_attention"
+
+
+def parse_quant(quant: Optional[str]):
+    """``--quant`` -> (``quant.dit`` scheme or None, ``quant.attention`` scheme or None): a scheme, or
+    ``fp8_attention``, or both joined by ``+``."""
+    from ..ops.quant import SCHEMES
+
+    if quant is None:
+        return None, None
+    scheme, attention = None, None
+    for part in quant.split("+"):
+        if part == FP8_ATTENTION and attention is None:
+            attention = "fp8"
+        elif part in SCHEMES and scheme is None:
+            scheme = part
+        else:
+            raise ConfigError("bench dit: --quant takes a scheme (%s), %s, or one of each joined by '+' (e.g. "
+                              "fp8_rowwise+%s); got %r" % (", ".join(SCHEMES), FP8_ATTENTION, FP8_ATTENTION, quant))
+    return scheme, attention
+
+
 def _bench_quant(scheme, cfg, policy, registry, spec, ops, runtime, device, seed, inputs, exact_out, flops,
-                 warmup, repeats, compile, keep=None) -> Dict[str, Any]:
-    """The same random DiT with its blocks' Linears quantized: time, peak memory (quantized weights
-    resident, measured after quantizing), output vs the exact forward's."""
+                 warmup, repeats, compile, keep=None, attention=None) -> Dict[str, Any]:
+    """The same random DiT with its blocks' Linears quantized (``scheme``) and/or its self-attention
+    in FP8 (``attention``): time, peak memory (quantized weights resident, measured after
+    quantizing), output vs the exact forward's."""
     from ..models.dit.quant_linear import quantize_in_place, quantized_layers, select_linears
     from ..ops.quant import DEFAULT_KEEP
 
     keep = list(DEFAULT_KEEP) if keep is None else list(keep)
-    table = resolve_ops(registry, spec, dit_requirements(cfg, policy, spec.device_type, quant_scheme=scheme),
-                        ops or {})
-    kernels = table.quant_linear.fn
+    table = resolve_ops(registry, spec, dit_requirements(cfg, policy, spec.device_type, quant_scheme=scheme,
+                                                         attention_quant=attention), ops or {})
     with torch.no_grad():
         dit = WanDiT.random(cfg, policy, device, seed=seed)
-        names, problems = select_linears(dit, keep)
-        if problems:
-            raise ConfigError("bench dit --quant-keep: %s" % problems[0])
-        quantize_in_place(dit, names, kernels, policy.matmul)
+        if scheme is not None:
+            names, problems = select_linears(dit, keep)
+            if problems:
+                raise ConfigError("bench dit --quant-keep: %s" % problems[0])
+            quantize_in_place(dit, names, table.quant_linear.fn, policy.matmul)
         dit.bind_ops(table)
         weight_bytes = sum(p.numel() * p.element_size() for p in dit.parameters())
         runtime.empty_cache()
@@ -218,8 +241,12 @@ def _bench_quant(scheme, cfg, policy, registry, spec, ops, runtime, device, seed
     a, b = out.flatten().double(), exact_out.flatten().double()
     row = _summary(times, flops, runtime.peak_memory_bytes())
     row.update({
-        "scheme": scheme,
-        "impl": table.quant_linear.impl,
+        "scheme": "+".join(x for x in (scheme, FP8_ATTENTION if attention else None) if x),
+        "impl": "+".join(x for x in (table.quant_linear.impl if scheme is not None else None,
+                                     table.self_attention.impl if attention else None) if x),
+        "quant_linear_impl": table.quant_linear.impl if scheme is not None else None,
+        "attention": attention or "none",
+        "self_attention_impl": table.self_attention.impl,
         "layers_quantized": len(quantized_layers(dit)),
         "keep": keep,
         "weights_gib": round(weight_bytes / GIB, 2),
@@ -255,9 +282,10 @@ def markdown(result: Mapping[str, Any]) -> str:
         tail = "\nwanport / diffusers = %.3f" % result["ratio_wanport_over_diffusers"]
     q = result.get("quant")
     if q:
-        tail += ("\n%s vs exact: cosine %.6f, rel L2 %.4g, %d Linears quantized, weights %.2f GiB, speed-up %.3fx"
+        tail += ("\n%s vs exact: cosine %.6f, rel L2 %.4g, %d Linears quantized, weights %.2f GiB, self-attention "
+                 "%s, speed-up %.3fx"
                  % (q["scheme"], q["cosine_vs_exact"], q["rel_l2_vs_exact"], q["layers_quantized"], q["weights_gib"],
-                    result["wanport"]["median_s"] / q["median_s"]))
+                    q.get("self_attention_impl", "?"), result["wanport"]["median_s"] / q["median_s"]))
     return head + "\n\n" + "\n".join(rows) + tail
 
 

@@ -237,10 +237,13 @@ def matmul_ceiling(ceilings: Mapping[str, Any]) -> float:
 
 def _implementations(registry, backend: str, kind: str, device_type: str, case_dtypes):
     """(name, fn) for every usable implementation of ``kind`` on the backend, the reference
-    ones, and the composed form of composable kinds."""
+    ones, and the composed form of composable kinds. A backend's lossy kernels are measured (marked
+    lossy); the reference's lossy emulations (FP8 attention) are not: float32 ground truth, not kernels."""
     req = Requirements(device_type=device_type)
     out = []
     for impl in _pool(registry, backend, kind):
+        if not impl.exact and impl.backend == "reference":
+            continue
         ok, why = _usable(impl, req)
         if not ok:
             continue

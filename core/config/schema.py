@@ -96,7 +96,7 @@ class QuantConfig:
                        "(FP8 e4m3, per-channel weight / per-token activation scales), fp8_tensor (one scale per "
                        "tensor), int8_w8a8 (INT8 per-channel / per-token), int8_w8a16 (INT8 weights only), none")
     attention: str = _f("none", type="str", choices=("none", "fp8"),
-                        help="FP8 attention (lossy; only where the backend declares it), or none")
+                        help="FP8 self-attention (lossy; cuda sm90+, the reference emulation; docs/quantization.md), or none")
     keep: List[str] = _f(type="str_list", factory=lambda: ["patch_embedding", "text_embedding", "time_embedding",
                                                            "time_projection", "head", "img_emb"],
                          help="DiT modules whose Linears stay in the precision policy's dtype: module paths "

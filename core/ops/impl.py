@@ -29,7 +29,8 @@ class Constraints:
     batch_gt1: bool = True  # works for batch size > 1
     out_dtype: bool = False  # accepts the optional out_dtype keyword (else wrapped with a cast)
     device_types: Optional[FrozenSet[str]] = None  # None: any device (pure PyTorch)
-    #: quant_linear: the quantization schemes implemented (``wanport.ops.quant.SCHEMES`` names)
+    #: quant_linear: the quantization schemes implemented (``wanport.ops.quant.SCHEMES`` names);
+    #: attention: the ``quant.attention`` schemes (``fp8``: ``wanport.ops.attention_quant``)
     schemes: FrozenSet[str] = frozenset()
 
     def check(self, req: "Requirements") -> Tuple[bool, str]:
@@ -91,7 +92,8 @@ class Requirements:
     kv_lens: bool = False
     per_token_modulation: bool = False
     batch_gt1: bool = False
-    #: quant_linear: the scheme the recipe asks for (``quant.dit``)
+    #: quant_linear: the scheme the recipe asks for (``quant.dit``); self_attention: ``quant.attention``
+    #: when not ``none`` (then only implementations declaring it fit, lossy by request)
     quant_scheme: Optional[str] = None
 
 

@@ -177,15 +177,15 @@ def resolve_dit_ops(registry: Registry, spec, ckpts: CheckpointSet, plan: RunPla
                     overrides: Mapping[str, str], mesh=None) -> OpTable:
     """The DiT's op table; with sequence parallelism the self-attention must mask padded keys
     (and return the log-sum-exp for ring attention)."""
-    from ..quant.plan import check_attention_quant, quant_scheme
+    from ..quant.plan import attention_scheme, quant_scheme
 
-    check_attention_quant(plan, spec)
     sp = mesh is not None and mesh.sp_degree > 1
     scheme = quant_scheme(plan)
     reqs = dit_requirements(ckpts.dit.config, plan.policy, spec.device_type,
                             per_token_timesteps=per_token_modulation(plan),
                             padded_keys=sp, ring_lse=sp and mesh.ring > 1,
-                            quant_scheme=scheme.name if scheme is not None else None)
+                            quant_scheme=scheme.name if scheme is not None else None,
+                            attention_quant=attention_scheme(plan))
     reqs.update(vae_requirements(plan.policy, spec.device_type))  # the VAE's sites share the table
     return resolve_ops(registry, spec, reqs, overrides)
 

@@ -29,20 +29,20 @@ def selected_linears(cfg, policy, keep) -> List[str]:
     return names
 
 
-def check_attention_quant(plan, spec) -> None:
-    """``quant.attention: fp8`` needs a backend that declares an FP8 attention; none does yet."""
+def attention_scheme(plan) -> Optional[str]:
+    """The ``quant.attention`` scheme the plan asks for (None: ``none`` or no quant section). The
+    resolver then takes only the backend's own self-attention implementations that declare it and
+    refuses, before any weight loads, when there is none (docs/quantization.md, "FP8 attention")."""
     q = getattr(plan, "quant", None)
-    if q is not None and q.attention != "none":
-        from ..errors import BackendError
-
-        raise BackendError("quant.attention: %s is not implemented by backend %r (no backend declares FP8 attention "
-                           "yet); set quant.attention: none" % (q.attention, spec.name))
+    if q is None or q.attention == "none":
+        return None
+    return q.attention
 
 
 def check_quant(plan, ckpts) -> Dict[str, List[str]]:
     """expert name ("" for one DiT) -> the Linears to quantize; every problem of the recipe's
     ``quant`` section as one error, before loading: ``keep`` names, ``attention: fp8`` (checked at
-    resolution), a pre-quantized checkpoint that disagrees with the scheme, LoRAs on it."""
+    resolution: :func:`attention_scheme`), a pre-quantized checkpoint that disagrees with the scheme, LoRAs on it."""
     scheme = quant_scheme(plan)
     experts = dict(ckpts.experts) if ckpts.experts else {"": ckpts.dit}
     out: Dict[str, List[str]] = {}
@@ -89,4 +89,4 @@ def _check_prequantized(ckpt, pre: Dict[str, str], names: List[str], scheme: Qua
         raise ConfigError("pre-quantized DiT in %s: %s" % (ckpt.directory, "; ".join(problems)))
 
 
-__all__ = ["check_attention_quant", "check_quant", "quant_scheme", "selected_linears"]
+__all__ = ["attention_scheme", "check_quant", "quant_scheme", "selected_linears"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from ..ops.attention_quant import FP8_ATTENTION_TOLERANCE
 from ..ops.impl import Constraints, OpImpl, lazy
 from ..ops.quant import QUANT_TOLERANCE, SCHEMES
 from ..registry.backend import BackendSpec
@@ -39,6 +40,7 @@ def wanport_backends():
 PRIORITY = {
     ("attention", "math"): 10,  # the only one with the log-sum-exp; exact float32 statistics
     ("attention", "sdpa"): 5,
+    ("attention", "emulate_fp8"): 1,  # lossy: only for quant.attention: fp8 (or when a recipe names it)
     ("rotary", "real_tables"): 10,
     ("rms_norm", "torch"): 10,
     ("layer_norm", "torch"): 10,
@@ -86,4 +88,11 @@ def wanport_op_impls():
                exact=False, tolerance=QUANT_TOLERANCE[scheme],
                description="float32 emulation of %s: quantize, dequantize, matmul" % scheme)
         for scheme in SCHEMES
+    ] + [
+        # quant.attention: fp8, emulated in float32 (docs/quantization.md, "FP8 attention")
+        OpImpl("attention", "emulate_fp8", NAME, lazy(".fp8_attention:fp8_attention", package=__package__),
+               Constraints(dtypes=_FLOATS, lse=True, schemes=frozenset({"fp8"})),
+               priority=PRIORITY[("attention", "emulate_fp8")], exact=False, tolerance=FP8_ATTENTION_TOLERANCE,
+               description="float32 emulation of FP8 attention: smoothed K, e4m3 Q/K per 128-row block, "
+                           "V per channel, P per 128-key block"),
     ]

@@ -36,7 +36,9 @@ def _cell(registry: Registry, backend: str, kind: str) -> str:
     cells = []
     for impl in impls:
         text = "`%s`" % impl.name
-        if not impl.exact:
+        if not impl.exact and impl.constraints.schemes and kind == "attention":
+            text += " (lossy, quant.attention: %s)" % "/".join(sorted(impl.constraints.schemes))
+        elif not impl.exact:
             text += " (lossy, when named)"
         elif impl.default_sites is not None:
             text += " (default at %s)" % ", ".join(s.replace("_", "-") for s in sorted(impl.default_sites))

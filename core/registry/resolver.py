@@ -84,14 +84,20 @@ def apply_env_defaults(spec: BackendSpec, recipe_env: Mapping[str, str]) -> Dict
     return applied
 
 
-def _pool(registry: Registry, backend: str, kind: str) -> List[OpImpl]:
+def _pool(registry: Registry, backend: str, kind: str, req: Optional[Requirements] = None) -> List[OpImpl]:
     """Candidates in preference order: the backend's own (by priority), then reference ones
-    (not for a scheme kind: a backend implements a quantization scheme or refuses it)."""
+    (not where a quantization scheme is asked: a backend implements it or refuses it)."""
     own = sorted(registry.impls_for(backend, kind), key=lambda i: -i.priority)
-    if backend == REFERENCE or kind in SCHEME_KINDS:
+    if backend == REFERENCE or _scheme_site(kind, req):
         return own
     ref = sorted(registry.impls_for(REFERENCE, kind), key=lambda i: -i.priority)
     return own + ref
+
+
+def _scheme_site(kind: str, req: Optional[Requirements]) -> bool:
+    """A site whose implementation the recipe's quantization scheme picks (``quant.dit`` for the
+    quantized Linears, ``quant.attention`` for the self-attention): lossy by request."""
+    return kind in SCHEME_KINDS or (req is not None and req.quant_scheme is not None)
 
 
 def _match_override(registry: Registry, backend: str, kind: str, wanted: str) -> OpImpl:
@@ -176,9 +182,9 @@ def resolve_ops(
             chosen, reason = impl, "recipe override"
         if not wanted:
             chosen, reason = None, ""
-            for impl in _pool(registry, backend.name, kind):
-                # a scheme kind is lossy by request (the recipe names the scheme), never by surprise
-                lossy_ok = kind in SCHEME_KINDS
+            for impl in _pool(registry, backend.name, kind, req):
+                # a scheme site is lossy by request (the recipe names the scheme), never by surprise
+                lossy_ok = _scheme_site(kind, req)
                 if (not impl.exact and not lossy_ok) or (impl.default_sites is not None and site not in impl.default_sites):
                     continue
                 if kind in COMPOSABLE and impl.backend != backend.name:
@@ -186,7 +192,8 @@ def resolve_ops(
                 ok, _ = _usable(impl, req)
                 if ok:
                     chosen = impl
-                    reason = ("default" if impl.backend == backend.name
+                    reason = ("quant.attention: %s" % req.quant_scheme if lossy_ok and kind not in SCHEME_KINDS
+                              else "default" if impl.backend == backend.name
                               else "fallback (no %s implementation of %s fits)" % (backend.name, kind))
                     break
         if chosen is None and kind in COMPOSABLE:
@@ -201,6 +208,13 @@ def resolve_ops(
                 "quant.dit: backend %r does not implement the quantization scheme %r.\n"
                 "Its %s implementations:\n%s\nSet quant.dit to a scheme listed there, or none."
                 % (backend.name, req.quant_scheme, kind, _explain(registry, backend.name, kind, req))
+            )
+        if chosen is None and req.quant_scheme is not None:
+            raise BackendError(
+                "quant.attention: %s: backend %r has no %s attention that fits %s.\n"
+                "Its attention implementations:\n%s\nSet quant.attention: none (docs/quantization.md)."
+                % (req.quant_scheme, backend.name, req.quant_scheme.upper(), site,
+                   _explain(registry, backend.name, kind, req))
             )
         if chosen is None:
             raise BackendError(
@@ -219,7 +233,7 @@ def resolve_ops(
 
 def _explain(registry: Registry, backend: str, kind: str, req: Requirements) -> str:
     lines = []
-    for impl in _pool(registry, backend, kind):
+    for impl in _pool(registry, backend, kind, req):
         ok, why = _usable(impl, req)
         tag = "ok" if ok else why
         if ok and not impl.exact:

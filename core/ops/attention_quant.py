@@ -1,0 +1,131 @@
+"""FP8 attention (the recipe's ``quant.attention: fp8``): the one scheme every implementation
+follows, its quantizers, and the bound of its error (docs/quantization.md, "FP8 attention").
+
+The scheme (SageAttention-style, e4m3 everywhere, float32 accumulation):
+
+- **K smoothing** (exact): ``k <- k - mean_s(k)`` per (sample, head, channel) over the sample's valid
+  keys. Every score of a query row shifts by the same ``q . mean``, which softmax ignores; the
+  values left to quantize are centred, so the block scales fit them better.
+- **Q and K**: float8_e4m3fn with one float32 scale per (sample, head, block of ``BLOCK`` = 128
+  rows), ``scale = amax(block) / 448``; values rounded to nearest, ties to even.
+- **V**: float8_e4m3fn with one scale per (sample, head, channel) over the whole sequence.
+- **P**: the key loop runs over blocks of ``BLOCK`` keys with an online softmax (running row max
+  ``m``); each block's probabilities ``p = exp(s - m) <= 1`` are multiplied by ``P_SCALE`` = 448 and
+  rounded to e4m3 before the ``P V`` product. The row sum ``l`` takes the unrounded ``p``.
+- Scores ``(q8 . k8) * s_q * s_k * scale`` and the accumulator in float32; the output
+  ``acc * s_v / (448 * l)`` is rounded once to q's dtype; the log-sum-exp is ``m + log l``.
+
+``wanport.reference.fp8_attention`` is the float32 emulation of exactly this (the ground truth);
+a kernel may differ from it only by float32 summation order and ``exp2`` vs ``exp``, which can
+move a probability across an e4m3 rounding boundary (one step, 2^-4 relative, of one element).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from .checks import check_kv_lens
+from .quant import FP8_E4M3, round_to_format
+
+#: rows of Q and K sharing one scale, and keys per online-softmax step (the P rounding depends on it)
+BLOCK = 128
+#: P in [0, 1] times this before the e4m3 rounding (e4m3's largest finite value)
+P_SCALE = FP8_E4M3.max
+#: the values of ``quant.attention`` with a scheme behind them
+ATTENTION_SCHEMES = ("fp8",)
+
+#: declared relative-L2 error of an FP8 attention against float64 attention, for the conformance kit
+#: and the resolver's listing. Each of q, k, v, p is rounded by at most 2^-4 relative (rms about
+#: 2^-4/sqrt(3) = 0.036); the V and P errors average over the keys a query attends to, the score error
+#: scale*|q||k|*2^-4*sqrt(2/D) moves the weights by about that much relative: a few 1e-2 at Wan's
+#: score ranges (measured: benchmarks/fp8_attention_check.py). Twice that, as for the FP8 Linears.
+FP8_ATTENTION_TOLERANCE = 0.1
+
+
+def padded_length(s: int, block: int = BLOCK) -> int:
+    return -(-s // block) * block
+
+
+def smooth_keys(kf: torch.Tensor) -> torch.Tensor:
+    """``kf`` [B, N, S, D] float32 minus its mean over S (exact for softmax: every score of a row
+    moves by the same amount)."""
+    return kf - kf.mean(dim=2, keepdim=True)
+
+
+def quantize_row_blocks(xf: torch.Tensor, cast: Callable[[torch.Tensor], torch.Tensor],
+                        block: int = BLOCK) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``xf`` [B, N, S, D] float32 -> (values [B, N, S_pad, D], scales [B, N, S_pad // block] float32):
+    rows zero-padded to a multiple of ``block``, one scale ``amax / 448`` per block of rows (an all-zero
+    block gets a tiny positive scale; its values are 0). ``cast`` rounds the divided values: to
+    float32 on e4m3's grid (the emulation) or to ``torch.float8_e4m3fn`` (a kernel's operand)."""
+    b, n, s, d = xf.shape
+    sp = padded_length(s, block)
+    if sp != s:
+        xf = F.pad(xf, (0, 0, 0, sp - s))
+    blocks = xf.reshape(b, n, sp // block, block * d)
+    scale = (blocks.abs().amax(dim=-1).clamp(min=1e-12) / FP8_E4M3.max).float()
+    vals = cast((blocks / scale[..., None]).clamp(-FP8_E4M3.max, FP8_E4M3.max))
+    return vals.reshape(b, n, sp, d), scale
+
+
+def quantize_channels(vf: torch.Tensor, cast: Callable[[torch.Tensor], torch.Tensor],
+                      block: int = BLOCK) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``vf`` [B, N, S, D] float32 -> (values [B, N, D, S_pad], transposed, keys zero-padded to a
+    multiple of ``block``; scales [B, N, D] float32, one per channel over the sequence). The
+    transposed layout is what an FP8 ``P V`` product on Hopper reads (its B operand K-major)."""
+    s = vf.shape[2]
+    scale = (vf.abs().amax(dim=2).clamp(min=1e-12) / FP8_E4M3.max).float()  # [B, N, D]
+    vt = vf.transpose(2, 3)
+    sp = padded_length(s, block)
+    if sp != s:
+        vt = F.pad(vt, (0, sp - s))
+    vals = cast((vt / scale[..., None]).clamp(-FP8_E4M3.max, FP8_E4M3.max))
+    return vals.contiguous(), scale
+
+
+def to_e4m3_grid(x: torch.Tensor) -> torch.Tensor:
+    """The emulation's cast: float32 values on e4m3's grid (ties to even, no fp8 dtype needed)."""
+    return round_to_format(x, FP8_E4M3)
+
+
+def quantize_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cast: Callable[[torch.Tensor], torch.Tensor]):
+    """q, k, v [B, S, N, D] (any float dtype) -> (q8, s_q, k8, s_k, v8t, s_v, k_mean) of the scheme: K
+    smoothed, Q/K per row block, V per channel (transposed); ``k_mean`` [B, N, 1, D] float32 is what
+    the smoothing took away (the log-sum-exp gets ``scale * q . k_mean`` back: :func:`lse_shift`).
+    One sample's keys must all be valid here."""
+    qf = q.float().transpose(1, 2)
+    kf = k.float().transpose(1, 2)
+    k_mean = kf.mean(dim=2, keepdim=True)
+    q8, sq = quantize_row_blocks(qf, cast)
+    k8, sk = quantize_row_blocks(kf - k_mean, cast)
+    v8, sv = quantize_channels(v.float().transpose(1, 2), cast)
+    return q8, sq, k8, sk, v8, sv, k_mean
+
+
+def lse_shift(q: torch.Tensor, k_mean: torch.Tensor, scale: float) -> torch.Tensor:
+    """[B, N, Sq] float32: ``scale * q . k_mean``, what K smoothing removed from every score of a row
+    (softmax does not see it; the log-sum-exp does)."""
+    return torch.matmul(q.float().transpose(1, 2), k_mean.transpose(-1, -2))[..., 0] * scale
+
+
+def per_sample_keys(core: Callable, q, k, v, scale: float, kv_lens: Optional[Sequence[int]], return_lse: bool):
+    """Run ``core(q, k, v, scale, return_lse)`` ([B, S, N, D] in, out [B, Sq, N, D] (+ lse [B, N, Sq]))
+    with each sample's padded keys removed first (the K smoothing and the V scales then see only the
+    valid keys); samples of different lengths run one by one."""
+    kv_lens = check_kv_lens(kv_lens, q.shape[0], k.shape[1])
+    if kv_lens is None:
+        return core(q, k, v, scale, return_lse)
+    if len(set(kv_lens)) == 1:
+        n = kv_lens[0]
+        return core(q, k[:, :n], v[:, :n], scale, return_lse)
+    parts = [core(q[i:i + 1], k[i:i + 1, :n], v[i:i + 1, :n], scale, return_lse) for i, n in enumerate(kv_lens)]
+    if return_lse:
+        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+    return torch.cat(parts)
+
+
+__all__ = ["ATTENTION_SCHEMES", "BLOCK", "FP8_ATTENTION_TOLERANCE", "P_SCALE", "padded_length", "lse_shift", "per_sample_keys",
+           "quantize_channels", "quantize_qkv", "quantize_row_blocks", "smooth_keys", "to_e4m3_grid"]
