@@ -80,3 +80,14 @@ job_vaepar21() {  # issue 16: Wan2.1 VAE decode 480p x 81 split over 2 GPUs vs o
   timeout 300 python3 -m torch.distributed.run --standalone --nproc_per_node 2 benchmarks/vae_parallel.py \
     --vae wan2.1 --size 832*480 --frames 81 --previous --out "$R/vae-par21.json"
 }
+job_fp8attn() {  # issue 13: the FP8 attention kernel: conformance, vs its emulation, Wan shapes vs bf16 cuDNN (~2.5 min)
+  timeout 300 python3 benchmarks/fp8_attention_check.py --out "$R/fp8-attention"
+}
+job_dit14fp8all() {  # issue 13: FP8 Linears + FP8 self-attention beside the exact forward (~2 min)
+  timeout 400 $W bench dit --model wan2.1-t2v-14b --size 832*480 --frames 81 --backend cuda \
+    --quant fp8_rowwise+fp8_attention --repeats 3 --out "$R/dit14-fp8all"
+}
+job_distill4fp8all() {  # issue 13: 4 steps, no CFG, FP8 Linears and attention, bf16 VAE: end-to-end compute (~2 min)
+  timeout 400 $W bench pipeline recipes/wan2.1-t2v-14b-distill.yaml --weights random backend=cuda \
+    quant.dit=fp8_rowwise quant.attention=fp8 precision.vae=bf16 --no-progress --out "$R/distill14-fp8all"
+}
