@@ -294,6 +294,20 @@ def _check_layouts(ranks, single, layouts):
             assert _rel(main["video"], single[want]["video"]) <= 1e-5, label
 
 
+@pytest.fixture(scope="module")
+def four_heads(tmp_path_factory):
+    """The tiny checkpoint with 4 heads (make-tiny --heads 4: Ulysses 4 splits the heads) and its
+    one-process TeaCache run."""
+    from wanport import Pipeline
+    from wanport.checkpoints.tiny import make_tiny
+
+    path = str(tmp_path_factory.mktemp("ckpt") / "tiny-wan2.1-t2v-4heads")
+    make_tiny(path, "wan2.1-t2v", seed=0, heads=4)
+    with Pipeline.from_recipe(None, overrides=CW.BASE + ["checkpoint_dir=%s" % path], progress=False) as pipe:
+        r = pipe.generate(video_tensor=True, cache=CW.TEACACHE)
+    return path, {"teacache": {"video": r.video, "report": r.report}}
+
+
 def test_cached_layouts_of_two_processes_decide_and_render_as_one(tiny_ckpt, single, tmp_path):
     """cfg2, ulysses2 (also with shards whose own statistics disagree: a rank deciding from its
     shard alone would skip blocks the other runs, and the collectives would fail within
@@ -305,16 +319,25 @@ def test_cached_layouts_of_two_processes_decide_and_render_as_one(tiny_ckpt, sin
     _check_layouts(_launch(2, layouts, tiny_ckpt, tmp_path), single, layouts)
 
 
-def test_cached_layouts_of_four_processes_decide_and_render_as_one(tiny_ckpt, single, tmp_path):
-    """cfg2 x ulysses2 with the VAE split, ulysses2 x ring2; then ulysses 4 on the DiT of the
-    parallel tests (the tiny checkpoint has 2 heads; that one 4, and 45 tokens: uneven shards),
-    through five inputs with a first-block cache."""
+def test_cached_layouts_of_four_processes_decide_and_render_as_one(tiny_ckpt, single, four_heads, tmp_path):
+    """cfg2 x ulysses2 with the VAE split, ulysses2 x ring2; ulysses 4 with the VAE split on the
+    tiny pipeline of the 4-head checkpoint (TeaCache; 15 tokens: uneven shards); then ulysses 4
+    on the DiT of the parallel tests (4 heads, 45 tokens), through five inputs with a first-block
+    cache."""
     layouts = [("cfg2xulysses2+vae", ["parallel.cfg=2", "parallel.ulysses=2", "parallel.vae=true"],
                 [("cfg2xulysses2+vae", CW.FIRST_BLOCK, False)]),
                ("ulysses2xring2", ["parallel.ulysses=2", "parallel.ring=2"],
                 [("ulysses2xring2", CW.FIRST_BLOCK, False)])]
-    ranks = _launch(4, layouts, tiny_ckpt, tmp_path, dit_ulysses=True)
+    path4, single4 = four_heads
+    ulysses4 = [("ulysses4+vae", ["checkpoint_dir=%s" % path4, "parallel.ulysses=4", "parallel.vae=true"],
+                 [("ulysses4+vae", CW.TEACACHE, False)])]
+    ranks = _launch(4, layouts + ulysses4, tiny_ckpt, tmp_path, dit_ulysses=True)
     _check_layouts(ranks, single, layouts)
+    p4 = ranks[0]["ulysses4+vae"]["report"]["parallel"]
+    assert (p4["ulysses"], p4["vae"], p4["world"]) == (4, True, 4)
+    assert actions(single4["teacache"]["report"]) == [(s, b, "reused" if s == 1 else "computed")
+                                                      for s in range(3) for b in ("cond", "uncond")]
+    _check_layouts(ranks, single4, ulysses4)
     ref_out, ref_rows = CW.dit_cache_run()
     assert 0 < sum(r["action"] == "reused" for r in ref_rows) < len(ref_rows)
     for saved in ranks:
