@@ -214,11 +214,25 @@ def tiny_pipe(tiny_ckpt):
 
 @pytest.fixture(scope="module")
 def single(tiny_pipe):
-    """One-process videos and reports: exact, first-block cached, TeaCache cached."""
+    """One-process videos and reports: exact, first-block cached, TeaCache cached; and the bytes
+    of the tensors each cache held at the end of its call."""
     out = {}
-    for name, cache in (("exact", None), ("first_block", CW.FIRST_BLOCK), ("teacache", CW.TEACACHE)):
-        r = tiny_pipe.generate(video_tensor=True, cache=cache)
-        out[name] = {"video": r.video, "report": r.report}
+    held = {}
+    original = FeatureCache.report
+
+    def report(self):
+        held["bytes"] = sum(t.numel() * t.element_size() for st in self.states.values()
+                            for t in (st.residual, st.prev_first, st.prev_input) if t is not None)
+        return original(self)
+
+    FeatureCache.report = report
+    try:
+        for name, cache in (("exact", None), ("first_block", CW.FIRST_BLOCK), ("teacache", CW.TEACACHE)):
+            held.clear()
+            r = tiny_pipe.generate(video_tensor=True, cache=cache)
+            out[name] = {"video": r.video, "report": r.report, "held_bytes": held.get("bytes")}
+    finally:
+        FeatureCache.report = original
     return out
 
 
@@ -245,6 +259,22 @@ def test_a_cached_run_reuses_reports_and_changes_the_video(single):
     assert [r["action"] for r in tea["per_step"]] == ["computed"] * 2 + ["reused"] * 2 + ["computed"] * 2
     for name in ("first_block", "teacache"):
         assert not torch.equal(single[name]["video"], single["exact"]["video"])
+
+
+def test_the_memory_plan_counts_exactly_what_the_cache_stores(tiny_ckpt, single):
+    """The plan's cache_residuals (core/plan/cache.py) equal the bytes of the tensors the real
+    cache held at the end of the tiny calls (15 tokens x 256, float32: first block, both
+    branches' residuals and block-0 residuals; TeaCache, the residuals and the time embeddings)."""
+    from wanport.plan import predict
+    from wanport.plan.arch import for_plan
+
+    for name, section in (("first_block", ["cache.method=first_block", "cache.threshold=0.75"]),
+                          ("teacache", ["cache.method=teacache", "cache.coefficients=[1.0, 0.0]",
+                                        "cache.threshold=1.5"])):
+        plan = plan_run(load_recipe(None, CW.BASE + ["checkpoint_dir=%s" % tiny_ckpt] + section)[0])
+        den = {s.name: s for s in predict(plan, for_plan(plan)).ranks[0].stages}["denoise"].device
+        assert den["cache_residuals"] == single[name]["held_bytes"] > 0, name
+    assert single["first_block"]["held_bytes"] == 2 * 2 * 15 * 256 * 4
 
 
 def test_two_expert_tiny_model_keeps_one_state_per_expert(tiny_layout):
