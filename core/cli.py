@@ -237,10 +237,20 @@ def cmd_bench_pipeline(args) -> int:
                                      warmup_steps=args.warmup_steps, seed=args.seed,
                                      progress=not args.no_progress, source=source, random_lora=args.random_lora,
                                      lora_modes=("merged", "unmerged") if args.lora_mode == "both"
-                                     else (args.lora_mode,), caches=args.cache or ())
+                                     else (args.lora_mode,), caches=args.cache or (),
+                                     on_partial=_partial_writer(args, pipeline))
     if result is None:  # a rank other than 0: rank 0 prints and writes
         return 0
     return _emit(args, pipeline, result)
+
+
+def _partial_writer(args, module):
+    """With --out: write a partial result (JSON + markdown, each atomically) as the bench goes."""
+    if not args.out:
+        return None
+    from .io.results import write_results
+
+    return lambda result: write_results(args.out, result, module.markdown(result), say=None)
 
 
 def cmd_bench_merge(args) -> int:

@@ -6,6 +6,7 @@ disagree)."""
 from __future__ import annotations
 
 import math
+import os
 
 import _cache_workers as CW
 import pytest
@@ -399,20 +400,54 @@ def test_compare_shows_a_cached_dump_beside_the_exact_one(tiny_ckpt, tmp_path):
     assert "first reuse: step 1, uncond branch, in A" in text and "not computed in A" in text
 
 
-def test_bench_pipeline_measures_cached_calls_beside_the_exact_one(tiny_ckpt):
+def test_bench_pipeline_measures_cached_calls_beside_the_exact_one(tiny_ckpt, tmp_path):
+    """Two specs of one schedule run once (labelled with both); the JSON and markdown are written
+    (atomically) after the exact call and after each cached call, marked partial until the end
+    (a run killed after a cached call keeps its row)."""
+    import json
+
     from wanport.bench.pipeline import bench_pipeline, markdown
+    from wanport.io.results import write_results
 
     over = CW.BASE + ["checkpoint_dir=%s" % tiny_ckpt]
-    result = bench_pipeline(None, over, weights="checkpoint", warmup_steps=0, caches=["reuse=1"])
+    out = str(tmp_path / "bench.json")
+    seen = []
+
+    def on_partial(partial):
+        write_results(out, partial, markdown(partial), say=None)
+        with open(out) as f:
+            seen.append(json.load(f))
+        seen[-1]["md"] = open(str(tmp_path / "bench.md")).read()
+
+    result = bench_pipeline(None, over, weights="checkpoint", warmup_steps=0, on_partial=on_partial,
+                            caches=["reuse=1", "method=teacache,schedule=[1]"])
     c = result["cache"]
-    assert c["exact_forwards"] == 6 and c["exact_denoise_s"] > 0
-    (run,) = c["runs"]
-    assert run["cache"] == {"method": "teacache", "schedule": [1]}
-    assert (run["forwards"], run["reused"], run["computed"]) == (6, 2, 4) and run["speedup"] > 0
-    assert "feature cache" in markdown(result)
+    assert c["exact_forwards"] == 6 and c["exact_denoise_s"] > 0 and result["partial"] is False
+    (tea,) = c["runs"]
+    assert tea["label"] == "reuse=1 = method=teacache,schedule=[1]"
+    assert tea["cache"] == {"method": "teacache", "schedule": [1]}
+    assert (tea["forwards"], tea["reused"], tea["computed"]) == (6, 2, 4) and tea["speedup"] > 0
+    assert "feature cache" in markdown(result) and "PARTIAL" not in markdown(result)
+    # on disk after the exact call and after the cached call, before the end
+    assert [len(s["cache"]["runs"]) for s in seen] == [0, 1] and all(s["partial"] is True for s in seen)
+    assert seen[1]["cache"]["runs"][0]["label"] == tea["label"] and "PARTIAL: 0 of 1 cached calls" in seen[0]["md"]
+    assert seen[1]["md"].startswith("PARTIAL RESULT") and not [n for n in os.listdir(str(tmp_path))
+                                                               if n.startswith(".")]  # no temp files left
     with pytest.raises(ConfigError) as err:  # a bad spec: before anything loads
         bench_pipeline(None, over, weights="checkpoint", caches=["method=teacache,threshold=-1"])
     assert "cache.threshold" in str(err.value)
+
+
+def test_published_settings_of_one_schedule_run_once():
+    """14B at 50 steps: e@0.2 (1829 s -> 909 s) and e0@0.1 (-> 915 s) both imply 25 reused steps."""
+    from wanport.bench.cache import parse_specs
+
+    calls = parse_specs(["published"], "wan2.1-t2v-14b", 50)
+    assert [len(section["schedule"]) for _, section in calls] == [16, 25, 34]
+    assert calls[1][0] == "schedule 25/50 (TeaCache e@0.2 published 2.01x, e0@0.1 published 2.00x)"
+    assert len({tuple(section["schedule"]) for _, section in calls}) == 3
+    again = parse_specs(["published", "reuse=25"], "wan2.1-t2v-14b", 50)  # the same schedule once more
+    assert len(again) == 3 and again[1][0].endswith(" = reuse=25")
 
 
 def test_the_cache_runs_on_the_emulated_npu(tiny_ckpt, monkeypatch):
