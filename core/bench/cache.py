@@ -5,8 +5,8 @@ loaded models (and, under torchrun, the process group). SPEC is ``published`` (o
 published TeaCache setting of the model, each reusing the step count its published time implies,
 through ``cache.schedule`` -- with random weights a threshold's skip pattern means nothing) or
 ``key=value,...`` of the ``cache:`` section (``reuse=N``: N steps spread evenly, as a schedule).
-Settings that come to the same section run once, labelled with all of them. Reported per call: denoise seconds, the speed-up over the exact call's denoise, forwards computed
-and reused.
+Settings that come to the same section run once, labelled with all of them. Reported per call:
+denoise seconds, the speed-up over the exact call's denoise, forwards computed and reused.
 """
 
 from __future__ import annotations
