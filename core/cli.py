@@ -169,12 +169,13 @@ def cmd_models(args) -> int:
 def cmd_make_tiny(args) -> int:
     from .checkpoints.tiny import make_tiny
 
-    wrote = make_tiny(args.dir, args.model, seed=args.seed, if_missing=args.if_missing)
+    wrote = make_tiny(args.dir, args.model, seed=args.seed, if_missing=args.if_missing, heads=args.heads)
     print("%s tiny %s checkpoint in %s" % ("wrote" if wrote else "kept existing", args.model, args.dir))
     if args.lora:
         from .lora.tiny import make_tiny_loras
 
-        for path in make_tiny_loras(args.dir, args.model, seed=args.seed, if_missing=args.if_missing).values():
+        for path in make_tiny_loras(args.dir, args.model, seed=args.seed, if_missing=args.if_missing,
+                                    heads=args.heads).values():
             print("tiny LoRA %s" % path)
     return 0
 
@@ -235,10 +236,20 @@ def cmd_bench_pipeline(args) -> int:
                                      warmup_steps=args.warmup_steps, seed=args.seed,
                                      progress=not args.no_progress, source=source, random_lora=args.random_lora,
                                      lora_modes=("merged", "unmerged") if args.lora_mode == "both"
-                                     else (args.lora_mode,), caches=args.cache or ())
+                                     else (args.lora_mode,), caches=args.cache or (),
+                                     on_partial=_partial_writer(args, pipeline))
     if result is None:  # a rank other than 0: rank 0 prints and writes
         return 0
     return _emit(args, pipeline, result)
+
+
+def _partial_writer(args, module):
+    """With --out: write a partial result (JSON + markdown, each atomically) as the bench goes."""
+    if not args.out:
+        return None
+    from .io.results import write_results
+
+    return lambda result: write_results(args.out, result, module.markdown(result), say=None)
 
 
 def cmd_bench_merge(args) -> int:
@@ -333,6 +344,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="layout: wan2.1-t2v (default), wan2.1-i2v, wan2.2-t2v-a14b, wan2.2-i2v-a14b, wan2.2-ti2v-5b")
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--if-missing", action="store_true", help="do nothing if DIR already holds it")
+    sp.add_argument("--heads", type=int, default=2,
+                    help="DiT attention heads, 128 wide each (default 2; 4 for Ulysses at degree 4)")
     sp.add_argument("--lora", action="store_true",
                     help="also write a tiny LoRA in each supported key format to DIR/lora/")
     sp.set_defaults(func=cmd_make_tiny)

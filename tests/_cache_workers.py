@@ -45,7 +45,8 @@ def layouts_worker(rank: int, world: int, port: int, ckpt: str, layouts, out: st
     saved = {}
     try:
         for _name, overrides, calls in layouts:
-            pipe = Pipeline.from_recipe(None, overrides=BASE + list(overrides) + ["checkpoint_dir=%s" % ckpt],
+            # a layout's own checkpoint_dir (e.g. the 4-head one for ulysses 4) comes later and wins
+            pipe = Pipeline.from_recipe(None, overrides=BASE + ["checkpoint_dir=%s" % ckpt] + list(overrides),
                                         progress=False)
             with pipe:
                 for label, cache, skew in calls:

@@ -6,6 +6,7 @@ disagree)."""
 from __future__ import annotations
 
 import math
+import os
 
 import _cache_workers as CW
 import pytest
@@ -214,11 +215,25 @@ def tiny_pipe(tiny_ckpt):
 
 @pytest.fixture(scope="module")
 def single(tiny_pipe):
-    """One-process videos and reports: exact, first-block cached, TeaCache cached."""
+    """One-process videos and reports: exact, first-block cached, TeaCache cached; and the bytes
+    of the tensors each cache held at the end of its call."""
     out = {}
-    for name, cache in (("exact", None), ("first_block", CW.FIRST_BLOCK), ("teacache", CW.TEACACHE)):
-        r = tiny_pipe.generate(video_tensor=True, cache=cache)
-        out[name] = {"video": r.video, "report": r.report}
+    held = {}
+    original = FeatureCache.report
+
+    def report(self):
+        held["bytes"] = sum(t.numel() * t.element_size() for st in self.states.values()
+                            for t in (st.residual, st.prev_first, st.prev_input) if t is not None)
+        return original(self)
+
+    FeatureCache.report = report
+    try:
+        for name, cache in (("exact", None), ("first_block", CW.FIRST_BLOCK), ("teacache", CW.TEACACHE)):
+            held.clear()
+            r = tiny_pipe.generate(video_tensor=True, cache=cache)
+            out[name] = {"video": r.video, "report": r.report, "held_bytes": held.get("bytes")}
+    finally:
+        FeatureCache.report = original
     return out
 
 
@@ -245,6 +260,22 @@ def test_a_cached_run_reuses_reports_and_changes_the_video(single):
     assert [r["action"] for r in tea["per_step"]] == ["computed"] * 2 + ["reused"] * 2 + ["computed"] * 2
     for name in ("first_block", "teacache"):
         assert not torch.equal(single[name]["video"], single["exact"]["video"])
+
+
+def test_the_memory_plan_counts_exactly_what_the_cache_stores(tiny_ckpt, single):
+    """The plan's cache_residuals (core/plan/cache.py) equal the bytes of the tensors the real
+    cache held at the end of the tiny calls (15 tokens x 256, float32: first block, both
+    branches' residuals and block-0 residuals; TeaCache, the residuals and the time embeddings)."""
+    from wanport.plan import predict
+    from wanport.plan.arch import for_plan
+
+    for name, section in (("first_block", ["cache.method=first_block", "cache.threshold=0.75"]),
+                          ("teacache", ["cache.method=teacache", "cache.coefficients=[1.0, 0.0]",
+                                        "cache.threshold=1.5"])):
+        plan = plan_run(load_recipe(None, CW.BASE + ["checkpoint_dir=%s" % tiny_ckpt] + section)[0])
+        den = {s.name: s for s in predict(plan, for_plan(plan)).ranks[0].stages}["denoise"].device
+        assert den["cache_residuals"] == single[name]["held_bytes"] > 0, name
+    assert single["first_block"]["held_bytes"] == 2 * 2 * 15 * 256 * 4
 
 
 def test_two_expert_tiny_model_keeps_one_state_per_expert(tiny_layout):
@@ -294,6 +325,20 @@ def _check_layouts(ranks, single, layouts):
             assert _rel(main["video"], single[want]["video"]) <= 1e-5, label
 
 
+@pytest.fixture(scope="module")
+def four_heads(tmp_path_factory):
+    """The tiny checkpoint with 4 heads (make-tiny --heads 4: Ulysses 4 splits the heads) and its
+    one-process TeaCache run."""
+    from wanport import Pipeline
+    from wanport.checkpoints.tiny import make_tiny
+
+    path = str(tmp_path_factory.mktemp("ckpt") / "tiny-wan2.1-t2v-4heads")
+    make_tiny(path, "wan2.1-t2v", seed=0, heads=4)
+    with Pipeline.from_recipe(None, overrides=CW.BASE + ["checkpoint_dir=%s" % path], progress=False) as pipe:
+        r = pipe.generate(video_tensor=True, cache=CW.TEACACHE)
+    return path, {"teacache": {"video": r.video, "report": r.report}}
+
+
 def test_cached_layouts_of_two_processes_decide_and_render_as_one(tiny_ckpt, single, tmp_path):
     """cfg2, ulysses2 (also with shards whose own statistics disagree: a rank deciding from its
     shard alone would skip blocks the other runs, and the collectives would fail within
@@ -305,16 +350,25 @@ def test_cached_layouts_of_two_processes_decide_and_render_as_one(tiny_ckpt, sin
     _check_layouts(_launch(2, layouts, tiny_ckpt, tmp_path), single, layouts)
 
 
-def test_cached_layouts_of_four_processes_decide_and_render_as_one(tiny_ckpt, single, tmp_path):
-    """cfg2 x ulysses2 with the VAE split, ulysses2 x ring2; then ulysses 4 on the DiT of the
-    parallel tests (the tiny checkpoint has 2 heads; that one 4, and 45 tokens: uneven shards),
-    through five inputs with a first-block cache."""
+def test_cached_layouts_of_four_processes_decide_and_render_as_one(tiny_ckpt, single, four_heads, tmp_path):
+    """cfg2 x ulysses2 with the VAE split, ulysses2 x ring2; ulysses 4 with the VAE split on the
+    tiny pipeline of the 4-head checkpoint (TeaCache; 15 tokens: uneven shards); then ulysses 4
+    on the DiT of the parallel tests (4 heads, 45 tokens), through five inputs with a first-block
+    cache."""
     layouts = [("cfg2xulysses2+vae", ["parallel.cfg=2", "parallel.ulysses=2", "parallel.vae=true"],
                 [("cfg2xulysses2+vae", CW.FIRST_BLOCK, False)]),
                ("ulysses2xring2", ["parallel.ulysses=2", "parallel.ring=2"],
                 [("ulysses2xring2", CW.FIRST_BLOCK, False)])]
-    ranks = _launch(4, layouts, tiny_ckpt, tmp_path, dit_ulysses=True)
+    path4, single4 = four_heads
+    ulysses4 = [("ulysses4+vae", ["checkpoint_dir=%s" % path4, "parallel.ulysses=4", "parallel.vae=true"],
+                 [("ulysses4+vae", CW.TEACACHE, False)])]
+    ranks = _launch(4, layouts + ulysses4, tiny_ckpt, tmp_path, dit_ulysses=True)
     _check_layouts(ranks, single, layouts)
+    p4 = ranks[0]["ulysses4+vae"]["report"]["parallel"]
+    assert (p4["ulysses"], p4["vae"], p4["world"]) == (4, True, 4)
+    assert actions(single4["teacache"]["report"]) == [(s, b, "reused" if s == 1 else "computed")
+                                                      for s in range(3) for b in ("cond", "uncond")]
+    _check_layouts(ranks, single4, ulysses4)
     ref_out, ref_rows = CW.dit_cache_run()
     assert 0 < sum(r["action"] == "reused" for r in ref_rows) < len(ref_rows)
     for saved in ranks:
@@ -346,20 +400,54 @@ def test_compare_shows_a_cached_dump_beside_the_exact_one(tiny_ckpt, tmp_path):
     assert "first reuse: step 1, uncond branch, in A" in text and "not computed in A" in text
 
 
-def test_bench_pipeline_measures_cached_calls_beside_the_exact_one(tiny_ckpt):
+def test_bench_pipeline_measures_cached_calls_beside_the_exact_one(tiny_ckpt, tmp_path):
+    """Two specs of one schedule run once (labelled with both); the JSON and markdown are written
+    (atomically) after the exact call and after each cached call, marked partial until the end
+    (a run killed after a cached call keeps its row)."""
+    import json
+
     from wanport.bench.pipeline import bench_pipeline, markdown
+    from wanport.io.results import write_results
 
     over = CW.BASE + ["checkpoint_dir=%s" % tiny_ckpt]
-    result = bench_pipeline(None, over, weights="checkpoint", warmup_steps=0, caches=["reuse=1"])
+    out = str(tmp_path / "bench.json")
+    seen = []
+
+    def on_partial(partial):
+        write_results(out, partial, markdown(partial), say=None)
+        with open(out) as f:
+            seen.append(json.load(f))
+        seen[-1]["md"] = open(str(tmp_path / "bench.md")).read()
+
+    result = bench_pipeline(None, over, weights="checkpoint", warmup_steps=0, on_partial=on_partial,
+                            caches=["reuse=1", "method=teacache,schedule=[1]"])
     c = result["cache"]
-    assert c["exact_forwards"] == 6 and c["exact_denoise_s"] > 0
-    (run,) = c["runs"]
-    assert run["cache"] == {"method": "teacache", "schedule": [1]}
-    assert (run["forwards"], run["reused"], run["computed"]) == (6, 2, 4) and run["speedup"] > 0
-    assert "feature cache" in markdown(result)
+    assert c["exact_forwards"] == 6 and c["exact_denoise_s"] > 0 and result["partial"] is False
+    (tea,) = c["runs"]
+    assert tea["label"] == "reuse=1 = method=teacache,schedule=[1]"
+    assert tea["cache"] == {"method": "teacache", "schedule": [1]}
+    assert (tea["forwards"], tea["reused"], tea["computed"]) == (6, 2, 4) and tea["speedup"] > 0
+    assert "feature cache" in markdown(result) and "PARTIAL" not in markdown(result)
+    # on disk after the exact call and after the cached call, before the end
+    assert [len(s["cache"]["runs"]) for s in seen] == [0, 1] and all(s["partial"] is True for s in seen)
+    assert seen[1]["cache"]["runs"][0]["label"] == tea["label"] and "PARTIAL: 0 of 1 cached calls" in seen[0]["md"]
+    assert seen[1]["md"].startswith("PARTIAL RESULT") and not [n for n in os.listdir(str(tmp_path))
+                                                               if n.startswith(".")]  # no temp files left
     with pytest.raises(ConfigError) as err:  # a bad spec: before anything loads
         bench_pipeline(None, over, weights="checkpoint", caches=["method=teacache,threshold=-1"])
     assert "cache.threshold" in str(err.value)
+
+
+def test_published_settings_of_one_schedule_run_once():
+    """14B at 50 steps: e@0.2 (1829 s -> 909 s) and e0@0.1 (-> 915 s) both imply 25 reused steps."""
+    from wanport.bench.cache import parse_specs
+
+    calls = parse_specs(["published"], "wan2.1-t2v-14b", 50)
+    assert [len(section["schedule"]) for _, section in calls] == [16, 25, 34]
+    assert calls[1][0] == "schedule 25/50 (TeaCache e@0.2 published 2.01x, e0@0.1 published 2.00x)"
+    assert len({tuple(section["schedule"]) for _, section in calls}) == 3
+    again = parse_specs(["published", "reuse=25"], "wan2.1-t2v-14b", 50)  # the same schedule once more
+    assert len(again) == 3 and again[1][0].endswith(" = reuse=25")
 
 
 def test_the_cache_runs_on_the_emulated_npu(tiny_ckpt, monkeypatch):

@@ -17,7 +17,7 @@ from wanport.errors import ConfigError
 
 
 def _fake_writer(fail_after=None):
-    def write(directory, layout, seed):
+    def write(directory, layout, seed, heads):
         with open(os.path.join(directory, "config.json"), "w") as f:
             json.dump({"layout": layout}, f)
         if layout.endswith("a14b"):
@@ -25,7 +25,7 @@ def _fake_writer(fail_after=None):
         if fail_after is not None:
             raise fail_after
         with open(os.path.join(directory, MARKER), "w") as f:
-            json.dump({"layout": layout, "tiny_format": tiny.TINY_FORMAT}, f)
+            json.dump({"layout": layout, "tiny_format": tiny.TINY_FORMAT, "dit": {"num_heads": heads}}, f)
     return write
 
 
@@ -45,6 +45,19 @@ def test_interrupt_leaves_nothing(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         make_tiny(str(target), "wan2.1-t2v")
     assert not target.exists() and not _siblings(target)
+
+
+def test_heads_option_is_checked_and_a_folder_with_other_heads_is_rewritten(tmp_path, fast):
+    cfg = tiny.tiny_dit_config("wan2.1-t2v", 4)
+    assert (cfg.num_heads, cfg.dim, cfg.ffn_dim, cfg.head_dim) == (4, 512, 1024, 128)
+    assert tiny.tiny_dit_config("wan2.2-t2v-a14b").num_heads == 2  # the default stays 2 heads of 128
+    target = str(tmp_path / "ck")
+    with pytest.raises(ConfigError, match="--heads must be a positive integer"):
+        make_tiny(target, "wan2.1-t2v", heads=0)
+    assert not os.path.exists(target)
+    assert main(["make-tiny", target, "--heads", "4"]) == 0 and tiny.tiny_heads(target) == 4
+    assert make_tiny(target, "wan2.1-t2v", heads=4, if_missing=True) is False
+    assert make_tiny(target, "wan2.1-t2v", if_missing=True) and tiny.tiny_heads(target) == 2
 
 
 def test_interrupt_keeps_the_previous_checkpoint(tmp_path, monkeypatch, fast):

@@ -20,7 +20,7 @@ import datetime
 import os
 import statistics
 import tempfile
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 from ..config import load_recipe
 from ..config.validate import plan_run
@@ -127,12 +127,16 @@ def bench_pipeline(recipe: Optional[str], overrides: Sequence[str] = (), weights
                    steps: Optional[int] = None, warmup_steps: int = 1, seed: int = 0,
                    progress: bool = False, source: str = "recipe", random_lora: Optional[int] = None,
                    lora_modes: Sequence[str] = ("merged", "unmerged"),
-                   caches: Sequence[str] = ()) -> Optional[Dict[str, Any]]:
+                   caches: Sequence[str] = (),
+                   on_partial: Optional[Callable[[Dict[str, Any]], None]] = None) -> Optional[Dict[str, Any]]:
     """Load once, warm-up call, measured call, summary. ``steps`` overrides the recipe's step
     count. ``random_lora``: also measure a random LoRA of that rank, merged and/or unmerged
     (:mod:`.lora`; a pipeline each, since a LoRA is applied as the weights load), beside the run
     without it. ``caches``: feature-cache specs (:mod:`.cache`), each one more call in the same
-    pipeline after the measured exact call. Returns the result on rank 0, None on the other ranks of a multi-process run."""
+    pipeline after the measured exact call. ``on_partial(result)``: called on rank 0 after the
+    exact call and after every cached call with the result so far (``partial: true``), so a run
+    stopped by a time limit keeps the finished rows (the CLI writes it to --out). Returns the
+    result on rank 0, None on the other ranks of a multi-process run."""
     from ..pipeline.api import Pipeline
     from . import lora as lora_bench
 
@@ -161,6 +165,17 @@ def bench_pipeline(recipe: Optional[str], overrides: Sequence[str] = (), weights
     weight_source, described = choose_weights(weights, plan.checkpoint_dir, seed)
     cached_reports: List[Any] = []
 
+    def with_cache_rows(report, load_s) -> Dict[str, Any]:
+        """The result of the exact call, and the cached calls finished so far."""
+        result = summarize(report, described, warmup_steps, recipe, load_s)
+        if cache_calls:
+            exact = report["stages"].get("denoise_s") or 0.0
+            result["cache"] = {"exact_denoise_s": exact, "exact_forwards": sum(result["forwards_per_step"]),
+                               "calls_planned": len(cache_calls),
+                               "runs": [cache_bench.row(label, section, rep, exact)
+                                        for (label, section), rep in zip(cache_calls, cached_reports)]}
+        return result
+
     def measure(extra: Sequence[str], with_caches: bool = False):
         """(report of the measured call, load s, is main) of one pipeline: warm-up, then measured
         (then, ``with_caches``, one call per cache spec, whose reports go to ``cached_reports``)."""
@@ -172,20 +187,18 @@ def bench_pipeline(recipe: Optional[str], overrides: Sequence[str] = (), weights
             pipe.generate(progress=progress, cache={"method": "none"}, **count)
             report = pipe.last_report
             if with_caches:
-                for _, section in cache_calls:
-                    pipe.generate(progress=progress, cache=section, **count)
-                    cached_reports.append(pipe.last_report)
+                for i, (_, section) in enumerate([(None, None)] + list(cache_calls)):
+                    if i:
+                        pipe.generate(progress=progress, cache=section, **count)
+                        cached_reports.append(pipe.last_report)
+                    if on_partial is not None and pipe.is_main and cache_calls:
+                        on_partial(dict(with_cache_rows(report, pipe.load_s), partial=True))
             return report, pipe.load_s, pipe.is_main
 
     with out_of_memory_as_error(plan, lambda: weight_source.inspect(plan)), \
             tempfile.TemporaryDirectory(prefix="wanport-bench-") as tmp:  # nothing is written; output.dir must be
         report, load_s, main = measure((), with_caches=True)
-        result = summarize(report, described, warmup_steps, recipe, load_s) if main else None
-        if main and cache_calls:
-            exact = report["stages"].get("denoise_s") or 0.0
-            result["cache"] = {"exact_denoise_s": exact, "exact_forwards": sum(result["forwards_per_step"]),
-                               "runs": [cache_bench.row(label, section, rep, exact)
-                                        for (label, section), rep in zip(cache_calls, cached_reports)]}
+        result = with_cache_rows(report, load_s) if main else None
         if random_lora is not None:
             info = lora_bench.synthesise(plan, weight_source, random_lora, seed, tmp) if main else None
             info = _broadcast(info)
@@ -196,6 +209,8 @@ def bench_pipeline(recipe: Optional[str], overrides: Sequence[str] = (), weights
                     runs[mode] = summarize(report_l, described, warmup_steps, recipe, load_l)
             if main:
                 result["lora"] = lora_bench.overhead(result, runs, info)
+    if result is not None and cache_calls:
+        result["partial"] = False  # every call finished (the files written on the way said true)
     return result
 
 
@@ -207,6 +222,8 @@ def markdown(result: Mapping[str, Any]) -> str:
                result["warmup_steps"], result["backend"], result["device"], result["precision"], w["source"]))
     compute = result["compute_s"] or 0.0
     lines = [head, "", "| stage | s | % of compute |", "|---|---|---|"]
+    if result.get("partial"):
+        lines[:0] = ["PARTIAL RESULT: written while the bench was still running (finished calls only)", ""]
     for name, secs in result["stages_s"].items():
         pct = "%.1f" % (100.0 * secs / compute) if name in COMPUTE and compute > 0 else ""
         label = "load (random init)" if name == "load" and w["source"] == "random" else name.replace("_", " ")

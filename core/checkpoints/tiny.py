@@ -1,7 +1,8 @@
 """``wanport make-tiny``: tiny random-weight checkpoints in exactly the official layouts.
 
 The official file names, key names and formats; tiny widths (the DiT keeps head_dim 128 so
-the rotary tables are the real ones; the CLIP tower keeps 224 px, 14 px patches, head dim 80,
+the rotary tables are the real ones: 2 heads, or ``--heads N`` for a DiT of N heads, 128 x N wide,
+e.g. 4 for Ulysses at degree 4; the CLIP tower keeps 224 px, 14 px patches, head dim 80,
 so its 257 tokens are real). The real loading code then runs without downloads.
 
 Layouts (``--model``):
@@ -107,9 +108,24 @@ def tiny_format(directory: str) -> int:
         return 0
 
 
-def tiny_dit_config(layout: str) -> DiTConfig:
-    """The tiny DiT of a layout (what make-tiny writes; random-weight benchmarks build it too)."""
-    return DiTConfig(text_dim=TINY_T5["d_model"], **dict(TINY_DIT, **_LAYOUTS[layout]["dit"]))
+def tiny_dit_config(layout: str, heads: int = TINY_DIT["num_heads"]) -> DiTConfig:
+    """The tiny DiT of a layout (what make-tiny writes; random-weight benchmarks build it too).
+
+    ``heads``: attention heads, each 128 wide (dim = 128 x heads, FFN twice that): 2 by default;
+    4 lets Ulysses run at degree 4 (it splits the heads) on the tiny pipeline."""
+    if isinstance(heads, bool) or not isinstance(heads, int) or heads < 1:
+        raise ConfigError("make-tiny: --heads must be a positive integer (e.g. 2 or 4), got %r" % (heads,))
+    width = dict(dim=128 * heads, ffn_dim=256 * heads, num_heads=heads)
+    return DiTConfig(text_dim=TINY_T5["d_model"], **dict(TINY_DIT, **width, **_LAYOUTS[layout]["dit"]))
+
+
+def tiny_heads(directory: str) -> Optional[int]:
+    """The DiT heads a tiny checkpoint's marker records (None without a readable marker)."""
+    try:
+        with open(os.path.join(directory, MARKER)) as f:
+            return int(json.load(f)["dit"]["num_heads"])
+    except (OSError, ValueError, AttributeError, KeyError, TypeError):
+        return None
 
 
 def tiny_layout(layout: str) -> Dict[str, object]:
@@ -150,16 +166,20 @@ def _randomise_vae(vae: torch.nn.Module, seed: int) -> None:
                 p.copy_(0.02 * torch.randn(p.shape, generator=gen))
 
 
-def make_tiny(directory: str, layout: str = "wan2.1-t2v", seed: int = 0, if_missing: bool = False) -> bool:
-    """Write the tiny checkpoint; returns False when ``if_missing`` and it already exists.
+def make_tiny(directory: str, layout: str = "wan2.1-t2v", seed: int = 0, if_missing: bool = False,
+              heads: int = TINY_DIT["num_heads"]) -> bool:
+    """Write the tiny checkpoint; returns False when ``if_missing`` and it already exists (with
+    the same number of ``heads``: a folder with other heads is rewritten).
 
     Written into a temporary sibling folder and renamed onto ``directory`` when complete; any
     problem with the target is a ConfigError (exit 2) before anything is written."""
     if layout not in LAYOUTS:
         raise ConfigError("make-tiny: unknown layout %r; known: %s" % (layout, ", ".join(LAYOUTS)))
+    tiny_dit_config(layout, heads)  # a bad --heads: one error before anything is written
     directory = os.path.normpath(os.fspath(directory))
     existing = is_tiny_checkpoint(directory) if os.path.isdir(directory) else None
-    current = existing is None or tiny_format(directory) >= TINY_FORMAT  # older format: rewritten
+    current = existing is None or (tiny_format(directory) >= TINY_FORMAT  # older format: rewritten
+                                   and tiny_heads(directory) == heads)  # other heads: rewritten
     if not check_target(directory, layout, existing, if_missing, current):
         return False
     remove_stale_staging(directory)
@@ -168,7 +188,7 @@ def make_tiny(directory: str, layout: str = "wan2.1-t2v", seed: int = 0, if_miss
     except OSError as exc:
         raise write_failure(directory, exc) from None
     try:
-        _write_layout(staging, layout, seed)
+        _write_layout(staging, layout, seed, heads)
         commit(staging, directory)
     except OSError as exc:
         shutil.rmtree(staging, ignore_errors=True)
@@ -179,11 +199,11 @@ def make_tiny(directory: str, layout: str = "wan2.1-t2v", seed: int = 0, if_miss
     return True
 
 
-def _write_layout(directory: str, layout: str, seed: int) -> None:
+def _write_layout(directory: str, layout: str, seed: int, heads: int) -> None:
     spec = _LAYOUTS[layout]
     write_tiny_t5(directory, seed=seed, **TINY_T5)
 
-    cfg = tiny_dit_config(layout)
+    cfg = tiny_dit_config(layout, heads)
     cfg.check("tiny DiT")
     if spec["experts"]:  # two different random experts in their official subfolders
         for i, (_, sub) in enumerate(EXPERTS):

@@ -94,11 +94,12 @@ def write_tiny_loras(directory: str, cfg, seed: int = 0, rank: int = 4) -> Dict[
 
 
 
-def make_tiny_loras(directory: str, layout: str, seed: int = 0, if_missing: bool = False) -> Dict[str, str]:
+def make_tiny_loras(directory: str, layout: str, seed: int = 0, if_missing: bool = False,
+                    heads: int = 2) -> Dict[str, str]:
     """``wanport make-tiny DIR --model LAYOUT --lora``: the tiny LoRAs of a tiny checkpoint."""
     from ..checkpoints.tiny import tiny_dit_config
 
-    cfg = tiny_dit_config(layout)
+    cfg = tiny_dit_config(layout, heads)
     paths = {stem: os.path.join(directory, "lora", stem + ".safetensors") for stem, _, _ in TINY_FORMATS}
     if if_missing and all(os.path.isfile(p) for p in paths.values()):
         return paths

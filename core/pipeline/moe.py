@@ -44,8 +44,14 @@ def expert_schedule(timesteps: Sequence[int], boundary: float) -> List[str]:
     return [expert_for(int(t), boundary) for t in timesteps]
 
 
-def expert_bytes(model_cfg, policy: PrecisionPolicy) -> int:
-    """Bytes of one expert's parameters, stored per the precision policy (computed on meta)."""
+def expert_bytes(model_cfg, policy: PrecisionPolicy, quant=None) -> int:
+    """Bytes of one expert's parameters, stored per the precision policy (computed on meta);
+    with ``quant`` (the recipe's ``quant:``, a scheme in ``dit``) its quantized Linears as 8-bit
+    weights + float32 scales, as they load (the memory plan counts the same tensors)."""
+    if quant is not None and quant.dit != "none":
+        from ..plan.weights import dit_tensors
+
+        return dit_tensors(model_cfg, policy, quant.dit, tuple(quant.keep)).bytes
     model = WanDiT.on_meta(model_cfg, policy)
     model.apply_policy_dtypes()
     return sum(p.numel() * p.element_size() for p in model.parameters())
@@ -147,12 +153,13 @@ class ExpertSwitch:
 
 
 def load_expert_models(ckpts, policy: PrecisionPolicy, device: torch.device, runtime, ops, park_setting,
-                       load_dit: Callable):
+                       load_dit: Callable, quant=None):
     """Both experts loaded (on the device, or in host memory when parking) and bound to the op
     table; returns (models by name, ExpertParking or None, parking report dict). The models and
     the parking outlive a call; an :class:`ExpertSwitch` is made per call (its guide scales and
-    boundary are per-call values)."""
-    one = expert_bytes(ckpts.dit.config, policy)
+    boundary are per-call values). ``quant``: the recipe's ``quant:`` when the DiT is quantized
+    as it loads (the parking decision weighs the quantized expert)."""
+    one = expert_bytes(ckpts.dit.config, policy, quant)
     park, why = decide_parking(park_setting, runtime, device, one)
     target = torch.device("cpu") if park else device
     models = {name: load_dit(ckpts.experts[name], policy, target).bind_ops(ops) for name in (HIGH, LOW)}
@@ -163,9 +170,9 @@ def load_expert_models(ckpts, policy: PrecisionPolicy, device: torch.device, run
 
 
 def load_experts(ckpts, policy: PrecisionPolicy, device: torch.device, runtime, ops, park_setting,
-                 load_dit: Callable, boundary: float, guide_scales: Tuple[float, float]):
+                 load_dit: Callable, boundary: float, guide_scales: Tuple[float, float], quant=None):
     """:func:`load_expert_models` and one switch over them; returns (ExpertSwitch, parking report dict)."""
-    models, parking, info = load_expert_models(ckpts, policy, device, runtime, ops, park_setting, load_dit)
+    models, parking, info = load_expert_models(ckpts, policy, device, runtime, ops, park_setting, load_dit, quant)
     return ExpertSwitch(models, boundary, guide_scales, parking), info
 
 

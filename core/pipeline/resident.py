@@ -79,7 +79,8 @@ class ResidentModels:
             prep = self.prep
             with self._timed(clock):
                 self._experts = load_expert_models(prep.ckpts, prep.plan.policy, prep.device, prep.runtime, prep.ops,
-                                                   prep.plan.park_inactive_expert, prep.weights.load_dit)
+                                                   prep.plan.park_inactive_expert, prep.weights.load_dit,
+                                                   prep.plan.quant if prep.quant is not None else None)
         return self._experts
 
     def dit_models(self):

@@ -53,6 +53,11 @@ def format_plan(mem: MemoryPlan) -> str:
                                               "es" if mem.layout.world > 1 else "",
                                               "; " + mem.park_decision if mem.park_decision else ""),
              "weights: " + ", ".join("%s %s" % (name, gib(sum(by.values()))) for name, by in mem.weights.items())]
+    fc = mem.feature_cache
+    if fc:
+        lines.append("feature cache (%s): %s per rank while denoising (cache_residuals): %d state(s), residuals "
+                     "%d bytes, statistic inputs %d bytes" % (fc["method"], gib(fc["residuals"] + fc["inputs"]),
+                                                              fc["states"], fc["residuals"], fc["inputs"]))
     for r in mem.ranks:
         lines.append("")
         lines.append("rank %s   %-12s %11s   resident" % (r.ranks, "stage", "device"))

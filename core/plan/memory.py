@@ -9,7 +9,8 @@ The stages follow the task modules (``pipeline/t2v.py``, ``i2v.py``, ``ti2v.py``
 * ``vae_encode`` (I2V; TI2V with an image): the VAE encoding the conditioning video.
 * ``denoise``: the DiT (two experts for Wan2.2 A14B unless the inactive one is parked in host
   memory; FSDP: this rank's shard plus the gathered root and two gathered blocks), the VAE
-  weights, the text contexts and loop state, and the peak of one forward.
+  weights, the text contexts and loop state, the peak of one forward, and with ``cache:`` on the
+  cached residuals (``plan/cache.py``).
 * ``vae_decode``: the VAE weights and the decode (the DiT is gone).
 
 A resident pipeline (``Layout.resident``: ``wanport.Pipeline``) keeps every loaded model through
@@ -31,6 +32,7 @@ from ..precision import PrecisionPolicy
 from . import constants as K
 from .activations import Tokens, clip_activation_bytes, dit_forward_peak, t5_activation_bytes, tokens, vae_peak
 from .arch import Architecture
+from .cache import cached_bytes
 from .weights import TensorSet, clip_tensors, dit_tensors, t5_tensors, vae_tensors
 
 #: DiT offload modes (``offload.dit``, ``wanport.offload``): on the device; in host memory with a
@@ -168,6 +170,9 @@ class MemoryPlan:
     device_is_host: bool = False
     park_decision: str = ""
     notes: List[str] = field(default_factory=list)
+    #: the feature cache's stored tensors per rank (``plan/cache.py``): method, states, residual
+    #: and input bytes; empty when the cache is off
+    feature_cache: Dict[str, Any] = field(default_factory=dict)
 
     @property
     def peak(self) -> int:
@@ -215,7 +220,7 @@ class MemoryPlan:
             "allocator_slack": K.ALLOCATOR_SLACK, "runtime_reserve_bytes": K.RUNTIME_RESERVE_BYTES,
             "device_memory_bytes": self.device_memory, "device_memory_source": self.device_memory_source,
             "device_is_host": self.device_is_host, "fits": self.fits, "park_decision": self.park_decision,
-            "notes": list(self.notes),
+            "notes": list(self.notes), "feature_cache": dict(self.feature_cache),
         }
 
 
@@ -327,6 +332,11 @@ def predict(plan, arch: Architecture, layout: Optional[Layout] = None, device_me
             n = (int(arch.clip["image_size"]) // int(arch.clip["patch_size"])) ** 2 + 1
             cond += 2 * n * int(arch.clip["hidden_size"]) * _size(policy.image_encoder)
 
+    # -- the feature cache's stored residuals (docs/caching.md): the denoise stage only
+    feature_cache = cached_bytes(getattr(plan, "cache", None), arch.dit.dim, policy, tok, arch.experts,
+                                 2 if plan.needs_uncond and layout.cfg == 1 else 1, per_token)
+    cache_device = feature_cache["residuals"] + feature_cache["inputs"]
+
     # -- VAE peaks
     split = world if layout.vae_split and world > 1 else 1
     frames = plan.frame_num
@@ -389,11 +399,16 @@ def predict(plan, arch: Architecture, layout: Optional[Layout] = None, device_me
             den["vae_weights"] = vae_idle
         if gathered:
             den["fsdp_gathered"] = gathered
+        if cache_device:
+            den["cache_residuals"] = cache_device
         den.update(kept("denoise"))
         how = ("blocks streamed: root + %d of %d blocks on the device" % (min(arch.dit.num_layers, layout.prefetch + 2),
                                                                            arch.dit.num_layers)
                if offload == "block" else "%d expert(s) on the device%s" % (experts_on_device,
                                                                           ", FSDP shard %d" % world if fsdp else ""))
+        if cache_device:
+            how += "; feature cache: %d state(s) of %s" % (
+                feature_cache["states"], "2 residuals" if plan.cache.method == "first_block" else "1 residual")
         out.append(Stage("denoise", den, "%s; %d tokens on this rank (%d in all)" % (how, tok.local, tok.total)))
         if main or split > 1:
             dec = vae_stage("decode", main, frames)
@@ -440,7 +455,7 @@ def predict(plan, arch: Architecture, layout: Optional[Layout] = None, device_me
         layout, park_inactive_expert=park if arch.experts > 1 else layout.park_inactive_expert),
         policy=policy.name, arch_source=arch.source, weights=weights, ranks=ranks, device_memory=device_memory,
         device_memory_source=device_memory_source, device_is_host=device_is_host, park_decision=park_why,
-        notes=notes)
+        notes=notes, feature_cache=dict(feature_cache, method=plan.cache.method) if cache_device else {})
 
 
 def _size(dt: torch.dtype) -> int:
