@@ -112,7 +112,7 @@ class Prepared:
         if per_token not in self.tables:
             self.tables[per_token] = parallel_ops(
                 resolve_dit_ops(self.registry, self.spec, self.ckpts, plan, self.op_overrides, self.mesh),
-                self.mesh, self.comm)
+                self.mesh, self.comm, ulysses_overlap(plan))
         return self.tables[per_token]
 
 
@@ -196,13 +196,18 @@ def resolve_precision(plan: RunPlan, requested: Any, runtime, backend: str) -> R
     return dataclasses.replace(plan, policy=policy, precision_choice=choice)
 
 
-def parallel_ops(ops: OpTable, mesh, comm) -> OpTable:
-    """With sequence parallelism, the self-attention wrapped for the mesh."""
+def parallel_ops(ops: OpTable, mesh, comm, overlap: bool = True) -> OpTable:
+    """With sequence parallelism, the self-attention wrapped for the mesh (``overlap``:
+    ``parallel.ulysses_overlap``)."""
     if mesh is not None and mesh.sp_degree > 1:
         from ..parallel.sequence import wrap_self_attention
 
-        return wrap_self_attention(ops, mesh, comm)
+        return wrap_self_attention(ops, mesh, comm, overlap)
     return ops
+
+
+def ulysses_overlap(plan: RunPlan) -> bool:
+    return plan.parallel is None or bool(getattr(plan.parallel, "ulysses_overlap", True))
 
 
 def start_parallel(plan: RunPlan, spec, session: Session, ckpts: CheckpointSet):
@@ -239,7 +244,7 @@ def prepare(cfg: RunConfig, registry: Optional[Registry] = None, source: str = "
 
     memory_plan = refuse_if_unfit(plan, ckpts, session.runtime, size, cfg.memory_check, resident)
     session, mesh, comm = start_parallel(plan, spec, session, ckpts)
-    ops = parallel_ops(resolve_dit_ops(registry, spec, ckpts, plan, cfg.ops, mesh), mesh, comm)
+    ops = parallel_ops(resolve_dit_ops(registry, spec, ckpts, plan, cfg.ops, mesh), mesh, comm, ulysses_overlap(plan))
     quant = None
     if ops.quant_linear is not None:  # weights quantized as they load (after merged LoRAs)
         from ..quant import QuantWeights, check_quant
