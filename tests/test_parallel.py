@@ -349,16 +349,24 @@ def test_bench_scaling_under_torchrun_reports_once_with_every_rank(tmp_path):
     stem = tmp_path / "scaling"
     proc, seconds = W.torchrun(2, ["bench", "scaling", "--model", "wan2.1-t2v-tiny", "--size", "64*64",
                                    "--frames", "5", "--backend", "reference", "--warmup", "1", "--repeats", "1",
-                                   "--layouts", "u2", "cfg2", "r4", "--out", stem], timeout=300)
+                                   "--layouts", "u2", "cfg2", "r4", "--ulysses-overlap", "both", "--out", stem],
+                                  timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert seconds < 300
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         ["scaling.json", "scaling.md"] + (["scaling.png"] if "scaling.png" in proc.stdout else []))
     assert proc.stdout.count("| layout | world |") == 1 and proc.stdout.count("wrote ") == 1
     result = json.loads((tmp_path / "scaling.json").read_text())
-    assert [r["layout"] for r in result["rows"]] == ["1", "u2", "cfg2"]  # r4 is not of world 2
+    assert [r["layout"] for r in result["rows"]] == ["1", "u2", "u2", "cfg2"]  # r4 is not of world 2
+    off, on = result["rows"][1:3]
+    assert off["ulysses_overlap"] is False and on["ulysses_overlap"] is True and on["equal_to_overlap_off"] is True
+    assert on["comm_bytes_per_step"] == off["comm_bytes_per_step"] > 0  # the same values moved, scheduled otherwise
     for row in result["rows"][1:]:
         assert [r["rank"] for r in row["ranks"]] == [0, 1]
-        assert all(r["comm_s_per_step"] > 0 and r["comm_calls_per_step"] > 0 for r in row["ranks"])
+        assert all(r["comm_s_per_step"] > 0 and r["comm_calls_per_step"] > 0 and r["comm_bytes_per_step"] > 0
+                   for r in row["ranks"])
         assert row["comm_s_per_step"] == max(r["comm_s_per_step"] for r in row["ranks"])
+        for r in row["ranks"]:  # compute + exposed communication = the step
+            assert abs(r["compute_s_per_step"] + r["comm_s_per_step"] - r["step_s"]) < 1e-3
+    assert "| u2 (overlap on, same bits as off) |" in proc.stdout
     assert "destroy_process_group" not in proc.stderr

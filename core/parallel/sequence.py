@@ -217,15 +217,16 @@ class SequenceParallelAttention:
             ki = qk[:, 1].permute(1, 0, 2, 3, 4).reshape(b, u * s, hc, d)
             vi = v_flight[i].result(comm).permute(1, 0, 2, 3, 4).reshape(b, u * s, hc, d)
             del qk
-            pending.exchanges[i] = None
+            pending.exchanges[i] = v_flight[i] = None  # their buffers go as soon as the copies exist
             o = self._local(qi, ki, vi, scale, kv_lens)  # [B, u*S_l, hc, D]
             back.append(_InFlight(o.reshape(b, u, s, hc, d).permute(1, 0, 2, 3, 4).contiguous(), group, comm, u))
         out = None
-        for i, flight in enumerate(back):
-            got = flight.result(comm)  # [u, B, S_l, hc, D]: this chunk of every rank's head group
+        for i in range(c):
+            got = back[i].result(comm)  # [u, B, S_l, hc, D]: this chunk of every rank's head group
             if out is None:
                 out = torch.empty((b, s, u, c, hc, d), dtype=got.dtype, device=got.device)
             out[:, :, :, i].copy_(got.permute(1, 2, 0, 3, 4))
+            back[i] = None
         return out.reshape(b, s, n, d)
 
     def _ring(self, q, k, v, scale, kv_lens):

@@ -318,20 +318,26 @@ def count_nonfinite(video: Optional[torch.Tensor]) -> int:
     return n
 
 
-def parallel_summary(prep: Prepared) -> Optional[Dict[str, Any]]:
-    """Per-rank peak memory and communication time, gathered on every rank (a collective: every
-    rank calls it); None for one process."""
+def parallel_summary(prep: Prepared, denoise: Optional[Dict[str, float]] = None) -> Optional[Dict[str, Any]]:
+    """Per-rank peak memory and communication (exposed time, collectives, bytes sent: over the
+    pipeline's life, and over this call's denoising loop when ``denoise`` -- a difference of two
+    ``CommClock.snapshot()`` -- is given), gathered on every rank (a collective: every rank calls
+    it); None for one process."""
     mesh = prep.mesh
     if mesh is None:
         return None
     import torch.distributed as dist
 
     mine = {"rank": mesh.rank, "device": str(prep.device), "peak_memory_bytes": prep.runtime.peak_memory_bytes(),
-            "comm_s": round(prep.comm.seconds, 4), "comm_calls": prep.comm.calls}
+            "comm_s": round(prep.comm.seconds, 4), "comm_calls": prep.comm.calls, "comm_bytes": prep.comm.bytes}
+    if denoise is not None:
+        mine.update(denoise_comm_s=round(denoise["seconds"], 4), denoise_comm_calls=int(denoise["calls"]),
+                    denoise_comm_bytes=int(denoise["bytes"]))
     ranks: List[Any] = [None] * mesh.world
     dist.all_gather_object(ranks, mine)
     p = prep.plan.parallel
-    return {"world": mesh.world, "cfg": p.cfg, "ulysses": p.ulysses, "ring": p.ring, "vae": p.vae,
+    return {"world": mesh.world, "cfg": p.cfg, "ulysses": p.ulysses, "ring": p.ring,
+            "ulysses_overlap": bool(getattr(p, "ulysses_overlap", True)), "vae": p.vae,
             "t5_cpu": p.t5_cpu, "dist_backend": prep.spec.dist_backend, "ranks": ranks}
 
 
