@@ -82,3 +82,28 @@ def test_pending_events_are_folded_in_bounded_batches(monkeypatch):
 @pytest.mark.parametrize("heads,ring,chunks", [(20, 1, 4), (10, 1, 2), (6, 1, 3), (5, 1, 1), (1, 1, 1), (20, 2, 1)])
 def test_head_chunks_divide_the_heads_of_a_rank(heads, ring, chunks):
     assert head_chunks(heads, ring) == chunks
+
+
+def test_the_ulysses_overlap_switch_reaches_the_attention_wrapper():
+    """parallel.ulysses_overlap: a validated bool (default true) that the pipeline hands to the
+    sequence-parallel wrapper; only Ulysses (not ring alone) has something to overlap."""
+    from wanport.config import load_recipe
+    from wanport.config.validate import plan_run
+    from wanport.errors import ConfigError
+    from wanport.parallel.mesh import Mesh
+    from wanport.parallel.sequence import SequenceParallelAttention
+    from wanport.pipeline.common import ulysses_overlap
+
+    on, _ = load_recipe(None, [])
+    off, _ = load_recipe(None, ["parallel.ulysses_overlap=false"])
+    assert ulysses_overlap(plan_run(on)) is True and ulysses_overlap(plan_run(off)) is False
+    with pytest.raises(ConfigError, match="parallel.ulysses_overlap: expected true or false"):
+        load_recipe(None, ["parallel.ulysses_overlap=maybe"])
+
+    def mesh(u, r):
+        return Mesh(0, u * r, 0, 1, u, r, 0, 0, 0, None, None, None, None, list(range(r)), 60.0)
+
+    clock = CommClock()
+    assert SequenceParallelAttention(None, mesh(2, 1), clock).overlaps is True
+    assert SequenceParallelAttention(None, mesh(2, 1), clock, overlap=False).overlaps is False
+    assert SequenceParallelAttention(None, mesh(1, 2), clock).overlaps is False
