@@ -213,7 +213,7 @@ def cmd_bench_scaling(args) -> int:
 
     result = scaling.bench_scaling(args.model, args.size, args.frames, args.layouts, backend=args.backend,
                                    precision=args.precision, warmup=args.warmup, repeats=args.repeats,
-                                   layers=args.layers)
+                                   layers=args.layers, ulysses_overlap=args.ulysses_overlap)
     if os.environ.get("RANK", "0") != "0":
         return 0
     return _emit(args, scaling, result)
@@ -385,6 +385,9 @@ def build_parser() -> argparse.ArgumentParser:
     bp.add_argument("--warmup", type=int, default=1)
     bp.add_argument("--repeats", type=int, default=3)
     bp.add_argument("--layers", type=int, default=None, help="fewer layers (quick checks)")
+    bp.add_argument("--ulysses-overlap", default="on", choices=("on", "off", "both"),
+                    help="parallel.ulysses_overlap for the Ulysses layouts; both: each measured both ways (under "
+                         "torchrun), with a bit-for-bit output check")
     bp.add_argument("--out", default=None, help="output stem: STEM.json, STEM.md, STEM.png")
     bp.set_defaults(func=cmd_bench_scaling)
     bp = bench.add_parser("ops", help="every op kind x implementation at Wan shapes: latency, throughput, error")

@@ -36,7 +36,7 @@ def dit_case(per_token: bool = False):
     return cfg, x, t, ctx
 
 
-def dit_forward(cfg, x, t, ctx, mesh=None):
+def dit_forward(cfg, x, t, ctx, mesh=None, overlap=True, comm=None):
     from wanport.models.dit import WanDiT
     from wanport.models.dit.requirements import dit_requirements
     from wanport.parallel.mesh import CommClock
@@ -50,7 +50,7 @@ def dit_forward(cfg, x, t, ctx, mesh=None):
                             per_token_timesteps=t.dim() == 2)
     table = resolve_ops(reg, reg.backends["reference"], reqs)
     if sp:
-        table = wrap_self_attention(table, mesh, CommClock())
+        table = wrap_self_attention(table, mesh, comm or CommClock(), overlap)
     model = WanDiT.random(cfg, PRESETS["fp32"], torch.device("cpu"), seed=11).bind_ops(table)
     with torch.no_grad():
         return model(x, t, ctx)
@@ -62,9 +62,16 @@ def sequence_parallel_worker(rank: int, world: int, port: int, ulysses: int, rin
     dist_env(rank, world, port)
     mesh = init_mesh(1, ulysses, ring, "gloo", 60)
     try:
+        from wanport.parallel.mesh import CommClock
+
         cfg, x, t, ctx = dit_case(per_token)
-        y = dit_forward(cfg, x, t, ctx, mesh)
+        clocks = {"on": CommClock(), "off": CommClock()}
+        y = dit_forward(cfg, x, t, ctx, mesh, True, clocks["on"])
         torch.save(y, "%s.rank%d" % (out, rank))
+        if ulysses > 1:  # the plain (blocking, unchunked) Ulysses path, to compare bit for bit
+            off = dit_forward(cfg, x, t, ctx, mesh, False, clocks["off"])
+            stats = {k: {"calls": c.calls, "bytes": c.bytes, "seconds": c.seconds} for k, c in clocks.items()}
+            torch.save({"y": off, "comm": stats}, "%s.off.rank%d" % (out, rank))
     finally:
         shutdown()
 

@@ -247,5 +247,8 @@ def test_bench_pipeline_under_torchrun_two_gloo_ranks(layout, tiny_ckpt, tmp_pat
     par = result["parallel"]
     assert par["world"] == 2 and [r["rank"] for r in par["ranks"]] == [0, 1]
     assert all(r["comm_calls"] > 0 for r in par["ranks"])
+    # the measured call's denoising loop alone: its collectives, bytes sent, exposed time per step
+    assert all(0 < r["denoise_comm_calls"] <= r["comm_calls"] and r["denoise_comm_bytes"] > 0 for r in par["ranks"])
+    assert "denoise: exposed comm s/step" in proc.stdout
     assert result["steps"] == 2 and result["warmup_steps"] == 1 and result["time_to_first_step_s"] > 0
     assert "| rank | device | peak memory GiB | comm s | comm calls |" in proc.stdout

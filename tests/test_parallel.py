@@ -127,6 +127,26 @@ def test_sequence_parallel_dit_equals_single_process(ulysses, ring, dit_referenc
         assert rel(y, dit_reference) <= 1e-5  # 45 tokens: padded to a multiple of the degree
 
 
+@pytest.mark.parametrize("ulysses,ring", [(2, 1), (4, 1), (2, 2)])
+def test_ulysses_overlap_is_bit_identical_to_the_blocking_path(ulysses, ring, batches):
+    """parallel.ulysses_overlap (async all-to-alls, q/k stacked, attention per head chunk) moves
+    the same values as the blocking path: equal bit for bit, and the same bytes on the wire."""
+    batch = batches(ulysses * ring)
+    name = "seq-u%dr%d" % (ulysses, ring)
+    for r in range(ulysses * ring):
+        on = batch.load(name, r)
+        off = torch.load("%s.off.rank%d" % (batch.path(name), r))
+        assert torch.equal(on, off["y"])
+        comm = off["comm"]
+        assert comm["on"]["bytes"] == comm["off"]["bytes"] > 0
+        # 2 layers: blocking = 4 all-to-alls per layer; overlapped = 3 per head chunk (4 heads / u)
+        # plus, with ring, the same ring passes on both paths
+        chunks = 4 // ulysses
+        if ring == 1:
+            assert comm["off"]["calls"] == 2 * 4 + 1 and comm["on"]["calls"] == 2 * 3 * chunks + 1  # + the gather
+        assert comm["on"]["seconds"] >= 0 and comm["off"]["seconds"] > 0
+
+
 def test_sequence_parallel_per_token_timesteps(batches):
     cfg, x, t, ctx = W.dit_case(True)
     ref = W.dit_forward(cfg, x, t, ctx)
@@ -357,16 +377,24 @@ def test_bench_scaling_under_torchrun_reports_once_with_every_rank(tmp_path):
     stem = tmp_path / "scaling"
     proc, seconds = W.torchrun(2, ["bench", "scaling", "--model", "wan2.1-t2v-tiny", "--size", "64*64",
                                    "--frames", "5", "--backend", "reference", "--warmup", "1", "--repeats", "1",
-                                   "--layouts", "u2", "cfg2", "r4", "--out", stem], timeout=300)
+                                   "--layouts", "u2", "cfg2", "r4", "--ulysses-overlap", "both", "--out", stem],
+                                  timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert seconds < 300
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         ["scaling.json", "scaling.md"] + (["scaling.png"] if "scaling.png" in proc.stdout else []))
     assert proc.stdout.count("| layout | world |") == 1 and proc.stdout.count("wrote ") == 1
     result = json.loads((tmp_path / "scaling.json").read_text())
-    assert [r["layout"] for r in result["rows"]] == ["1", "u2", "cfg2"]  # r4 is not of world 2
+    assert [r["layout"] for r in result["rows"]] == ["1", "u2", "u2", "cfg2"]  # r4 is not of world 2
+    off, on = result["rows"][1:3]
+    assert off["ulysses_overlap"] is False and on["ulysses_overlap"] is True and on["equal_to_overlap_off"] is True
+    assert on["comm_bytes_per_step"] == off["comm_bytes_per_step"] > 0  # the same values moved, scheduled otherwise
     for row in result["rows"][1:]:
         assert [r["rank"] for r in row["ranks"]] == [0, 1]
-        assert all(r["comm_s_per_step"] > 0 and r["comm_calls_per_step"] > 0 for r in row["ranks"])
+        assert all(r["comm_s_per_step"] > 0 and r["comm_calls_per_step"] > 0 and r["comm_bytes_per_step"] > 0
+                   for r in row["ranks"])
         assert row["comm_s_per_step"] == max(r["comm_s_per_step"] for r in row["ranks"])
+        for r in row["ranks"]:  # compute + exposed communication = the step
+            assert abs(r["compute_s_per_step"] + r["comm_s_per_step"] - r["step_s"]) < 1e-3
+    assert "| u2 (overlap on, same bits as off) |" in proc.stdout
     assert "destroy_process_group" not in proc.stderr

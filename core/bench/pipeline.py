@@ -252,12 +252,23 @@ def markdown(result: Mapping[str, Any]) -> str:
                                 else "first"))
     par = result.get("parallel")
     if par:
-        lines += ["", "%d ranks (cfg %d x ulysses %d x ring %d, vae %s, %s):" % (
-            par["world"], par["cfg"], par["ulysses"], par["ring"], par["vae"], par["dist_backend"]),
-            "", "| rank | device | peak memory GiB | comm s | comm calls |", "|---|---|---|---|---|"]
+        steps = result["steps"] or 0
+        lines += ["", "%d ranks (cfg %d x ulysses %d x ring %d%s, vae %s, %s):" % (
+            par["world"], par["cfg"], par["ulysses"], par["ring"],
+            "" if par["ulysses"] == 1 else ", ulysses overlap %s" % ("on" if par.get("ulysses_overlap", True) else "off"),
+            par["vae"], par["dist_backend"]),
+            "", "| rank | device | peak memory GiB | comm s | comm calls | comm GB | denoise: exposed comm s/step "
+                "| denoise: compute s/step |", "|---|---|---|---|---|---|---|---|"]
         for r in par["ranks"]:
-            lines.append("| %d | %s | %.3f | %.3f | %d |" % (r["rank"], r["device"], r["peak_memory_bytes"] / GIB,
-                                                            r["comm_s"], r["comm_calls"]))
+            exposed = r.get("denoise_comm_s")
+            per_step = exposed / steps if exposed is not None and steps else None
+            compute = (result["step_median_s"] - per_step) if per_step is not None and result["step_median_s"] else None
+            lines.append("| %d | %s | %.3f | %.3f | %d | %s | %s | %s |" % (
+                r["rank"], r["device"], r["peak_memory_bytes"] / GIB, r["comm_s"], r["comm_calls"],
+                "" if r.get("comm_bytes") is None else "%.3f" % (r["comm_bytes"] / 1e9),
+                "" if per_step is None else "%.4f" % per_step, "" if compute is None else "%.4f" % compute))
+        lines.append("exposed comm: time the compute waited for collectives (asynchronous ones at their wait "
+                     "only); compute s/step: the median step less it")
     table = published.markdown(result.get("published") or [], "Published numbers for %s" % result["model"])
     if table:
         lines += ["", table]

@@ -9,9 +9,16 @@ and the ring's r key blocks merged through the log-sum-exp, and 2/cfg forwards p
 the compute floor of the layout on this device; the communication it leaves out is what the
 multi-GPU measurement adds.
 
-Under torchrun only rank 0 reports: every rank's step time, peak memory and communication time
-per step are gathered to it and appear in its rows (``ranks``; the markdown shows the maximum
-over the ranks), and the process group is torn down once at the end.
+Under torchrun only rank 0 reports: every rank's step time, peak memory and communication per
+step are gathered to it and appear in its rows (``ranks``; the markdown shows the maximum over the
+ranks), and the process group is torn down once at the end. The communication is split as the
+computation sees it: ``comm_s_per_step`` is the **exposed** time (the compute stream waiting for a
+collective: blocking collectives whole, asynchronous ones only at their wait, timed with the
+runtime's events, no host synchronisation), ``compute_s_per_step`` the step time less that, and
+``comm_bytes_per_step`` what the rank sent. ``ulysses_overlap`` (``on``, ``off`` or ``both``)
+chooses the Ulysses schedule of ``parallel.ulysses_overlap``; with ``both`` every Ulysses layout is
+measured both ways in the same processes and the overlapped row says whether its output equals
+the blocking path's bit for bit (``equal_to_overlap_off``).
 """
 
 from __future__ import annotations
@@ -117,9 +124,16 @@ class _LocalShapeAttention:
         return out[:, :s].repeat(1, 1, u, 1)  # back to [B, S_l, N, D]
 
 
+OVERLAP_CHOICES = ("on", "off", "both")
+
+
 def bench_scaling(model: str, size: str, frames: int, layouts: Sequence[str], backend: str = "auto",
                   ops: Optional[Mapping[str, str]] = None, precision: Any = "official", warmup: int = 1,
-                  repeats: int = 3, layers: Optional[int] = None, seed: int = 0) -> Dict[str, Any]:
+                  repeats: int = 3, layers: Optional[int] = None, seed: int = 0,
+                  ulysses_overlap: str = "on") -> Dict[str, Any]:
+    if ulysses_overlap not in OVERLAP_CHOICES:
+        raise ConfigError("bench scaling: --ulysses-overlap must be one of %s, got %r"
+                          % (", ".join(OVERLAP_CHOICES), ulysses_overlap))
     cfg = dit_config_for(model, layers)
     preset = MODELS[model]
     width, height = parse_size(size)
@@ -148,7 +162,7 @@ def bench_scaling(model: str, size: str, frames: int, layouts: Sequence[str], ba
     world = launched_world()
     if world > 1:
         return _bench_launched(model, cfg, policy, registry, spec, session, model_, x, t, ctx, tokens, parsed, ops,
-                               warmup, repeats, width, height, frames, world)
+                               warmup, repeats, width, height, frames, world, ulysses_overlap)
     with torch.no_grad():
         for lay in [Layout()] + [p for p in parsed if p.world > 1]:
             reqs = dit_requirements(cfg, policy, spec.device_type, padded_keys=lay.sp > 1, ring_lse=lay.ring > 1)
@@ -177,7 +191,7 @@ def bench_scaling(model: str, size: str, frames: int, layouts: Sequence[str], ba
 
 
 def _bench_launched(model, cfg, policy, registry, spec, session, dit, x, t, ctx, tokens, layouts, ops, warmup,
-                    repeats, width, height, frames, world):
+                    repeats, width, height, frames, world, ulysses_overlap="on"):
     """Under torchrun: rank 0 times the 1-device step while the others wait, then every layout of
     this world size is timed for real (communication included)."""
     from ..parallel.mesh import shutdown
@@ -189,15 +203,26 @@ def _bench_launched(model, cfg, policy, registry, spec, session, dit, x, t, ctx,
         raise ConfigError("bench scaling: launched with %d processes, but no layout of world %d was given (%s)"
                           % (world, world, ", ".join(p.name for p in layouts) or "none"))
     try:
-        _launched_rows(todo, rows, cfg, policy, registry, spec, runtime, dit, x, t, ctx, ops, warmup, repeats)
+        _launched_rows(todo, rows, cfg, policy, registry, spec, runtime, dit, x, t, ctx, ops, warmup, repeats,
+                       ulysses_overlap)
     finally:
         shutdown()  # once, on every rank, also when a layout failed
     return _result(model, width, height, frames, tokens, spec, runtime, policy, rows,
                    "per-step DiT time (CFG: 2 forwards), measured on %d processes; per-rank figures gathered to "
-                   "rank 0 (comm s/step and peak memory: the maximum over the ranks)" % world)
+                   "rank 0 (exposed comm s/step, comm GB/step and peak memory: the maximum over the ranks; "
+                   "compute s/step: step s less the exposed comm of the rank that waited longest). Exposed comm: "
+                   "time the compute stream waited for collectives (asynchronous ones at their wait only)" % world)
 
 
-def _launched_rows(todo, rows, cfg, policy, registry, spec, runtime, dit, x, t, ctx, ops, warmup, repeats) -> None:
+def _schedules(lay, ulysses_overlap: str) -> List[bool]:
+    """The Ulysses schedules to measure for ``lay``: [overlap], or [False, True] for ``both``."""
+    if lay.ulysses == 1 or ulysses_overlap == "on":
+        return [True]
+    return [False] if ulysses_overlap == "off" else [False, True]
+
+
+def _launched_rows(todo, rows, cfg, policy, registry, spec, runtime, dit, x, t, ctx, ops, warmup, repeats,
+                   ulysses_overlap: str = "on") -> None:
     """The rows (rank 0) of every layout in ``todo``, each timed on all ranks."""
     import torch.distributed as dist
 
@@ -224,35 +249,70 @@ def _launched_rows(todo, rows, cfg, policy, registry, spec, runtime, dit, x, t, 
                                  "step_s": round(base, 4), "speedup": 1.0, "efficiency": 1.0,
                                  "measured": "1 device"})
                 dist.barrier()
-            runtime.reset_peak_memory()
-            comm = CommClock()
-            reqs = dit_requirements(cfg, policy, spec.device_type, padded_keys=lay.sp > 1, ring_lse=lay.ring > 1)
-            table = resolve_ops(registry, spec, reqs, ops or {})
-            if lay.sp > 1:
-                table = wrap_self_attention(table, mesh, comm)
-            dit.to(device).bind_ops(table)
-            xs, cs = x.to(device), ctx.to(device)
-            if lay.cfg == 2:
-                cfgp = CfgParallel(mesh, comm)
-                step_fn = lambda: cfgp.guided(dit, xs, t, {"context": cs}, {"context": cs}, 5.0)  # noqa: E731
-            else:
-                step_fn = lambda: [dit(xs, t, cs) for _ in range(2)]  # noqa: E731
-            step = statistics.median(time_forward(step_fn, runtime, warmup, repeats))
-            calls = max(1, warmup + repeats)
-            mine = {"rank": mesh.rank, "step_s": round(step, 4), "peak_memory_bytes": runtime.peak_memory_bytes(),
-                    "comm_s_per_step": round(comm.seconds / calls, 5), "comm_calls_per_step": comm.calls // calls}
-            ranks: List[Any] = [None] * mesh.world
-            dist.all_gather_object(ranks, mine)
-            if mesh.rank == 0:
-                peaks = [r["peak_memory_bytes"] for r in ranks if r["peak_memory_bytes"] is not None]
-                rows.append({"layout": lay.name, "world": lay.world, "cfg": lay.cfg, "ulysses": lay.ulysses,
-                             "ring": lay.ring, "step_s": round(step, 4),
-                             "speedup": round(base / step, 3) if base else None,
-                             "efficiency": round(base / step / lay.world, 3) if base else None,
-                             "measured": "%d devices, communication included" % lay.world,
-                             "comm_s_per_step": max(r["comm_s_per_step"] for r in ranks),
-                             "peak_memory_bytes": max(peaks) if peaks else None,
-                             "ranks": ranks})
+            plain_out = None
+            for overlap in _schedules(lay, ulysses_overlap):
+                runtime.reset_peak_memory()
+                comm = CommClock(runtime)  # events on the compute stream: no host synchronisation per call
+                reqs = dit_requirements(cfg, policy, spec.device_type, padded_keys=lay.sp > 1, ring_lse=lay.ring > 1)
+                table = resolve_ops(registry, spec, reqs, ops or {})
+                if lay.sp > 1:
+                    table = wrap_self_attention(table, mesh, comm, overlap)
+                dit.to(device).bind_ops(table)
+                xs, cs = x.to(device), ctx.to(device)
+                if lay.cfg == 2:
+                    cfgp = CfgParallel(mesh, comm)
+                    step_fn = lambda: cfgp.guided(dit, xs, t, {"context": cs}, {"context": cs}, 5.0)  # noqa: E731
+                else:
+                    step_fn = lambda: [dit(xs, t, cs) for _ in range(2)]  # noqa: E731
+                for _ in range(warmup):
+                    step_fn()
+                runtime.synchronize()
+                before = comm.snapshot()
+                times = time_forward(step_fn, runtime, 0, repeats)
+                after = comm.snapshot()
+                step = statistics.median(times)
+                n = max(1, repeats)
+                exposed = (after["seconds"] - before["seconds"]) / n
+                mine = {"rank": mesh.rank, "step_s": round(step, 4), "peak_memory_bytes": runtime.peak_memory_bytes(),
+                        "comm_s_per_step": round(exposed, 5),
+                        "compute_s_per_step": round(step - exposed, 5),
+                        "comm_calls_per_step": (after["calls"] - before["calls"]) // n,
+                        "comm_bytes_per_step": (after["bytes"] - before["bytes"]) // n}
+                ranks: List[Any] = [None] * mesh.world
+                dist.all_gather_object(ranks, mine)
+                equal = None
+                if lay.ulysses > 1 and ulysses_overlap == "both":  # same input, same bits?
+                    out = dit(xs, t, cs)
+                    if not overlap:
+                        plain_out = out
+                    else:
+                        same = torch.tensor([int(torch.equal(out, plain_out))], device=device)
+                        dist.all_reduce(same, op=dist.ReduceOp.MIN)
+                        equal = bool(same.item())
+                        plain_out = None
+                if mesh.rank == 0:
+                    rows.append(_launched_row(lay, step, base, ranks, overlap, equal))
+            del plain_out
+
+
+def _launched_row(lay, step, base, ranks, overlap, equal) -> Dict[str, Any]:
+    peaks = [r["peak_memory_bytes"] for r in ranks if r["peak_memory_bytes"] is not None]
+    worst = max(ranks, key=lambda r: r["comm_s_per_step"])
+    row = {"layout": lay.name, "world": lay.world, "cfg": lay.cfg, "ulysses": lay.ulysses,
+           "ring": lay.ring, "step_s": round(step, 4),
+           "speedup": round(base / step, 3) if base else None,
+           "efficiency": round(base / step / lay.world, 3) if base else None,
+           "measured": "%d devices, communication included" % lay.world,
+           "comm_s_per_step": worst["comm_s_per_step"],
+           "compute_s_per_step": worst["compute_s_per_step"],
+           "comm_bytes_per_step": max(r["comm_bytes_per_step"] for r in ranks),
+           "peak_memory_bytes": max(peaks) if peaks else None,
+           "ranks": ranks}
+    if lay.ulysses > 1:
+        row["ulysses_overlap"] = overlap
+        if equal is not None:
+            row["equal_to_overlap_off"] = equal
+    return row
 
 
 def _result(model, width, height, frames, tokens, spec, runtime, policy, rows, note) -> Dict[str, Any]:
@@ -274,13 +334,22 @@ def markdown(result: Mapping[str, Any]) -> str:
     lines = ["%s %dx%d x %d frames (%d tokens), backend %s on %s" % (
         result["model"], result["size"]["width"], result["size"]["height"], result["size"]["frames"],
         result["size"]["video_tokens"], result["backend"], result["device"]), "",
-        "| layout | world | step s | speedup | efficiency | comm s/step | peak memory GiB | measured |",
-        "|---|---|---|---|---|---|---|---|"]
+        "| layout | world | step s | speedup | efficiency | compute s/step | exposed comm s/step | comm GB/step "
+        "| peak memory GiB | measured |",
+        "|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
         comm, peak = r.get("comm_s_per_step"), r.get("peak_memory_bytes")
-        lines.append("| %s | %d | %.4f | %s | %s | %s | %s | %s |" % (
-            r["layout"], r["world"], r["step_s"], "n/a" if r["speedup"] is None else "%.2f" % r["speedup"],
-            "n/a" if r["efficiency"] is None else "%.2f" % r["efficiency"], "" if comm is None else "%.4f" % comm,
+        compute, sent = r.get("compute_s_per_step"), r.get("comm_bytes_per_step")
+        name = r["layout"]
+        if "ulysses_overlap" in r:
+            name += " (overlap %s%s)" % ("on" if r["ulysses_overlap"] else "off",
+                                         {True: ", same bits as off", False: ", DIFFERS from off"}.get(
+                                             r.get("equal_to_overlap_off"), ""))
+        lines.append("| %s | %d | %.4f | %s | %s | %s | %s | %s | %s | %s |" % (
+            name, r["world"], r["step_s"], "n/a" if r["speedup"] is None else "%.2f" % r["speedup"],
+            "n/a" if r["efficiency"] is None else "%.2f" % r["efficiency"],
+            "" if compute is None else "%.4f" % compute, "" if comm is None else "%.4f" % comm,
+            "" if sent is None else "%.3f" % (sent / 1e9),
             "" if peak is None else "%.2f" % (peak / 2 ** 30), r["measured"]))
     return "\n".join(lines) + "\n\n" + result["note"]
 
@@ -290,7 +359,7 @@ def plots(result: Mapping[str, Any]):
     from ..io.plots import bar_chart
 
     rows = result["rows"]
-    labels = [r["layout"] for r in rows]
+    labels = [r["layout"] + ("" if r.get("ulysses_overlap", True) else " (no overlap)") for r in rows]
     title = "wanport bench scaling: %s %dx%d x %d frames on %s" % (
         result["model"], result["size"]["width"], result["size"]["height"], result["size"]["frames"],
         result["device"])

@@ -81,6 +81,10 @@ class ParallelConfig:
                   choices=(1, 2))
     ulysses: int = _f(1, type="int", help="Ulysses sequence-parallel degree (all-to-all; divides the head count)")
     ring: int = _f(1, type="int", help="ring-attention sequence-parallel degree (K/V passed around, LSE merge)")
+    ulysses_overlap: bool = _f(True, type="bool",
+                               help="Ulysses all-to-alls asynchronous, overlapped with the v projection and "
+                                    "the attention of other head chunks (bit-identical); false: one blocking "
+                                    "all-to-all each for q, k, v and the output")
     vae: bool = _f(False, type="bool", help="split the VAE decode/encode spatially across all ranks (exact, halo exchange)")
     dit_fsdp: bool = _f(False, type="bool", help="shard the DiT weights across ranks (FSDP, per block)")
     t5_fsdp: bool = _f(False, type="bool", help="shard the T5 weights across ranks (FSDP)")

@@ -31,6 +31,7 @@ class CfgParallel:
         """v_u + scale * (v_c - v_u), each branch computed on its own rank group."""
         mine = model(latent, t, **(cond if self.mesh.cfg_index == 0 else uncond))
         parts = [torch.empty_like(mine) for _ in range(2)]
+        self.comm.sent(mine.numel() * mine.element_size())
         with self.comm:
             dist.all_gather(parts, mine.contiguous(), group=self.mesh.cfg_group)
         v_cond, v_uncond = parts

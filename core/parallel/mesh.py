@@ -170,30 +170,89 @@ def shutdown() -> None:
 
 
 class CommClock:
-    """Host time spent in communication calls (each call is synchronised through the runtime,
-    so the figure is wall time attributable to communication, not overlap-aware)."""
+    """Exposed communication time, collectives and bytes of one process.
 
-    def __init__(self, runtime=None) -> None:
+    ``seconds`` is the time the computation waited for communication: a blocking collective
+    (``with clock:``) counts whole; an asynchronous one counts only its wait (:meth:`wait`), so
+    what overlapped with compute is not in it. With a ``runtime`` the times come from the
+    runtime's timing events recorded on the current (compute) stream around the call or the
+    wait -- on a GPU that is how long the compute stream stood still for the collective's stream --
+    and are read only when ``seconds`` is asked for (no host synchronisation while running, except
+    one every ``FLUSH`` pairs to bound the pending events). Without a runtime the host clock is
+    used (right where collectives block the host: gloo on the CPU). ``timing=False``: counts and
+    bytes only, no events at all. ``bytes`` are those this process sent in the collectives that
+    report them (sequence-parallel exchanges, ring passes, sequence gather, CFG exchange)."""
+
+    FLUSH = 8192
+
+    def __init__(self, runtime=None, timing: bool = True) -> None:
         self.runtime = runtime
-        self.seconds = 0.0
+        self.timing = timing
         self.calls = 0
+        self.bytes = 0
+        self._seconds = 0.0
+        self._pairs: List[Any] = []
+        self._open: List[Any] = []
+
+    @property
+    def seconds(self) -> float:
+        if self._pairs:
+            self._seconds += sum(start.elapsed_ms(end) for start, end in self._pairs) / 1000.0
+            self._pairs = []
+        return self._seconds
+
+    def _start(self) -> Any:
+        if not self.timing:
+            return None
+        if self.runtime is None:
+            import time
+
+            return time.perf_counter()
+        ev = self.runtime.event()
+        ev.record()
+        return ev
+
+    def _stop(self, start: Any) -> None:
+        if start is None:
+            return
+        if self.runtime is None:
+            import time
+
+            self._seconds += time.perf_counter() - start
+            return
+        end = self.runtime.event()
+        end.record()
+        self._pairs.append((start, end))
+        if len(self._pairs) >= self.FLUSH:
+            self.seconds  # noqa: B018 -- folds the pairs (one synchronisation per FLUSH pairs)
 
     def __enter__(self):
-        import time
-
-        if self.runtime is not None:
-            self.runtime.synchronize()
-        self._t = time.perf_counter()
+        self._open.append(self._start())
         return self
 
     def __exit__(self, *exc):
-        import time
-
-        if self.runtime is not None:
-            self.runtime.synchronize()
-        self.seconds += time.perf_counter() - self._t
+        self._stop(self._open.pop())
         self.calls += 1
         return False
+
+    def sent(self, nbytes: int) -> None:
+        """Bytes sent by a collective timed with ``with clock:``."""
+        self.bytes += int(nbytes)
+
+    def issued(self, nbytes: int = 0) -> None:
+        """An asynchronous collective was issued (sending ``nbytes``); its :meth:`wait` is timed."""
+        self.calls += 1
+        self.bytes += int(nbytes)
+
+    def wait(self, work) -> None:
+        """Wait for an asynchronous collective's work handle; the wait is the exposed time."""
+        start = self._start()
+        work.wait()
+        self._stop(start)
+
+    def snapshot(self) -> Dict[str, float]:
+        """(seconds, calls, bytes) now, to take differences over a stretch of work."""
+        return {"seconds": self.seconds, "calls": self.calls, "bytes": self.bytes}
 
 
 def tensor_like_all_gather(t: torch.Tensor, group, world: int) -> List[torch.Tensor]:

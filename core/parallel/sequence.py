@@ -7,6 +7,15 @@ the whole sequence: :class:`SequenceParallelAttention` wraps the backend's atten
 (all-to-all: sequence-split <-> head-split) and/or ring (K/V blocks passed around, partial results
 merged through the log-sum-exp). Padded keys are masked (``kv_lens``), so the result equals the
 unsplit run. Cross-attention and everything else stay local.
+
+Overlap (``parallel.ulysses_overlap``, on by default): the self-attention calls
+:meth:`SequenceParallelAttention.exchange_qk` as soon as q and k exist, so their all-to-all (one
+collective for both, per head chunk) is in flight while v is projected; v's exchange follows, and
+the attention runs per head chunk: chunk i is computed while chunk i+1's inputs and chunk i-1's
+output travel. The collectives are issued with ``async_op=True`` and waited for just before use
+(on a GPU the wait makes the compute stream wait for the collective's stream; the host goes on
+issuing work). Attention is independent per head and the exchanges only move values, so the
+result is bit-for-bit that of the plain path (``ulysses_overlap: false``), which stays as it was.
 """
 
 from __future__ import annotations
@@ -49,6 +58,7 @@ class SequencePlan:
 
     def gather(self, x: torch.Tensor, dim: int = 1) -> torch.Tensor:
         parts = [torch.empty_like(x) for _ in range(self.degree)]
+        self.comm.sent(x.numel() * x.element_size() * (self.degree - 1))
         with self.comm:
             dist.all_gather(parts, x.contiguous(), group=self.mesh.sp_group)
         return torch.cat(parts, dim=dim)
@@ -59,6 +69,7 @@ def _seq_to_heads(x: torch.Tensor, u: int, group, comm: CommClock) -> torch.Tens
     b, s, n, d = x.shape
     send = x.reshape(b, s, u, n // u, d).permute(2, 0, 1, 3, 4).contiguous()  # [u, B, S_l, N/u, D]
     recv = torch.empty_like(send)
+    comm.sent(_nbytes(send, u))
     with comm:
         dist.all_to_all_single(recv, send, group=group)
     return recv.permute(1, 0, 2, 3, 4).reshape(b, u * s, n // u, d)  # chunks in rank order
@@ -70,6 +81,7 @@ def _heads_to_seq(x: torch.Tensor, u: int, group, comm: CommClock) -> torch.Tens
     s = su // u
     send = x.reshape(b, u, s, h, d).permute(1, 0, 2, 3, 4).contiguous()  # [u, B, S_l, N/u, D]
     recv = torch.empty_like(send)
+    comm.sent(_nbytes(send, u))
     with comm:
         dist.all_to_all_single(recv, send, group=group)
     return recv.permute(1, 2, 0, 3, 4).reshape(b, s, u * h, d)
@@ -85,37 +97,137 @@ def merge_partial(out: torch.Tensor, lse: torch.Tensor, out_b: torch.Tensor, lse
     return out * wa + out_b.float() * wb, new
 
 
+def _nbytes(send: torch.Tensor, u: int) -> int:
+    """Bytes this rank sends in an all-to-all of ``send`` (its own 1/u share stays here)."""
+    return send.numel() * send.element_size() * (u - 1) // u
+
+
+def head_chunks(heads_per_rank: int, ring: int = 1) -> int:
+    """Head chunks of the overlapped Ulysses attention: the largest of 4, 3, 2 dividing the heads
+    this rank attends to (1 with ring > 1, whose P2P rounds would be repeated per chunk)."""
+    if ring > 1:
+        return 1
+    return next(c for c in (4, 3, 2, 1) if heads_per_rank % c == 0)
+
+
+class _InFlight:
+    """One all-to-all issued with ``async_op=True``: the receive buffer, the work handle, and the
+    send buffer (held until the wait, so its memory is not reused while the collective reads it)."""
+
+    __slots__ = ("recv", "work", "send")
+
+    def __init__(self, send: torch.Tensor, group, comm: CommClock, u: int) -> None:
+        self.send = send
+        self.recv = torch.empty_like(send)
+        comm.issued(_nbytes(send, u))
+        self.work = dist.all_to_all_single(self.recv, send, group=group, async_op=True)
+
+    def result(self, comm: CommClock) -> torch.Tensor:
+        if self.work is not None:
+            comm.wait(self.work)
+            self.work = self.send = None
+        return self.recv
+
+
+class PendingQK:
+    """q and k on their way to head-split layout: one all-to-all per head chunk, in flight."""
+
+    def __init__(self, shape, chunks: int, exchanges) -> None:
+        self.shape, self.chunks, self.exchanges = shape, chunks, exchanges
+
+
 class SequenceParallelAttention:
     """The attention contract on this rank's sequence chunk: q, k, v [B, S_local, N, D].
 
     ``kv_lens`` are global (per sample, over the padded whole sequence). ``inner`` is the
-    backend's attention; with ring > 1 it must return the log-sum-exp.
+    backend's attention; with ring > 1 it must return the log-sum-exp. ``overlap``: the Ulysses
+    exchanges run asynchronously, overlapped with the v projection and with the attention of the
+    other head chunks (see the module docstring); the caller may split the call in two
+    (:meth:`exchange_qk` before v exists, then :meth:`attend`) when :attr:`overlaps` is true.
     """
 
-    def __init__(self, inner: Callable, mesh: Mesh, comm: CommClock) -> None:
+    def __init__(self, inner: Callable, mesh: Mesh, comm: CommClock, overlap: bool = True) -> None:
         self.inner = inner
         self.mesh = mesh
         self.comm = comm
+        self.overlaps = bool(overlap) and mesh.ulysses > 1
         self.__name__ = "sequence_parallel(%s)" % getattr(inner, "__name__", "attention")
 
     def __call__(self, q, k, v, *, scale: float, kv_lens: Optional[Sequence[int]] = None, return_lse: bool = False):
         if return_lse:
             raise ValueError("sequence-parallel attention returns no log-sum-exp to its caller")
+        if self.overlaps:
+            return self.attend(self.exchange_qk(q, k), v, scale=scale, kv_lens=kv_lens)
         m = self.mesh
         u = m.ulysses
         if u > 1:
-            if q.shape[2] % u:
-                raise ValueError("%d heads are not divisible by ulysses %d" % (q.shape[2], u))
+            self._check_heads(q.shape[2])
             q, k, v = (_seq_to_heads(t, u, m.ulysses_group, self.comm) for t in (q, k, v))
-        if m.ring == 1:
-            total = k.shape[1]
-            lens = None if kv_lens is None or all(n >= total for n in kv_lens) else [min(n, total) for n in kv_lens]
-            out = self.inner(q, k, v, scale=scale, kv_lens=lens)
-        else:
-            out = self._ring(q, k, v, scale, kv_lens)
+        out = self._local(q, k, v, scale, kv_lens)
         if u > 1:
             out = _heads_to_seq(out, u, m.ulysses_group, self.comm)
         return out
+
+    def _check_heads(self, n: int) -> None:
+        if n % self.mesh.ulysses:
+            raise ValueError("%d heads are not divisible by ulysses %d" % (n, self.mesh.ulysses))
+
+    def _local(self, q, k, v, scale, kv_lens):
+        """The attention on head-split inputs (all tokens of the ring slot): plain or ring."""
+        if self.mesh.ring == 1:
+            total = k.shape[1]
+            lens = None if kv_lens is None or all(n >= total for n in kv_lens) else [min(n, total) for n in kv_lens]
+            return self.inner(q, k, v, scale=scale, kv_lens=lens)
+        return self._ring(q, k, v, scale, kv_lens)
+
+    # -- the overlapped Ulysses path ----------------------------------------------------------
+    def exchange_qk(self, q: torch.Tensor, k: torch.Tensor) -> PendingQK:
+        """Issue the all-to-all of q and k (stacked: one collective per head chunk) and return at
+        once; v's projection runs while it is in flight. q, k: [B, S_local, N, D]."""
+        m = self.mesh
+        u = m.ulysses
+        b, s, n, d = q.shape
+        self._check_heads(n)
+        c = head_chunks(n // u, m.ring)
+        hc = n // (u * c)
+        q6, k6 = q.reshape(b, s, u, c, hc, d), k.reshape(b, s, u, c, hc, d)
+        exchanges = []
+        for i in range(c):
+            send = torch.empty((u, 2, b, s, hc, d), dtype=q.dtype, device=q.device)
+            send[:, 0].copy_(q6[:, :, :, i].permute(2, 0, 1, 3, 4))
+            send[:, 1].copy_(k6[:, :, :, i].permute(2, 0, 1, 3, 4))
+            exchanges.append(_InFlight(send, m.ulysses_group, self.comm, u))
+        return PendingQK((b, s, n, d), c, exchanges)
+
+    def attend(self, pending: PendingQK, v: torch.Tensor, *, scale: float,
+               kv_lens: Optional[Sequence[int]] = None) -> torch.Tensor:
+        """Finish what :meth:`exchange_qk` started: v's exchange, then per head chunk wait, attend
+        and send the output back while the next chunk is computed. Returns [B, S_local, N, D]."""
+        m = self.mesh
+        u, c = m.ulysses, pending.chunks
+        b, s, n, d = pending.shape
+        hc = n // (u * c)
+        group, comm = m.ulysses_group, self.comm
+        v6 = v.reshape(b, s, u, c, hc, d)
+        v_flight = [_InFlight(v6[:, :, :, i].permute(2, 0, 1, 3, 4).contiguous(), group, comm, u) for i in range(c)]
+        back = []
+        for i in range(c):
+            qk = pending.exchanges[i].result(comm)  # [u, 2, B, S_l, hc, D]
+            qi = qk[:, 0].permute(1, 0, 2, 3, 4).reshape(b, u * s, hc, d)
+            ki = qk[:, 1].permute(1, 0, 2, 3, 4).reshape(b, u * s, hc, d)
+            vi = v_flight[i].result(comm).permute(1, 0, 2, 3, 4).reshape(b, u * s, hc, d)
+            del qk
+            pending.exchanges[i] = v_flight[i] = None  # their buffers go as soon as the copies exist
+            o = self._local(qi, ki, vi, scale, kv_lens)  # [B, u*S_l, hc, D]
+            back.append(_InFlight(o.reshape(b, u, s, hc, d).permute(1, 0, 2, 3, 4).contiguous(), group, comm, u))
+        out = None
+        for i in range(c):
+            got = back[i].result(comm)  # [u, B, S_l, hc, D]: this chunk of every rank's head group
+            if out is None:
+                out = torch.empty((b, s, u, c, hc, d), dtype=got.dtype, device=got.device)
+            out[:, :, :, i].copy_(got.permute(1, 2, 0, 3, 4))
+            back[i] = None
+        return out.reshape(b, s, n, d)
 
     def _ring(self, q, k, v, scale, kv_lens):
         m = self.mesh
@@ -130,8 +242,8 @@ class SequenceParallelAttention:
                 recv = torch.empty_like(kv)
                 ops = [dist.P2POp(dist.isend, kv, nxt, group=m.ring_group),
                        dist.P2POp(dist.irecv, recv, prv, group=m.ring_group)]
-                with self.comm:
-                    pending = dist.batch_isend_irecv(ops)
+                self.comm.issued(kv.numel() * kv.element_size())
+                pending = dist.batch_isend_irecv(ops)
             owner = (pos - step) % r  # ring slot whose keys these are
             start = owner * block
             if kv_lens is None:
@@ -148,22 +260,22 @@ class SequenceParallelAttention:
             elif max(lens) > 0:  # some samples have keys here, some none: per sample
                 raise ValueError("ring attention: samples with different lengths per block are not supported")
             if pending is not None:
-                with self.comm:
-                    for req in pending:
-                        req.wait()
+                for req in pending:
+                    self.comm.wait(req)
                 kv = recv
         return out.to(q.dtype)
 
 
-def wrap_self_attention(table, mesh: Mesh, comm: CommClock):
+def wrap_self_attention(table, mesh: Mesh, comm: CommClock, overlap: bool = True):
     """The op table with its self-attention replaced by the sequence-parallel wrapper around it,
-    and the sequence plan attached for the model."""
+    and the sequence plan attached for the model. ``overlap``: ``parallel.ulysses_overlap``."""
     import dataclasses
 
     from ..ops.table import ResolvedOp
 
     inner = table.self_attention
     wrapped = ResolvedOp(site=inner.site, kind=inner.kind,
-                         impl="%s[ulysses=%d, ring=%d]" % (inner.impl, mesh.ulysses, mesh.ring),
-                         fn=SequenceParallelAttention(inner.fn, mesh, comm), why=inner.why)
+                         impl="%s[ulysses=%d, ring=%d%s]" % (inner.impl, mesh.ulysses, mesh.ring,
+                                                             ", overlap" if overlap and mesh.ulysses > 1 else ""),
+                         fn=SequenceParallelAttention(inner.fn, mesh, comm, overlap), why=inner.why)
     return dataclasses.replace(table, self_attention=wrapped, sequence=SequencePlan(mesh, comm))

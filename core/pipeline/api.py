@@ -287,11 +287,13 @@ class Pipeline:
         from ..cache.pipeline import attached, cache_report, make_cache
 
         cache = make_cache(plan, work.experts, call.scheduler, prep.mesh, prep.comm)
+        comm_before = prep.comm.snapshot()  # the denoising loop's own communication, for the report
         with clock.stage("denoise"), models.denoising(), attached(cache, models.dit_models()):
             latent, names = sampling.denoise_loop(work.experts, call.scheduler, work.latent, work.cond, work.uncond,
                                                   clock, progress, timestep_fn=work.timestep_fn,
                                                   after_step=work.after_step, observer=watcher,
                                                   cfg_parallel=prep.cfg_parallel, feature_cache=cache)
+        comm_denoise = {k: v - comm_before[k] for k, v in prep.comm.snapshot().items()}
         extra = dict(work.report)
         extra["cache"] = cache_report(cache, prep.mesh)  # a collective under torchrun: every rank
         del cache
@@ -305,7 +307,7 @@ class Pipeline:
         with clock.stage("vae_decode"), models.vae_in_use(clock) as vae:
             video = vae_decode(prep, vae, latent)
         del latent
-        summary = parallel_summary(prep)  # a collective: every rank
+        summary = parallel_summary(prep, comm_denoise)  # a collective: every rank
         if video is not None:
             watcher.video_decoded(video)
         main = prep.is_main

@@ -114,7 +114,7 @@ class Prepared:
         if per_token not in self.tables:
             self.tables[per_token] = parallel_ops(
                 resolve_dit_ops(self.registry, self.spec, self.ckpts, plan, self.op_overrides, self.mesh),
-                self.mesh, self.comm)
+                self.mesh, self.comm, ulysses_overlap(plan))
         return self.tables[per_token]
 
 
@@ -198,13 +198,18 @@ def resolve_precision(plan: RunPlan, requested: Any, runtime, backend: str) -> R
     return dataclasses.replace(plan, policy=policy, precision_choice=choice)
 
 
-def parallel_ops(ops: OpTable, mesh, comm) -> OpTable:
-    """With sequence parallelism, the self-attention wrapped for the mesh."""
+def parallel_ops(ops: OpTable, mesh, comm, overlap: bool = True) -> OpTable:
+    """With sequence parallelism, the self-attention wrapped for the mesh (``overlap``:
+    ``parallel.ulysses_overlap``)."""
     if mesh is not None and mesh.sp_degree > 1:
         from ..parallel.sequence import wrap_self_attention
 
-        return wrap_self_attention(ops, mesh, comm)
+        return wrap_self_attention(ops, mesh, comm, overlap)
     return ops
+
+
+def ulysses_overlap(plan: RunPlan) -> bool:
+    return plan.parallel is None or bool(getattr(plan.parallel, "ulysses_overlap", True))
 
 
 def start_parallel(plan: RunPlan, spec, session: Session, ckpts: CheckpointSet):
@@ -241,7 +246,7 @@ def prepare(cfg: RunConfig, registry: Optional[Registry] = None, source: str = "
 
     memory_plan = refuse_if_unfit(plan, ckpts, session.runtime, size, cfg.memory_check, resident)
     session, mesh, comm = start_parallel(plan, spec, session, ckpts)
-    ops = parallel_ops(resolve_dit_ops(registry, spec, ckpts, plan, cfg.ops, mesh), mesh, comm)
+    ops = parallel_ops(resolve_dit_ops(registry, spec, ckpts, plan, cfg.ops, mesh), mesh, comm, ulysses_overlap(plan))
     quant = None
     if ops.quant_linear is not None:  # weights quantized as they load (after merged LoRAs)
         from ..quant import QuantWeights, check_quant
@@ -316,22 +321,28 @@ def count_nonfinite(video: Optional[torch.Tensor]) -> int:
     return n
 
 
-def parallel_summary(prep: Prepared) -> Optional[Dict[str, Any]]:
-    """Per-rank peak memory and communication time, gathered on every rank (a collective: every
-    rank calls it); None for one process."""
+def parallel_summary(prep: Prepared, denoise: Optional[Dict[str, float]] = None) -> Optional[Dict[str, Any]]:
+    """Per-rank peak memory and communication (exposed time, collectives, bytes sent: over the
+    pipeline's life, and over this call's denoising loop when ``denoise`` -- a difference of two
+    ``CommClock.snapshot()`` -- is given), gathered on every rank (a collective: every rank calls
+    it); None for one process."""
     mesh = prep.mesh
     if mesh is None:
         return None
     import torch.distributed as dist
 
     mine = {"rank": mesh.rank, "device": str(prep.device), "peak_memory_bytes": prep.runtime.peak_memory_bytes(),
-            "comm_s": round(prep.comm.seconds, 4), "comm_calls": prep.comm.calls}
+            "comm_s": round(prep.comm.seconds, 4), "comm_calls": prep.comm.calls, "comm_bytes": prep.comm.bytes}
+    if denoise is not None:
+        mine.update(denoise_comm_s=round(denoise["seconds"], 4), denoise_comm_calls=int(denoise["calls"]),
+                    denoise_comm_bytes=int(denoise["bytes"]))
     if prep.vae_phases is not None:
         mine["vae_split"] = prep.vae_phases.report()
     ranks: List[Any] = [None] * mesh.world
     dist.all_gather_object(ranks, mine)
     p = prep.plan.parallel
-    return {"world": mesh.world, "cfg": p.cfg, "ulysses": p.ulysses, "ring": p.ring, "vae": p.vae,
+    return {"world": mesh.world, "cfg": p.cfg, "ulysses": p.ulysses, "ring": p.ring,
+            "ulysses_overlap": bool(getattr(p, "ulysses_overlap", True)), "vae": p.vae,
             "t5_cpu": p.t5_cpu, "dist_backend": prep.spec.dist_backend, "ranks": ranks}
 
 

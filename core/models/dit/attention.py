@@ -43,8 +43,15 @@ class SelfAttention(_Projections):
         x = shared_input(x, self.q, self.k, self.v)  # one quantization for the three GEMMs
         q, k = ops.qk_norm_rope.fn(linear(x, self.q), linear(x, self.k), self.norm_q.weight,
                                    self.norm_k.weight, self.eps, cos, sin, self.num_heads, attn_dtype)
-        v = self._heads(linear(x, self.v))
-        out = ops.self_attention.fn(q, k, v.to(attn_dtype), scale=self.head_dim ** -0.5, kv_lens=kv_lens)
+        attention = ops.self_attention.fn
+        scale = self.head_dim ** -0.5
+        if getattr(attention, "overlaps", False):  # sequence parallel: q/k travel while v is projected
+            pending = attention.exchange_qk(q, k)
+            v = self._heads(linear(x, self.v))
+            out = attention.attend(pending, v.to(attn_dtype), scale=scale, kv_lens=kv_lens)
+        else:
+            v = self._heads(linear(x, self.v))
+            out = attention(q, k, v.to(attn_dtype), scale=scale, kv_lens=kv_lens)
         return linear(out.flatten(2), self.o)
 
 
