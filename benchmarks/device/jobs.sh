@@ -64,14 +64,15 @@ job_opsq() {  # issues 13/16: quantized Linears and every attention implementati
 # ---- two GPUs (queue GPUS=0,1)
 TR="timeout 600 python3 -m torch.distributed.run --standalone --nproc_per_node 2"
 job_scaling480() {  # issue 16: 14B 480p, CFG-parallel and Ulysses on 2 GPUs against one (~3 min)
-  $TR -m wanport bench scaling --model wan2.1-t2v-14b --backend cuda --layouts cfg2 u2 --out "$R/scaling14-480p"
+  $TR -m wanport bench scaling --model wan2.1-t2v-14b --backend cuda --layouts u2 cfg2 --ulysses-overlap both \
+    --warmup 1 --repeats 3 --out "$R/scaling14-480p"
 }
 job_scaling720() {  # issue 16: the same at 720p (~5 min)
   $TR -m wanport bench scaling --model wan2.1-t2v-14b --size 1280*720 --backend cuda --layouts cfg2 u2 \
     --out "$R/scaling14-720p"
 }
 job_plan2gpu() {  # issue 15: the memory plan against measured per-rank peaks under cfg2 and u2 (1 step each, ~3 min)
-  for layout in "parallel.cfg=2" "parallel.ulysses=2"; do
+  for layout in "parallel.ulysses=2"; do
     $TR -m wanport bench pipeline recipes/wan2.1-t2v-14b.yaml --weights random --steps 1 --warmup-steps 0 \
       $SIZE480 backend=cuda $layout --no-progress --out "$R/plan2gpu-${layout#parallel.}"
   done
