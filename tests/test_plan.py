@@ -198,6 +198,27 @@ def test_stage_timeline_and_what_is_resident():
     assert auto80.layout.park_inactive_expert is True and auto141.layout.park_inactive_expert is False
 
 
+def test_vae_work_factor_follows_the_backends_norm():
+    import dataclasses
+
+    from wanport.plan import constants as K
+    from wanport.plan.check import vae_norm_fused
+    from wanport.registry.discovery import discover
+
+    reg = discover()
+    assert vae_norm_fused(reg, "cuda", {}) is True  # its own channel_rms_norm (listed even where unavailable)
+    assert vae_norm_fused(reg, "cuda", {"channel_rms_norm": "composed"}) is False
+    assert vae_norm_fused(reg, "cuda", {"channel_rms_norm": "reference.torch"}) is False
+    assert vae_norm_fused(reg, "reference", {}) is False and vae_norm_fused(reg, "ascend", {}) is False
+    plan = _plan("wan2.1-t2v-14b", "832*480")
+    arch = for_plan(plan)
+    plain = {s.name: s for s in predict(plan, arch).ranks[0].stages}["vae_decode"].device
+    fused = {s.name: s for s in predict(dataclasses.replace(plan, vae_norm_fused=True), arch).ranks[0].stages}
+    fused = fused["vae_decode"].device
+    assert fused["vae_cache"] == plain["vae_cache"] and fused["video_out"] == plain["video_out"]
+    assert abs(fused["vae_work"] / plain["vae_work"] - K.VAE_WORK_FACTOR_FUSED / K.VAE_WORK_FACTOR) < 1e-6
+
+
 @pytest.mark.parametrize("devices", [1, 8])
 def test_suggestions_for_14b_480p_structure_and_monotonic(devices):
     plan = _plan("wan2.1-t2v-14b", "832*480")

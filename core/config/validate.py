@@ -67,6 +67,10 @@ class RunPlan:
     offload: Any = None
     #: the checked ``cache:`` section (``wanport.cache.config.CacheSettings``); None: exact
     cache: Any = None
+    #: the backend runs the VAE's norm + SiLU as one kernel (its own ``channel_rms_norm``), which
+    #: holds fewer copies of a layer's input than the plain-PyTorch form (the memory plan's VAE
+    #: work factor); set once the backend is chosen (``wanport.plan.check.vae_norm_fused``)
+    vae_norm_fused: bool = False
 
     @property
     def world(self) -> int:

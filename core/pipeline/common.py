@@ -240,10 +240,11 @@ def prepare(cfg: RunConfig, registry: Optional[Registry] = None, source: str = "
     plan, image, size, registry, spec, ckpts = check_run(cfg, source, registry, weights)
     session = start_session(registry, spec, cfg.env)
     plan = resolve_precision(plan, cfg.precision, session.runtime, spec.name)
+    from ..plan.check import refuse_if_unfit, vae_norm_fused
+
+    plan = dataclasses.replace(plan, vae_norm_fused=vae_norm_fused(registry, spec.name, cfg.ops))
     # -- memory gate (wanport plan, docs/plan.md): refuse a recipe predicted not to fit the device,
     # with the layouts that do; before any weight loads or collective starts. `run --force` skips it.
-    from ..plan.check import refuse_if_unfit
-
     memory_plan = refuse_if_unfit(plan, ckpts, session.runtime, size, cfg.memory_check, resident)
     session, mesh, comm = start_parallel(plan, spec, session, ckpts)
     ops = parallel_ops(resolve_dit_ops(registry, spec, ckpts, plan, cfg.ops, mesh), mesh, comm, ulysses_overlap(plan))

@@ -189,14 +189,17 @@ def _profile_cached(kind: str, cfg_items, part: str, lat_h: int, lat_w: int) -> 
 
 
 def vae_peak(kind: str, vae_cfg: Mapping[str, int], part: str, frames: int, height: int, width: int,
-             spatial_stride: int, dtype: torch.dtype, split: int = 1, main_rank: bool = True) -> Dict[str, int]:
+             spatial_stride: int, dtype: torch.dtype, split: int = 1, main_rank: bool = True,
+             norm_fused: bool = False) -> Dict[str, int]:
     """Bytes alive at the peak of a VAE decode (``part="decode"``) or encode on one rank.
 
     ``split``: ranks of a spatially split run (``parallel.vae``: each keeps 1/split of the rows);
-    the decoded video is gathered whole on the main rank."""
+    the decoded video is gathered whole on the main rank. ``norm_fused``: the backend's own
+    ``channel_rms_norm`` (norm + SiLU in one kernel) runs the VAE, which keeps fewer copies alive."""
     prof = _profile(kind, tuple(sorted(vae_cfg.items())), part, height // spatial_stride, width // spatial_stride)
     s = itemsize(dtype)
-    work = int(K.VAE_WORK_FACTOR * prof.widest * s / split)
+    factor = K.VAE_WORK_FACTOR_FUSED if norm_fused else K.VAE_WORK_FACTOR
+    work = int(factor * prof.widest * s / split)
     cache = int(K.VAE_CACHE_FACTOR * prof.cache * s / split)
     video = 3 * frames * height * width * 4  # float32 [3, F, H, W]
     if part == "decode":

@@ -11,6 +11,7 @@ from typing import List, Optional, Tuple
 import torch
 
 from ..errors import ResourceError
+from ..registry.resolver import REFERENCE
 from . import constants as K
 from .arch import Architecture, from_checkpoints
 from .memory import MemoryPlan, predict
@@ -23,6 +24,17 @@ LARGER_COUNTS = (2, 4, 8)
 class PlanError(ResourceError):
     """The memory plan predicts that the recipe does not fit the device; lists layouts that do
     (exit 8, as running out of memory)."""
+
+
+def vae_norm_fused(registry, backend: str, ops_overrides=None) -> bool:
+    """Whether the VAE's norm + SiLU will run as the backend's own ``channel_rms_norm`` (one
+    kernel; the plan's smaller VAE work factor): the backend declares an exact implementation
+    other than the reference's plain-PyTorch one, and the recipe's ``ops`` do not ask for the
+    composed or the reference form."""
+    want = str((ops_overrides or {}).get("channel_rms_norm") or "")
+    if want == "composed" or want.startswith(REFERENCE + ".") or backend == REFERENCE:
+        return False
+    return any(i.exact for i in registry.impls_for(backend, "channel_rms_norm"))
 
 
 def device_memory_of(runtime) -> Optional[int]:

@@ -3,6 +3,7 @@ plan of a recipe as written, per stage and rank, host memory, and the layouts th
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from typing import Any, Dict, List, Optional
@@ -78,12 +79,30 @@ def format_plan(mem: MemoryPlan) -> str:
     return "\n".join(lines)
 
 
+def _vae_norm_fused(cfg) -> bool:
+    """The recipe's backend runs the VAE norm fused (``check.vae_norm_fused``); the backend need
+    not be available here (``--device-memory`` plans for another machine): a named backend is
+    looked up in the registry, ``auto`` is the backend this machine would pick."""
+    from ..pipeline.session import choose_backend
+    from ..registry.discovery import discover
+    from .check import vae_norm_fused
+
+    registry = discover()
+    name = cfg.backend
+    if name == "auto":
+        try:
+            name = choose_backend(name, registry)[1].name
+        except Exception:  # nothing usable here: the plan keeps the unfused (larger) VAE figure
+            return False
+    return vae_norm_fused(registry, name, cfg.ops)
+
+
 def run_plan(cfg, source: str, device_memory: Optional[str] = None, devices: Optional[int] = None,
              json_path: Optional[str] = None, out=print, resident: bool = False) -> int:
     """The command's body (``cli.py`` parses the arguments and loads the recipe)."""
     from ..config.validate import plan_run
 
-    plan = plan_run(cfg, source)
+    plan = dataclasses.replace(plan_run(cfg, source), vae_norm_fused=_vae_norm_fused(cfg))
     arch = for_plan(plan)
     size = None
     if plan.image_path is not None and os.path.isfile(plan.image_path):  # the image decides the video size

@@ -42,6 +42,15 @@ VAE_WORK_FACTOR = 5.0
 #: within 1 % (1.002, 1.001, 1.005 measured/predicted, against 1.30, 1.30, 1.22 before).
 VAE_CACHE_FACTOR = 1.57
 
+#: VAE_WORK_FACTOR when the backend fuses the norm + SiLU (its own ``channel_rms_norm``: no
+#: normalised copy and no separate SiLU output) and runs the convs channels-last. Calibrated on the
+#: H200 pipeline peaks of benchmarks/results/2026-11-30-h200-r2-offload.json (cuda, Triton norm),
+#: with the cache factor kept at 1.57: the Wan2.1 VAE at 720p (17.71 GiB measured) asks 3.15, the
+#: Wan2.2 VAE at 1280x704 (17.70 GiB) 3.06; with 3.1 those are predicted at 0.997 and 1.005 of the
+#: measurement and the 480p resident decodes 1.4 % high. With 5.0 the plan said 20.16 and 21.04
+#: GiB for the first two (12 % and 16 % high).
+VAE_WORK_FACTOR_FUSED = 3.1
+
 #: Text encoder / CLIP activations: live hidden-state copies of one layer (residual, normalised,
 #: q/k/v, attention output) besides the FFN intermediates and the attention scores.
 ENCODER_HIDDEN_COPIES = 6

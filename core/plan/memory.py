@@ -342,7 +342,8 @@ def predict(plan, arch: Architecture, layout: Optional[Layout] = None, device_me
     frames = plan.frame_num
 
     def vae_stage(part: str, main: bool, enc_frames: int) -> Dict[str, int]:
-        return vae_peak(arch.vae_kind, arch.vae_config, part, enc_frames, height, width, sh, policy.vae, split, main)
+        return vae_peak(arch.vae_kind, arch.vae_config, part, enc_frames, height, width, sh, policy.vae, split, main,
+                        norm_fused=bool(getattr(plan, "vae_norm_fused", False)))
 
     t5_dev = 0 if layout.t5_cpu else (
         sum(fsdp_resident(t5, world, "blocks.", int(arch.t5["num_layers"])))
