@@ -9,12 +9,12 @@ kernel honours them; samples with different lengths run one by one.
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 
-from wanport.ops.checks import check_kv_lens
+from wanport.ops.checks import per_sample_keys
 
 
 def _sdpa_kernel_context(kind: str):
@@ -26,21 +26,6 @@ def _sdpa_kernel_context(kind: str):
         "efficient": SDPBackend.EFFICIENT_ATTENTION,
     }[kind]
     return lambda: sdpa_kernel([backend])
-
-
-def _per_length(core: Callable, q, k, v, scale, kv_lens: Optional[Sequence[int]], return_lse: bool):
-    """Run ``core(q, k, v, scale, return_lse)`` ([B, S, N, D] in/out) with keys beyond each
-    sample's length removed."""
-    kv_lens = check_kv_lens(kv_lens, q.shape[0], k.shape[1])
-    if kv_lens is None:
-        return core(q, k, v, scale, return_lse)
-    if len(set(kv_lens)) == 1:
-        n = kv_lens[0]
-        return core(q, k[:, :n], v[:, :n], scale, return_lse)
-    parts = [core(q[i:i + 1], k[i:i + 1, :n], v[i:i + 1, :n], scale, return_lse) for i, n in enumerate(kv_lens)]
-    if return_lse:
-        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
-    return torch.cat(parts)
 
 
 def make_sdpa(kind: str):
@@ -55,7 +40,7 @@ def make_sdpa(kind: str):
         return out.transpose(1, 2)
 
     def attention(q, k, v, *, scale: float, kv_lens: Optional[Sequence[int]] = None, return_lse: bool = False):
-        return _per_length(core, q, k, v, scale, kv_lens, return_lse)
+        return per_sample_keys(core, q, k, v, scale, kv_lens, return_lse)
 
     attention.__name__ = "sdpa_%s" % kind
     return attention
@@ -78,7 +63,7 @@ def make_lse(kind: str):
         return (out, lse) if return_lse else out
 
     def attention(q, k, v, *, scale: float, kv_lens: Optional[Sequence[int]] = None, return_lse: bool = False):
-        return _per_length(core, q, k, v, scale, kv_lens, return_lse)
+        return per_sample_keys(core, q, k, v, scale, kv_lens, return_lse)
 
     attention.__name__ = "%s_lse" % kind
     return attention
@@ -106,7 +91,7 @@ def make_flash_attn(version: int):
         return out
 
     def attention(q, k, v, *, scale: float, kv_lens: Optional[Sequence[int]] = None, return_lse: bool = False):
-        return _per_length(core, q, k, v, scale, kv_lens, return_lse)
+        return per_sample_keys(core, q, k, v, scale, kv_lens, return_lse)
 
     attention.__name__ = "flash_attn%d" % version
     return attention
@@ -126,7 +111,7 @@ def make_fa4():
         return out
 
     def attention(q, k, v, *, scale: float, kv_lens: Optional[Sequence[int]] = None, return_lse: bool = False):
-        return _per_length(core, q, k, v, scale, kv_lens, return_lse)
+        return per_sample_keys(core, q, k, v, scale, kv_lens, return_lse)
 
     attention.__name__ = "flash_attn4"
     return attention
@@ -142,7 +127,7 @@ def make_sage():
         return sageattn(q, k, v, tensor_layout="NHD", is_causal=False, sm_scale=scale)
 
     def attention(q, k, v, *, scale: float, kv_lens: Optional[Sequence[int]] = None, return_lse: bool = False):
-        return _per_length(core, q, k, v, scale, kv_lens, return_lse)
+        return per_sample_keys(core, q, k, v, scale, kv_lens, return_lse)
 
     attention.__name__ = "sageattn"
     return attention

@@ -22,12 +22,12 @@ move a probability across an e4m3 rounding boundary (one step, 2^-4 relative, of
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence, Tuple
+from typing import Callable, Tuple
 
 import torch
 import torch.nn.functional as F
 
-from .checks import check_kv_lens
+from .checks import per_sample_keys
 from .quant import FP8_E4M3, round_to_format
 
 #: rows of Q and K sharing one scale, and keys per online-softmax step (the P rounding depends on it)
@@ -109,22 +109,6 @@ def lse_shift(q: torch.Tensor, k_mean: torch.Tensor, scale: float) -> torch.Tens
     """[B, N, Sq] float32: ``scale * q . k_mean``, what K smoothing removed from every score of a row
     (softmax does not see it; the log-sum-exp does)."""
     return torch.matmul(q.float().transpose(1, 2), k_mean.transpose(-1, -2))[..., 0] * scale
-
-
-def per_sample_keys(core: Callable, q, k, v, scale: float, kv_lens: Optional[Sequence[int]], return_lse: bool):
-    """Run ``core(q, k, v, scale, return_lse)`` ([B, S, N, D] in, out [B, Sq, N, D] (+ lse [B, N, Sq]))
-    with each sample's padded keys removed first (the K smoothing and the V scales then see only the
-    valid keys); samples of different lengths run one by one."""
-    kv_lens = check_kv_lens(kv_lens, q.shape[0], k.shape[1])
-    if kv_lens is None:
-        return core(q, k, v, scale, return_lse)
-    if len(set(kv_lens)) == 1:
-        n = kv_lens[0]
-        return core(q, k[:, :n], v[:, :n], scale, return_lse)
-    parts = [core(q[i:i + 1], k[i:i + 1, :n], v[i:i + 1, :n], scale, return_lse) for i, n in enumerate(kv_lens)]
-    if return_lse:
-        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
-    return torch.cat(parts)
 
 
 __all__ = ["ATTENTION_SCHEMES", "BLOCK", "FP8_ATTENTION_TOLERANCE", "P_SCALE", "padded_length", "lse_shift", "per_sample_keys",

@@ -7,7 +7,7 @@ that it does).
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple
+from typing import Callable, Optional, Sequence, Tuple
 
 import torch
 
@@ -29,6 +29,22 @@ def check_kv_lens(kv_lens: Optional[Sequence[int]], batch: int, keys: int) -> Op
     return None if min(lens) == keys else lens
 
 
+def per_sample_keys(core: Callable, q, k, v, scale: float, kv_lens: Optional[Sequence[int]], return_lse: bool):
+    """Run ``core(q, k, v, scale, return_lse)`` ([B, S, N, D] in, out [B, Sq, N, D] (+ lse [B, N, Sq]))
+    with each sample's padded keys removed first (a kernel without a key mask, or a quantizer that
+    must see only the valid keys); samples of different lengths run one by one."""
+    kv_lens = check_kv_lens(kv_lens, q.shape[0], k.shape[1])
+    if kv_lens is None:
+        return core(q, k, v, scale, return_lse)
+    if len(set(kv_lens)) == 1:
+        n = kv_lens[0]
+        return core(q, k[:, :n], v[:, :n], scale, return_lse)
+    parts = [core(q[i:i + 1], k[i:i + 1, :n], v[i:i + 1, :n], scale, return_lse) for i, n in enumerate(kv_lens)]
+    if return_lse:
+        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+    return torch.cat(parts)
+
+
 def check_rotary_tables(cos: torch.Tensor, sin: torch.Tensor, tokens: int, head_dim: int) -> None:
     """The rotary contract's tables: ``cos`` and ``sin`` both ``[S, D]`` for ``tokens`` = S and
     ``head_dim`` = D. Raises ``ValueError`` naming the shapes."""
@@ -37,4 +53,4 @@ def check_rotary_tables(cos: torch.Tensor, sin: torch.Tensor, tokens: int, head_
                          % (tokens, head_dim, tuple(cos.shape), tuple(sin.shape)))
 
 
-__all__ = ["check_kv_lens", "check_rotary_tables"]
+__all__ = ["check_kv_lens", "check_rotary_tables", "per_sample_keys"]
