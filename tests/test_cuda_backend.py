@@ -139,8 +139,8 @@ def test_has_module_finds_submodules_without_importing(tmp_path, monkeypatch):
 
 
 def test_kv_lens_are_honoured_by_slicing():
-    from wanport.reference.attention import attention_math
     from wanport.ops.checks import per_sample_keys as _per_length
+    from wanport.reference.attention import attention_math
 
     calls = []
 
