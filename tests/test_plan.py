@@ -11,6 +11,7 @@ from collections import Counter
 
 import pytest
 import torch
+from _plans import plan_for as _plan
 
 from wanport.config import MODELS, build_config
 from wanport.config.loader import apply_overrides
@@ -124,17 +125,6 @@ def test_fsdp_shard_bytes_exact():
         expect = sum(-(-s[0] // world) * (torch.Size(s[1:]).numel()) * torch.empty((), dtype=d).element_size()
                      if s else torch.empty((), dtype=d).element_size() for _, s, d in dit.tensors)
         assert per_rank == expect and dit.bytes / world <= per_rank < dit.bytes / world * 1.01
-
-
-def _plan(model, size=None, **extra):
-    raw = {"model": model, "checkpoint_dir": "/nonexistent-ckpt", "prompt": "p", "task": MODELS[model].task}
-    if size:
-        raw["sample"] = {"size": size}
-    if MODELS[model].image == "required":
-        raw["image"] = "in.png"
-    for k, v in extra.items():
-        raw[k] = v
-    return plan_run(build_config(raw))
 
 
 def test_tokens_and_per_rank_split():

@@ -4,9 +4,8 @@ from the shapes, per rank, in the denoise stage only, and one line of the plan's
 from __future__ import annotations
 
 import pytest
+from _plans import plan_for
 
-from wanport.config import MODELS, build_config
-from wanport.config.validate import plan_run
 from wanport.plan import predict
 from wanport.plan.arch import for_plan
 from wanport.plan.cli import format_plan
@@ -14,12 +13,7 @@ from wanport.plan.memory import Layout
 
 
 def _plan(model, cache=None, **extra):
-    raw = {"model": model, "checkpoint_dir": "/nonexistent-ckpt", "prompt": "p", "task": MODELS[model].task,
-           "sample": {"size": "832*480"}}
-    if cache:
-        raw["cache"] = cache
-    raw.update(extra)
-    return plan_run(build_config(raw))
+    return plan_for(model, "832*480", **(dict(extra, cache=cache) if cache else extra))
 
 
 def _den(mem, rank=0):

@@ -9,10 +9,9 @@ import os
 
 import pytest
 import torch
+from _plans import plan_for as _plan
 
-from wanport.config import MODELS, build_config
 from wanport.config.loader import load_recipe as load_config
-from wanport.config.validate import plan_run
 from wanport.plan import predict
 from wanport.plan.activations import t5_activation_bytes, vae_peak
 from wanport.plan.arch import for_plan
@@ -22,16 +21,6 @@ from wanport.plan.memory import Layout
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir))
 RESULTS = os.path.join(REPO, "benchmarks", "results")
 GIB = 2 ** 30
-
-
-def _plan(model, size=None, **extra):
-    raw = {"model": model, "checkpoint_dir": "/nonexistent-ckpt", "prompt": "p", "task": MODELS[model].task}
-    if size:
-        raw["sample"] = {"size": size}
-    if MODELS[model].image == "required":
-        raw["image"] = "in.png"
-    raw.update(extra)
-    return plan_run(build_config(raw))
 
 
 @pytest.mark.parametrize("prefetch", [0, 1, 3])
