@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import tempfile
+import time
 
 import torch
 from torch.profiler import ProfilerActivity, profile
@@ -32,6 +35,28 @@ def group(name: str) -> str:
     if "triton" in n:
         return "triton"
     return "other"
+
+
+def kernel_timeline(prof) -> dict:
+    """Span from the first kernel's start to the last one's end, the time some kernel ran (union of
+    the kernel intervals) and the idle rest, from the profiler's Chrome trace."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "trace.json")
+        prof.export_chrome_trace(path)
+        with open(path) as f:
+            events = json.load(f).get("traceEvents", [])
+    spans = sorted((float(e["ts"]), float(e["ts"]) + float(e.get("dur", 0))) for e in events
+                   if e.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset") and "ts" in e)
+    busy, end = 0.0, None
+    for a, b in spans:
+        if end is None or a >= end:
+            busy += b - a
+            end = b
+        elif b > end:
+            busy += b - end
+            end = b
+    span = (spans[-1][1] - spans[0][0]) if spans else 0.0
+    return {"kernels": len(spans), "span_ms": span / 1e3, "busy_ms": busy / 1e3, "idle_ms": (span - busy) / 1e3}
 
 
 def main(argv=None) -> int:
@@ -57,9 +82,17 @@ def main(argv=None) -> int:
     with torch.no_grad():
         model(x, t, ctx)
         torch.cuda.synchronize()
+        walls = []
+        for _ in range(3):  # the forward's wall time, no profiler attached
+            t0 = time.perf_counter()
+            model(x, t, ctx)
+            torch.cuda.synchronize()
+            walls.append(time.perf_counter() - t0)
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
             model(x, t, ctx)
             torch.cuda.synchronize()
+    timeline = kernel_timeline(prof)
+    timeline["wall_ms_unprofiled"] = 1e3 * sorted(walls)[1]
     rows = []
     for e in prof.key_averages():
         us = getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0)
@@ -71,6 +104,9 @@ def main(argv=None) -> int:
     for name, ms, _ in rows:
         groups[group(name)] = groups.get(group(name), 0.0) + ms
     print("total GPU time %.1f ms (%d layers)" % (total, cfg.num_layers))
+    print("timeline: first kernel to last %.1f ms, GPU busy %.1f ms, idle between kernels %.1f ms; "
+          "forward wall time without the profiler %.1f ms" % (timeline["span_ms"], timeline["busy_ms"],
+                                                              timeline["idle_ms"], timeline["wall_ms_unprofiled"]))
     for g, ms in sorted(groups.items(), key=lambda kv: -kv[1]):
         print("  %-10s %8.1f ms  %5.1f%%" % (g, ms, 100 * ms / total))
     print("top kernels:")
@@ -78,7 +114,7 @@ def main(argv=None) -> int:
         print("  %8.2f ms %5.1f%% x%-4d %s" % (ms, 100 * ms / total, count, name[:110]))
     if args.out:
         with open(args.out, "w") as f:
-            json.dump({"total_ms": total, "groups_ms": groups,
+            json.dump({"total_ms": total, "groups_ms": groups, "timeline": timeline,
                        "kernels": [{"name": n, "ms": m, "count": c} for n, m, c in rows]}, f, indent=1)
     return 0
 

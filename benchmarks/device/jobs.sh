@@ -92,3 +92,11 @@ job_distill4fp8all() {  # issue 13: 4 steps, no CFG, FP8 Linears and attention, 
   timeout 400 $W bench pipeline recipes/wan2.1-t2v-14b-distill.yaml --weights random backend=cuda \
     quant.dit=fp8_rowwise quant.attention=fp8 precision.vae=bf16 --no-progress --out "$R/distill14-fp8all"
 }
+
+# ---- session 2026-11-30 (fourth)
+job_profile14full() {  # issue 16: all 40 blocks: kernel time vs the forward's wall time (idle gaps) (~2 min)
+  timeout 400 python3 benchmarks/profile_dit.py --model wan2.1-t2v-14b --out "$R/profile14-full.json"
+}
+job_cudnnfp8() {  # issue 13: cuDNN FP8 attention (cudnn-frontend, carried in .whl2) at Wan shapes (~2 min)
+  timeout 400 python3 benchmarks/cudnn_fp8_probe.py --out "$R/cudnn-fp8-probe.json"
+}

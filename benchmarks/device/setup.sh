@@ -1,5 +1,5 @@
 # Source from the repository root on the GPU machine, once per device call (idempotent on a warm
-# machine): installs the wheels carried in .whl/ into /tmp/site, joins flash-attn-4's CUTLASS cu13
+# machine): installs the wheels carried in .whl/ (and .whl2/) into /tmp/site, joins flash-attn-4's CUTLASS cu13
 # library once both xz pieces have been carried (.cu13xa/ in one call, .cu13xb/ in the next: the
 # piece is larger than one call may carry, see benchmarks/README.md), puts /tmp/site and the
 # nvidia_cutlass_dsl dsl_packages folder on PYTHONPATH and installs wanport from this tree.
@@ -8,6 +8,10 @@ for d in .cu13xa .cu13xb; do [ -d "$d" ] && cp -n "$d"/* /tmp/scratch/; done
 if [ -d .whl ] && [ ! -e /tmp/site/.wheels-done ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     && touch /tmp/site/.wheels-done
+fi
+if [ -d .whl2 ] && [ ! -e /tmp/site/.wheels2-done ]; then  # more wheels, carried in the second call
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl2/*.whl \
+    && touch /tmp/site/.wheels2-done
 fi
 if [ -e /tmp/scratch/cu13.part.00 ] && [ -e /tmp/scratch/cu13.part.01 ] && [ ! -e /tmp/site/.cu13-done ]; then
   cat /tmp/scratch/cu13.part.* | python3 -c "
