@@ -24,7 +24,7 @@ ALL = sorted(ERAS)
 BF16, F32 = torch.bfloat16, torch.float32
 D = 128  # every Wan model's head dim
 ASCEND_SITES = ("self_attention", "cross_attention", "rotary", "rms_norm", "layer_norm", "layer_norm_modulate",
-                "qk_norm_rope")
+                "add_layer_norm_modulate", "qk_norm_rope")
 
 
 @pytest.fixture(scope="module")
@@ -217,13 +217,16 @@ def test_resolution_per_era_and_requirements(registry, era):
         assert {site: table[site] for site in ASCEND_SITES} == {
             "self_attention": "ascend.fusion_attention", "cross_attention": "ascend.fusion_attention",
             "rotary": rotary, "rms_norm": "ascend.rms_norm", "layer_norm": "ascend.layer_norm_eval",
-            "layer_norm_modulate": "ascend.layer_norm_eval", "qk_norm_rope": "composed(ascend.rms_norm, %s)" % rotary}
+            "layer_norm_modulate": "ascend.layer_norm_eval",
+            "add_layer_norm_modulate": "composed(ascend.layer_norm_eval)",
+            "qk_norm_rope": "composed(ascend.rms_norm, %s)" % rotary}
         assert all(table[s].startswith("reference.") for s in table if s not in ASCEND_SITES), table
         assert all(getattr(t, s).why == "default" for s in ("self_attention", "rotary", "rms_norm", "layer_norm"))
         # per-token timesteps or batch > 1: the modulate kernel would collapse to sample 0 -> F.layer_norm
         for kw in ({"per_token_timesteps": True}, {"batch_gt1": True}):
             t = resolve_ops(registry, spec, reqs(**kw))
             assert t.layer_norm_modulate.impl == "reference.torch" and "fallback" in t.layer_norm_modulate.why
+            assert t.add_layer_norm_modulate.impl == "composed(reference.torch)"
             assert t.self_attention.impl == "ascend.fusion_attention" and t.rms_norm.impl == "ascend.rms_norm"
         # ring attention needs the log-sum-exp: FIA
         t = resolve_ops(registry, spec, reqs(ring_lse=True, padded_keys=True))

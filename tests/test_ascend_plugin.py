@@ -23,7 +23,7 @@ from wanport.registry import discover, select_backend
 
 ENV = dict(plugin.ENV_DEFAULTS)
 ASCEND_SITES = ("self_attention", "cross_attention", "rotary", "rms_norm", "layer_norm", "layer_norm_modulate",
-                "qk_norm_rope")
+                "add_layer_norm_modulate", "qk_norm_rope")
 
 
 @pytest.fixture(scope="module")
@@ -278,7 +278,9 @@ def test_tiny_t2v_end_to_end_on_the_emulated_npu(tiny_ckpt, tmp_path, clean_env,
         assert {site: ops[site] for site in ASCEND_SITES} == {
             "self_attention": "ascend.fusion_attention", "cross_attention": "ascend.fusion_attention",
             "rotary": rotary, "rms_norm": "ascend.rms_norm", "layer_norm": "ascend.layer_norm_eval",
-            "layer_norm_modulate": "ascend.layer_norm_eval", "qk_norm_rope": "composed(ascend.rms_norm, %s)" % rotary}
+            "layer_norm_modulate": "ascend.layer_norm_eval",
+            "add_layer_norm_modulate": "composed(ascend.layer_norm_eval)",
+            "qk_norm_rope": "composed(ascend.rms_norm, %s)" % rotary}
         # the kinds the ascend backend does not implement run the reference (device-agnostic) code,
         # the composable VAE norm its composed form
         assert ops.pop("channel_rms_norm") == "composed(pytorch)"

@@ -35,6 +35,7 @@ def test_bench_ops_quick_on_reference(tmp_path):
     result = json.loads(out.read_text())
     kinds = {r["kind"] for r in result["rows"]}
     assert kinds == {"attention", "qk_norm_rope", "rotary", "rms_norm", "layer_norm", "layer_norm_modulate",
+                     "add_layer_norm_modulate",
                      "gated_residual", "linear_gelu"}
     assert not [r for r in result["rows"] if "error" in r]
     for r in result["rows"]:

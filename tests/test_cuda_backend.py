@@ -245,6 +245,50 @@ def test_layer_norm_modulate_kernel(xdtype, per_token):
 
 
 @gpu
+@pytest.mark.parametrize("per_token", [False, True])
+def test_add_layer_norm_modulate_kernel_is_the_add_then_the_norm(per_token):
+    """The fused residual add + adaLN norm gives the bits of x + y followed by the layer_norm_modulate
+    kernel (same float32 add, same row reduction), and writes the sum into x's storage."""
+    _, lnm = _impl("layer_norm_modulate", "triton")
+    _, fn = _impl("add_layer_norm_modulate", "triton")
+    dev = torch.device("cuda")
+    x = 1 + 3 * torch.randn(2, 300, 5120, device=dev)
+    y = torch.randn(2, 300, 5120, device=dev).bfloat16()
+    rows = 300 if per_token else 1
+    shift = torch.randn(2, rows, 5120, device=dev)
+    scale = 0.3 * torch.randn(2, rows, 5120, device=dev)
+    expect_sum = x + y
+    expect = lnm(expect_sum, shift, scale, 1e-6, out_dtype=torch.bfloat16)
+    ptr = x.data_ptr()
+    total, h = fn(x, y, shift, scale, 1e-6, out_dtype=torch.bfloat16)
+    assert total.data_ptr() == ptr and torch.equal(total, expect_sum)
+    assert h.dtype == torch.bfloat16 and torch.equal(h, expect)
+    # a bf16 stream with a float32 branch promotes: a new float32 sum, x untouched
+    xb = x.bfloat16()
+    yf = y.float()
+    total, h = fn(xb, yf, shift, scale, 1e-6)
+    assert total.dtype == torch.float32 and total.data_ptr() != xb.data_ptr()
+    assert torch.equal(total, xb + yf) and torch.equal(h, lnm(xb + yf, shift, scale, 1e-6))
+
+
+@gpu
+def test_fp8_norm_quantizer_with_the_residual_add_is_the_add_then_the_quantizer():
+    _impl("quant_linear", "fp8_rowwise_scaled_mm")  # skips where FP8 GEMMs are unavailable
+    from wanport_cuda.quant_rows import ln_modulate_quant_fp8
+
+    dev = torch.device("cuda")
+    x = 1 + 3 * torch.randn(1, 257, 5120, device=dev)
+    y = torch.randn(1, 257, 5120, device=dev).bfloat16()
+    shift, scale = torch.randn(1, 1, 5120, device=dev), 0.3 * torch.randn(1, 1, 5120, device=dev)
+    expect_sum = x + y
+    q0, s0 = ln_modulate_quant_fp8(expect_sum, shift, scale, 1e-6, torch.bfloat16)
+    ptr = x.data_ptr()
+    total, q, s = ln_modulate_quant_fp8(x, shift, scale, 1e-6, torch.bfloat16, y=y)
+    assert total.data_ptr() == ptr and torch.equal(total, expect_sum)
+    assert torch.equal(q.view(torch.uint8), q0.view(torch.uint8)) and torch.equal(s, s0)
+
+
+@gpu
 @pytest.mark.parametrize("affine", [True, False])
 def test_layer_norm_and_rms_norm_kernels(affine):
     from wanport.reference.layer_norm import layer_norm as ref_ln

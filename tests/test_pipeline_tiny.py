@@ -49,8 +49,8 @@ def test_run_writes_video_and_complete_report(tiny_ckpt, tmp_path):
     assert len(stages["steps_s"]) == 3 and all(s > 0 for s in stages["steps_s"])
     assert report["backend"]["name"] == "reference"
     assert set(report["ops"]) == {"self_attention", "cross_attention", "rotary", "rms_norm", "layer_norm",
-                                  "layer_norm_modulate", "qk_norm_rope", "gated_residual", "linear_gelu",
-                                  "channel_rms_norm"}
+                                  "layer_norm_modulate", "add_layer_norm_modulate", "qk_norm_rope", "gated_residual",
+                                  "linear_gelu", "channel_rms_norm"}
     assert report["ops"]["qk_norm_rope"]["impl"] == "composed(reference.torch, reference.real_tables)"
     # the VAE: the reference norm, in the host's layout (NCDHW)
     assert report["vae"] == {"channel_rms_norm": "reference.torch", "memory_format": "contiguous_format"}

@@ -66,6 +66,7 @@ def test_resolves_reference_table_once_and_frozen(registry):
         "rms_norm": "reference.torch",
         "layer_norm": "reference.torch",
         "layer_norm_modulate": "reference.torch",
+        "add_layer_norm_modulate": "composed(reference.torch)",
         "qk_norm_rope": "composed(reference.torch, reference.real_tables)",
         "gated_residual": "reference.torch",
         "linear_gelu": "reference.torch",

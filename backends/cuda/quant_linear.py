@@ -61,6 +61,14 @@ class Fp8Kernels(QuantKernels):
         q, s = ln_modulate_quant_fp8(x, shift, scale, eps, out_dtype)
         return QuantizedActivation(q, s, out_dtype, self.scheme.name)
 
+    def add_layer_norm_modulate(self, x, y, shift, scale, eps, *, out_dtype, fallback):
+        if not self.rowwise or x.dim() != 3 or out_dtype not in (torch.bfloat16, torch.float32):
+            return super().add_layer_norm_modulate(x, y, shift, scale, eps, out_dtype=out_dtype, fallback=fallback)
+        from .quant_rows import ln_modulate_quant_fp8
+
+        total, q, s = ln_modulate_quant_fp8(x, shift, scale, eps, out_dtype, y=y)
+        return total, QuantizedActivation(q, s, out_dtype, self.scheme.name)
+
     # -- matmuls
     def linear(self, x: Activation, weight: torch.Tensor, weight_scale: torch.Tensor,
                bias: Optional[torch.Tensor], *, out_dtype: torch.dtype) -> torch.Tensor:

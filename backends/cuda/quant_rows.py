@@ -9,6 +9,8 @@ to its dtype (``round_ty``), so the reference emulation and these kernels see th
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import triton
 import triton.language as tl
@@ -40,20 +42,24 @@ def _row_quant_kernel(x_ptr, q_ptr, s_ptr, x_row_stride, C: tl.constexpr, BLOCK:
 
 @triton.jit
 def _ln_modulate_quant_kernel(
-    x_ptr, shift_ptr, scale_ptr, q_ptr, s_ptr,
+    x_ptr, y_ptr, sum_ptr, shift_ptr, scale_ptr, q_ptr, s_ptr,
     seq_len, x_row_stride, sh_b, sh_s, sc_b, sc_s, eps,
-    C: tl.constexpr, BLOCK: tl.constexpr, QMAX: tl.constexpr, ROUND_BF16: tl.constexpr,
+    C: tl.constexpr, BLOCK: tl.constexpr, QMAX: tl.constexpr, ROUND_BF16: tl.constexpr, ADD: tl.constexpr,
 ):
     row = tl.program_id(0)
     b = row // seq_len
     s = row % seq_len
     cols = tl.arange(0, BLOCK)
     m = cols < C
-    x = tl.load(x_ptr + row * x_row_stride + cols, mask=m, other=0.0).to(tl.float32)
+    x = tl.load(x_ptr + row * x_row_stride + cols, mask=m, other=0.0)
+    if ADD:  # the residual sum first (as layer_norm_modulate's ADD), stored
+        x = x.to(sum_ptr.dtype.element_ty) + tl.load(y_ptr + row * C + cols, mask=m, other=0.0).to(sum_ptr.dtype.element_ty)
+        tl.store(sum_ptr + row * C + cols, x, mask=m)
+    x = x.to(tl.float32)
     mean = tl.sum(x, axis=0) / C
     xc = tl.where(m, x - mean, 0.0)
     rstd = tl.math.rsqrt(tl.sum(xc * xc, axis=0) / C + eps)
-    n = (xc * rstd).to(x_ptr.dtype.element_ty).to(tl.float32)  # official: LN(x).type_as(x)
+    n = (xc * rstd).to(sum_ptr.dtype.element_ty).to(tl.float32)  # official: LN(x).type_as(x)
     sc = tl.load(scale_ptr + b * sc_b + s * sc_s + cols, mask=m, other=0.0).to(tl.float32)
     sh = tl.load(shift_ptr + b * sh_b + s * sh_s + cols, mask=m, other=0.0).to(tl.float32)
     y = n * (1.0 + sc) + sh
@@ -97,18 +103,31 @@ def row_quant_fp8(x: torch.Tensor):
 
 
 def ln_modulate_quant_fp8(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float,
-                          round_dtype: torch.dtype):
-    """norm(x) * (1 + scale) + shift, rounded to ``round_dtype`` (bf16 or float32), quantized per row."""
+                          round_dtype: torch.dtype, y: Optional[torch.Tensor] = None):
+    """norm(x) * (1 + scale) + shift, rounded to ``round_dtype`` (bf16 or float32), quantized per row.
+    With ``y``: of the sum x + y instead, which is returned too (in x's storage when x is contiguous
+    and has the sum's dtype): ``(sum, q, scale)``."""
     b, s, c = x.shape
     x2 = rows_view(x)
+    total = x2
+    if y is not None:
+        if y.shape != x.shape:
+            raise ValueError("x %s and y %s differ in shape" % (tuple(x.shape), tuple(y.shape)))
+        y = y if y.is_contiguous() else y.contiguous()
+        sum_dtype = torch.promote_types(x.dtype, y.dtype)
+        in_place = x.is_contiguous() and x.dtype == sum_dtype
+        total = x if in_place else torch.empty(b, s, c, device=x.device, dtype=sum_dtype)
     sh_b, sh_s = modulation_strides(shift, x)
     sc_b, sc_s = modulation_strides(scale, x)
     q, sc = _outputs(b * s, c, x.device)
     block = triton.next_power_of_2(c)
-    _ln_modulate_quant_kernel[(b * s,)](x2, shift, scale, q, sc, s, x2.stride(0), sh_b, sh_s, sc_b, sc_s, eps,
-                                        C=c, BLOCK=block, QMAX=FP8_MAX,
-                                        ROUND_BF16=round_dtype == torch.bfloat16, num_warps=_warps(block))
-    return q.view(b, s, c), sc.view(b, s, 1)
+    _ln_modulate_quant_kernel[(b * s,)](x2, x2 if y is None else y, total, shift, scale, q, sc, s, x2.stride(0),
+                                        sh_b, sh_s, sc_b, sc_s, eps, C=c, BLOCK=block, QMAX=FP8_MAX,
+                                        ROUND_BF16=round_dtype == torch.bfloat16, ADD=y is not None,
+                                        num_warps=_warps(block))
+    if y is None:
+        return q.view(b, s, c), sc.view(b, s, 1)
+    return total, q.view(b, s, c), sc.view(b, s, 1)
 
 
 def gelu_quant_fp8(y: torch.Tensor):

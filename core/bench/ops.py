@@ -171,6 +171,14 @@ def build_cases(device: torch.device, pairs: Sequence[Tuple[str, str]], quick: b
         cases.append(Case("layer_norm_modulate", "fp32->bf16 %s" % tag, lnm, bytes=s * c * (4 + 2.0),
                           f64=lambda a, k: _ln64(a[0]) * (1 + a[2].double()) + a[1].double()))
 
+        def addlnm(_s=s, _c=c):
+            return (gen(1, _s, _c, dtype=f32, scale=3.0, offset=1.0), gen(1, _s, _c, scale=0.5), gen(1, 1, _c, dtype=f32),
+                    gen(1, 1, _c, dtype=f32, scale=0.3), 1e-6), {"out_dtype": bf16}
+
+        # float32 stream + bf16 branch in, the float32 sum and the bf16 norm out; the error is the sum's
+        cases.append(Case("add_layer_norm_modulate", "fp32+bf16->fp32,bf16 %s" % tag, addlnm,
+                          bytes=s * c * (4 + 2 + 4 + 2.0), f64=lambda a, k: a[0].double() + a[1].double()))
+
         def ln(_s=s, _c=c):
             return (gen(1, _s, _c, dtype=f32, scale=3.0, offset=1.0), gen(_c, dtype=f32, scale=0.1, offset=1.0),
                     gen(_c, dtype=f32, scale=0.1), 1e-6), {"out_dtype": bf16}

@@ -34,6 +34,17 @@ def compose_qk_norm_rope(rms_norm: Callable, rotary: Callable) -> Callable:
     return qk_norm_rope
 
 
+def compose_add_layer_norm_modulate(layer_norm_modulate: Callable) -> Callable:
+    """``add_layer_norm_modulate`` from a backend's own layer_norm_modulate: the sum in a new tensor
+    (what ``x = x + y`` did before the kind existed), then the norm of it."""
+
+    def add_layer_norm_modulate(x, y, shift, scale, eps, *, out_dtype=None):
+        s = x + y
+        return s, layer_norm_modulate(s, shift, scale, eps, out_dtype=out_dtype)
+
+    return add_layer_norm_modulate
+
+
 def channel_rms_norm_composed(x: torch.Tensor, gamma: torch.Tensor, *, silu: bool = False) -> torch.Tensor:
     """``channel_rms_norm`` in plain PyTorch ops, the arithmetic of a fused kernel: float32 (at least)
     from the input to the end, one rounding to x's dtype (contract in ops/contracts.py)."""
@@ -50,4 +61,5 @@ def compose_channel_rms_norm() -> Callable:
     return channel_rms_norm_composed
 
 
-COMPOSERS = {"qk_norm_rope": compose_qk_norm_rope, "channel_rms_norm": compose_channel_rms_norm}
+COMPOSERS = {"qk_norm_rope": compose_qk_norm_rope, "add_layer_norm_modulate": compose_add_layer_norm_modulate,
+             "channel_rms_norm": compose_channel_rms_norm}

@@ -109,6 +109,25 @@ class LayerNormModulateFn(Protocol):
         """
 
 
+class AddLayerNormModulateFn(Protocol):
+    def __call__(
+        self, x: torch.Tensor, y: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float, *,
+        out_dtype: Optional[torch.dtype] = None,
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """A residual add and the adaLN norm that reads its sum, in one pass (the block's
+        cross-attention residual and the FFN's norm): returns ``(s, h)`` with
+
+            s = x + y                      in promote_types(x.dtype, y.dtype)
+            h = layer_norm_modulate(s, shift, scale, eps, out_dtype=out_dtype)
+
+        x, y: [B, S, C] (the float32 residual stream and a branch output under the official
+        policy: one float32 add, as ``x = x + cross_attn(...)`` does); shift, scale as for
+        ``layer_norm_modulate``. An implementation may write ``s`` into x's storage when the dtypes
+        allow; the caller never reads x afterwards. A backend without a fused kernel gets the
+        composition: ``s = x + y``, then its ``layer_norm_modulate``.
+        """
+
+
 class QKNormRopeFn(Protocol):
     def __call__(
         self,
@@ -193,8 +212,8 @@ class ChannelRMSNormFn(Protocol):
 
 
 #: Op kinds in the order the registry reports them.
-OP_KINDS = ("attention", "rotary", "rms_norm", "layer_norm", "layer_norm_modulate", "qk_norm_rope",
-            "gated_residual", "linear_gelu", "quant_linear", "channel_rms_norm")
+OP_KINDS = ("attention", "rotary", "rms_norm", "layer_norm", "layer_norm_modulate", "add_layer_norm_modulate",
+            "qk_norm_rope", "gated_residual", "linear_gelu", "quant_linear", "channel_rms_norm")
 
 #: Op kinds chosen by the recipe's scheme, not by exactness: the resolver takes only the active
 #: backend's own implementations that declare the scheme (no fallback to another backend's), and
@@ -204,7 +223,8 @@ SCHEME_KINDS = ("quant_linear",)
 #: Op kinds that a backend need not implement: the resolver composes them from other kinds (no
 #: kinds: pure PyTorch). A backend without its own implementation gets the composition, not another
 #: backend's implementation.
-COMPOSABLE = {"qk_norm_rope": ("rms_norm", "rotary"), "channel_rms_norm": ()}
+COMPOSABLE = {"qk_norm_rope": ("rms_norm", "rotary"), "add_layer_norm_modulate": ("layer_norm_modulate",),
+              "channel_rms_norm": ()}
 
 
 def composed_from(kind: str) -> str:
@@ -225,6 +245,7 @@ CALL_SITES = {
     "rms_norm": "rms_norm",
     "layer_norm": "layer_norm",
     "layer_norm_modulate": "layer_norm_modulate",
+    "add_layer_norm_modulate": "add_layer_norm_modulate",
     "qk_norm_rope": "qk_norm_rope",
     "gated_residual": "gated_residual",
     "linear_gelu": "linear_gelu",
@@ -244,6 +265,7 @@ CONTRACTS = {
     "rms_norm": RMSNormFn,
     "layer_norm": LayerNormFn,
     "layer_norm_modulate": LayerNormModulateFn,
+    "add_layer_norm_modulate": AddLayerNormModulateFn,
     "qk_norm_rope": QKNormRopeFn,
     "gated_residual": GatedResidualFn,
     "linear_gelu": LinearGeluFn,

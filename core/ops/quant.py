@@ -214,6 +214,9 @@ class QuantKernels:
     - ``layer_norm_modulate(x, shift, scale, eps, out_dtype=, fallback=)`` -> the adaLN norm's
       output already quantized (a backend fuses the quantization into its norm kernel;
       ``fallback`` is the op table's ``layer_norm_modulate`` for the default composition);
+    - ``add_layer_norm_modulate(x, y, shift, scale, eps, out_dtype=, fallback=)`` -> ``(x + y, the
+      quantized norm of it)`` for the FFN's norm after the cross-attention's residual add (default:
+      the add, then ``layer_norm_modulate``);
     - ``linear(x, weight, weight_scale, bias, out_dtype=)`` -> ``x Wᵀ + b`` in ``out_dtype``; ``x`` is
       a tensor (quantized inside) or a :class:`QuantizedActivation` of this scheme;
     - ``linear_gelu(..., quantize_output=)`` -> ``gelu_tanh(x Wᵀ + b)``, quantized for the next
@@ -250,6 +253,14 @@ class QuantKernels:
 
     def layer_norm_modulate(self, x, shift, scale, eps, *, out_dtype, fallback: Callable) -> QuantizedActivation:
         return self.quantize_activation(fallback(x, shift, scale, eps, out_dtype=out_dtype))
+
+    def add_layer_norm_modulate(self, x, y, shift, scale, eps, *, out_dtype,
+                                fallback: Callable) -> Tuple[torch.Tensor, QuantizedActivation]:
+        """``(x + y, layer_norm_modulate(x + y, ...))``: the cross-attention's residual add and the
+        FFN's norm, the norm quantized (contract of the op kind ``add_layer_norm_modulate``; the sum
+        may be written into x's storage). ``fallback`` is the op table's ``layer_norm_modulate``."""
+        total = x + y
+        return total, self.layer_norm_modulate(total, shift, scale, eps, out_dtype=out_dtype, fallback=fallback)
 
     # -- matmuls
     def linear(self, x: Activation, weight: torch.Tensor, weight_scale: torch.Tensor,

@@ -31,6 +31,7 @@ class OpTable:
     rms_norm: ResolvedOp
     layer_norm: ResolvedOp
     layer_norm_modulate: ResolvedOp
+    add_layer_norm_modulate: ResolvedOp
     qk_norm_rope: ResolvedOp
     gated_residual: ResolvedOp
     linear_gelu: ResolvedOp

@@ -149,6 +149,18 @@ def layer_norm_modulate_case(dtype, b: int = 1, per_token: bool = False, out_dty
     return Case("layer_norm_modulate", label, (x, shift, scale, 1e-6), kw, frozenset({dtype}), terms=2 * c)
 
 
+def add_layer_norm_modulate_case(dtype, b: int = 1, per_token: bool = False, out_dtype=None, c: int = 256,
+                                 seed: int = 16) -> Case:
+    """The residual stream in float32 plus a branch output in ``dtype`` (as in the block), or both in
+    float32 for the float32 case."""
+    base = layer_norm_modulate_case(F32, b, per_token, out_dtype, c, seed)
+    x, shift, scale, eps = base.args
+    y = randn(b, x.shape[1], c, dtype=dtype, seed=seed + 5, scale=0.5)
+    label = "f32 + %s b%d %s out %s" % (_n(dtype), b, "per-token" if per_token else "per-sample", _n(out_dtype))
+    return Case("add_layer_norm_modulate", label, (x, y, shift, scale, eps), base.kwargs, frozenset({dtype}),
+                terms=2 * c)
+
+
 def qk_norm_rope_case(dtype, d: int, b: int = 1, out_dtype=None, seed: int = 20) -> Case:
     s, n = 26, 2
     c = n * d
@@ -229,6 +241,11 @@ def cases(kind: str, c: Constraints) -> List[Case]:
                     out.append(layer_norm_modulate_case(dt, b, False, o))
                 if c.per_token_modulation:
                     out.append(layer_norm_modulate_case(dt, b, True))
+            elif kind == "add_layer_norm_modulate":
+                for o in (None, BF16) if dt != BF16 else (BF16,):
+                    out.append(add_layer_norm_modulate_case(dt, b, False, o))
+                if c.per_token_modulation:
+                    out.append(add_layer_norm_modulate_case(dt, b, True))
             elif kind == "qk_norm_rope" and d is not None:
                 out.append(qk_norm_rope_case(dt, d, b))
                 if dt != BF16:
@@ -252,6 +269,7 @@ def _base(kind: str, dtype, d: int, b: int = 1) -> Case:
         "rms_norm": lambda: rms_norm_case(dtype, b),
         "layer_norm": lambda: layer_norm_case(dtype, b),
         "layer_norm_modulate": lambda: layer_norm_modulate_case(dtype, b),
+        "add_layer_norm_modulate": lambda: add_layer_norm_modulate_case(dtype, b),
         "qk_norm_rope": lambda: qk_norm_rope_case(dtype, d, b),
         "gated_residual": lambda: gated_residual_case(dtype, b),
         "linear_gelu": lambda: linear_gelu_case(dtype, b),
@@ -261,8 +279,8 @@ def _base(kind: str, dtype, d: int, b: int = 1) -> Case:
 HEAD_DIM_KINDS = ("attention", "rotary", "qk_norm_rope")
 #: the op kinds the kit has cases for; a new kind gets its builder, its branch in ``cases``, ``_base``
 #: and ``reference_fn`` here (until then its implementations' outputs are reported as untested)
-KINDS_WITH_CASES = ("attention", "rotary", "rms_norm", "layer_norm", "layer_norm_modulate", "qk_norm_rope",
-                    "gated_residual", "linear_gelu")
+KINDS_WITH_CASES = ("attention", "rotary", "rms_norm", "layer_norm", "layer_norm_modulate", "add_layer_norm_modulate",
+                    "qk_norm_rope", "gated_residual", "linear_gelu")
 
 
 def probes(kind: str, c: Constraints) -> List[Probe]:
@@ -289,6 +307,8 @@ def probes(kind: str, c: Constraints) -> List[Probe]:
     if not c.per_token_modulation:
         if kind == "layer_norm_modulate":
             out.append(Probe("per_token_modulation=False", layer_norm_modulate_case(dt, 1, per_token=True)))
+        elif kind == "add_layer_norm_modulate":
+            out.append(Probe("per_token_modulation=False", add_layer_norm_modulate_case(dt, 1, per_token=True)))
         elif kind == "gated_residual":
             out.append(Probe("per_token_modulation=False", gated_residual_case(dt, 1, per_token=True)))
     return out
@@ -316,7 +336,7 @@ def bad_arguments(kind: str, c: Constraints) -> List[Probe]:
 
 def reference_fn(kind: str) -> Callable:
     """The reference backend's implementation of ``kind`` (the executable contract)."""
-    from ..ops.composites import compose_qk_norm_rope
+    from ..ops.composites import compose_add_layer_norm_modulate, compose_qk_norm_rope
     from ..reference.attention import attention_math
     from ..reference.gated_residual import gated_residual
     from ..reference.layer_norm import layer_norm
@@ -326,7 +346,9 @@ def reference_fn(kind: str) -> Callable:
     from ..reference.rotary import rotary
 
     return {"attention": attention_math, "rotary": rotary, "rms_norm": rms_norm, "layer_norm": layer_norm,
-            "layer_norm_modulate": layer_norm_modulate, "qk_norm_rope": compose_qk_norm_rope(rms_norm, rotary),
+            "layer_norm_modulate": layer_norm_modulate,
+            "add_layer_norm_modulate": compose_add_layer_norm_modulate(layer_norm_modulate),
+            "qk_norm_rope": compose_qk_norm_rope(rms_norm, rotary),
             "gated_residual": gated_residual, "linear_gelu": linear_gelu}[kind]
 
 

@@ -115,8 +115,8 @@ def _compare(who: str, case: Case, result, declared: float, lossy: bool = False)
     if len(got) != len(expected):
         return ["%s [%s]: returned %d tensor(s); the contract returns %d" % (who, case.label, len(got), len(expected))]
     problems = []
-    names = ("out", "lse") if len(expected) == 2 and "return_lse" in case.kwargs else ("q", "k") if len(expected) == 2 \
-        else ("out",)
+    names = ("out", "lse") if len(expected) == 2 and "return_lse" in case.kwargs \
+        else ("sum", "out") if case.kind == "add_layer_norm_modulate" else ("q", "k") if len(expected) == 2 else ("out",)
     for name, g, e, x in zip(names, got, expected, exact):
         if not isinstance(g, torch.Tensor):
             problems.append("%s [%s]: %s is %r, not a tensor" % (who, case.label, name, type(g).__name__))

@@ -56,11 +56,16 @@ class WanBlock(nn.Module):
         y = self.self_attn(h, cos, sin, ops, attn_dtype, kv_lens)
         x = ops.gated_residual.fn(x, y, gate_sa)  # promotes to the modulation dtype: the float32 residual stream
 
-        x = x + self.cross_attn(ops.layer_norm.fn(x, self.norm3.weight, self.norm3.bias, self.eps, out_dtype=mm),
-                                context, ops, attn_dtype, context_img)
+        y = self.cross_attn(ops.layer_norm.fn(x, self.norm3.weight, self.norm3.bias, self.eps, out_dtype=mm),
+                            context, ops, attn_dtype, context_img)
 
         up, down = self.ffn[0], self.ffn[2]
-        h = _norm_modulate(ops, shared_kernels(up), x, shift_ff, scale_ff, self.eps, mm)
+        kernels = shared_kernels(up)
+        if kernels is None:  # the residual add and the FFN's norm in one pass where the backend fuses them
+            x, h = ops.add_layer_norm_modulate.fn(x, y, shift_ff, scale_ff, self.eps, out_dtype=mm)
+        else:  # ... and the quantization of ffn.0's input with them
+            x, h = kernels.add_layer_norm_modulate(x, y, shift_ff, scale_ff, self.eps, out_dtype=mm,
+                                                   fallback=ops.layer_norm_modulate.fn)
         if isinstance(up, QuantLinear):  # GEMM, GELU, and the quantization ffn.2 needs, fused where the backend can
             a = up.kernels.linear_gelu(h, up.weight, up.weight_scale, up.bias, out_dtype=up.out_dtype,
                                        quantize_output=shared_kernels(up, down) is not None)

@@ -46,6 +46,9 @@ def dit_requirements(
         "layer_norm": Requirements(dtypes=frozenset(layer_norm_in), **common),
         "layer_norm_modulate": Requirements(dtypes=frozenset({policy.matmul, residual}),
                                             per_token_modulation=per_token_timesteps, **common),
+        # the cross-attention's residual add (residual stream + the branch's matmul-dtype output)
+        "add_layer_norm_modulate": Requirements(dtypes=frozenset({policy.matmul, residual}),
+                                                per_token_modulation=per_token_timesteps, **common),
         "qk_norm_rope": Requirements(dtypes=frozenset({policy.matmul}), head_dim=cfg.head_dim, **common),
         "gated_residual": Requirements(dtypes=frozenset({policy.matmul, residual}),
                                        per_token_modulation=per_token_timesteps, **common),
