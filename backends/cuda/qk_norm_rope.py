@@ -21,24 +21,27 @@ def _qk_norm_rope_kernel(
     seq_len, x_row_stride, out_row_stride, cos_row_stride, eps,
     C: tl.constexpr, HALF_D: tl.constexpr, HALF_BLOCK: tl.constexpr,
 ):
+    # the row is read and written contiguously (vector loads) and split into its pairs in registers
     row = tl.program_id(0)
     s = row % seq_len
     j = tl.arange(0, HALF_BLOCK)  # pair index within the row
-    m = j < C // 2
-    xe = tl.load(x_ptr + row * x_row_stride + 2 * j, mask=m, other=0.0).to(tl.float32)
-    xo = tl.load(x_ptr + row * x_row_stride + 2 * j + 1, mask=m, other=0.0).to(tl.float32)
-    rstd = tl.math.rsqrt(tl.sum(xe * xe + xo * xo, axis=0) / C + eps)
+    i = tl.arange(0, 2 * HALF_BLOCK)  # element index within the row
+    mi = i < C
+    x = tl.load(x_ptr + row * x_row_stride + i, mask=mi, other=0.0).to(tl.float32)
+    xe, xo = tl.split(tl.reshape(x, (HALF_BLOCK, 2)))
+    rstd = tl.math.rsqrt(tl.sum(x * x, axis=0) / C + eps)
     in_ty = x_ptr.dtype.element_ty
-    we = tl.load(w_ptr + 2 * j, mask=m, other=0.0).to(tl.float32)
-    wo = tl.load(w_ptr + 2 * j + 1, mask=m, other=0.0).to(tl.float32)
+    w = tl.load(w_ptr + i, mask=mi, other=0.0).to(tl.float32)
+    we, wo = tl.split(tl.reshape(w, (HALF_BLOCK, 2)))
     ne = (xe * rstd).to(in_ty).to(tl.float32) * we
     no = (xo * rstd).to(in_ty).to(tl.float32) * wo
     p = j % HALF_D
+    m = j < C // 2
     c = tl.load(cos_ptr + s * cos_row_stride + 2 * p, mask=m, other=1.0)
     sn = tl.load(sin_ptr + s * cos_row_stride + 2 * p, mask=m, other=0.0)
     out_ty = out_ptr.dtype.element_ty
-    tl.store(out_ptr + row * out_row_stride + 2 * j, (ne * c - no * sn).to(out_ty), mask=m)
-    tl.store(out_ptr + row * out_row_stride + 2 * j + 1, (ne * sn + no * c).to(out_ty), mask=m)
+    out = tl.reshape(tl.join(ne * c - no * sn, ne * sn + no * c), (2 * HALF_BLOCK,))
+    tl.store(out_ptr + row * out_row_stride + i, out.to(out_ty), mask=mi)
 
 
 def _one(x: torch.Tensor, w: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, eps: float,
