@@ -100,3 +100,6 @@ job_profile14full() {  # issue 16: all 40 blocks: kernel time vs the forward's w
 job_cudnnfp8() {  # issue 13: cuDNN FP8 attention (cudnn-frontend, carried in .whl2) at Wan shapes (~2 min)
   timeout 400 python3 benchmarks/cudnn_fp8_probe.py --out "$R/cudnn-fp8-probe.json"
 }
+job_gputests() {  # the CUDA backend's GPU tests (kernels vs the reference, the conformance kit) (~2 min)
+  timeout 500 python3 -m pytest -q -o addopts="" -p no:cacheprovider tests/test_cuda_backend.py 2>&1 | tail -40
+}
