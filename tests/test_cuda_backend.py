@@ -248,7 +248,7 @@ def test_layer_norm_modulate_kernel(xdtype, per_token):
 @pytest.mark.parametrize("per_token", [False, True])
 def test_add_layer_norm_modulate_kernel_is_the_add_then_the_norm(per_token):
     """The fused residual add + adaLN norm gives the bits of x + y followed by the layer_norm_modulate
-    kernel (same float32 add, same row reduction), and writes the sum into x's storage."""
+    kernel's norm (up to the order of the row sums), and writes the sum into x's storage."""
     _, lnm = _impl("layer_norm_modulate", "triton")
     _, fn = _impl("add_layer_norm_modulate", "triton")
     dev = torch.device("cuda")
@@ -261,14 +261,17 @@ def test_add_layer_norm_modulate_kernel_is_the_add_then_the_norm(per_token):
     expect = lnm(expect_sum, shift, scale, 1e-6, out_dtype=torch.bfloat16)
     ptr = x.data_ptr()
     total, h = fn(x, y, shift, scale, 1e-6, out_dtype=torch.bfloat16)
+    # the sum bit for bit; the norm within its float32 rounding (two compiled kernels may sum a row in a
+    # different order), then one bf16 rounding: at most one bf16 step apart
     assert total.data_ptr() == ptr and torch.equal(total, expect_sum)
-    assert h.dtype == torch.bfloat16 and torch.equal(h, expect)
+    assert h.dtype == torch.bfloat16 and (h.float() - expect.float()).abs().max() <= 2 ** -7 * expect.float().abs().max()
+    assert rel(h, expect) < 2 ** -8
     # a bf16 stream with a float32 branch promotes: a new float32 sum, x untouched
     xb = x.bfloat16()
     yf = y.float()
     total, h = fn(xb, yf, shift, scale, 1e-6)
     assert total.dtype == torch.float32 and total.data_ptr() != xb.data_ptr()
-    assert torch.equal(total, xb + yf) and torch.equal(h, lnm(xb + yf, shift, scale, 1e-6))
+    assert torch.equal(total, xb + yf) and rel(h, lnm(xb + yf, shift, scale, 1e-6)) < 1e-6
 
 
 @gpu

@@ -51,6 +51,8 @@ def make_lse(kind: str):
     the aten kernels SDPA dispatches to (they compute the LSE anyway)."""
 
     def core(q, k, v, scale, return_lse):
+        if q.dtype not in (torch.float16, torch.bfloat16):  # the aten kernels return garbage, not an error
+            raise ValueError("cuda.%s_lse takes float16/bfloat16 q/k/v, not %s" % (kind, q.dtype))
         qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         if kind == "cudnn":
             res = torch.ops.aten._scaled_dot_product_cudnn_attention(

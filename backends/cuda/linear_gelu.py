@@ -12,6 +12,8 @@ import torch
 
 
 def linear_gelu(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+    if weight.dtype not in (torch.float16, torch.bfloat16):  # float32 would run the epilogue on TF32
+        raise ValueError("cuda.cublaslt_epilogue takes float16/bfloat16 weights, not %s" % weight.dtype)
     x2 = x.to(weight.dtype).reshape(-1, x.shape[-1])
     if bias is None:
         bias = torch.zeros(weight.shape[0], device=weight.device, dtype=weight.dtype)
