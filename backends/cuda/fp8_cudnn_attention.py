@@ -20,7 +20,7 @@ No log-sum-exp: ring attention cannot use this (the resolver refuses it by the `
 
 from __future__ import annotations
 
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 import triton
@@ -137,23 +137,31 @@ class _CudnnFp8:
                                             device=torch.device("cuda", idx))
         return self.consts[idx]
 
-    def attention(self, q, k, v, scale: float) -> torch.Tensor:
-        b, sq, n, d = q.shape
-        skv = k.shape[1]
+    def quantize(self, q, k, v) -> "_Operands":
+        """The e4m3 operands and their [B, N] scales (the output's scale is V's: |O| <= amax(V))."""
         fp8 = torch.float8_e4m3fn
         q8, _, q_desc = quantize_heads(q, fp8)
         k8, _, k_desc = quantize_heads(k, fp8)
-        v8, v_mult, v_desc = quantize_heads(v, fp8)  # the output's scale is V's: |O| <= amax(V)
-        o8 = torch.empty((b, sq, n, d), dtype=fp8, device=q.device)
-        idx, handle = self.handle(q.device)
+        v8, v_mult, v_desc = quantize_heads(v, fp8)
+        return _Operands(q8, k8, v8, q_desc, k_desc, v_desc, v_mult)
+
+    def run(self, ops: "_Operands", scale: float) -> torch.Tensor:
+        """cuDNN's FP8 attention once per (sample, head): the e4m3 output [B, S_q, N, D], times
+        ``448 / amax(V)`` of its head."""
+        q8, k8 = ops.q8, ops.k8
+        b, sq, n, d = q8.shape
+        skv = k8.shape[1]
+        o8 = torch.empty((b, sq, n, d), dtype=q8.dtype, device=q8.device)
+        idx, handle = self.handle(q8.device)
         graph, (tq, tk, tv, dq, dk, dv, ds, ss, so, to, tas, tao), ws_size = self.graph(idx, handle, sq, skv, n, d, scale)
-        stream = torch.cuda.current_stream(q.device)
+        stream = torch.cuda.current_stream(q8.device)
         self.cudnn.set_stream(handle=handle, stream=stream.cuda_stream)
         ws, scratch = self.buffers_for(idx, stream, ws_size)
         consts = self.p_scales(idx)
-        # addresses: a head's place in the [B, S, N, D] e4m3 tensors and in the [B, N] float32 scales
-        pq, pk, pv, po = q8.data_ptr(), k8.data_ptr(), v8.data_ptr(), o8.data_ptr()
-        sdq, sdk, sdv, sso = q_desc.data_ptr(), k_desc.data_ptr(), v_desc.data_ptr(), v_mult.data_ptr()
+        # addresses: a head's place in the [B, S, N, D] e4m3 tensors (1 byte per element) and in the
+        # [B, N] float32 scales (4 bytes); cuDNN takes the geometry from the graph
+        pq, pk, pv, po = q8.data_ptr(), k8.data_ptr(), ops.v8.data_ptr(), o8.data_ptr()
+        sdq, sdk, sdv, sso = ops.q_desc.data_ptr(), ops.k_desc.data_ptr(), ops.v_desc.data_ptr(), ops.v_mult.data_ptr()
         c0 = consts.data_ptr()
         fixed = {ds: c0, ss: c0 + 4, tas: scratch.data_ptr(), tao: scratch.data_ptr() + 4}
         for i in range(b):
@@ -164,7 +172,25 @@ class _CudnnFp8:
                              tv: pv + (i * skv * n + h) * d, to: po + (i * sq * n + h) * d,
                              dq: sdq + 4 * j, dk: sdk + 4 * j, dv: sdv + 4 * j, so: sso + 4 * j})
                 graph.execute(pack, ws, handle=handle)
-        return scale_cast(o8, v_desc, q.dtype, saturate=False)
+        return o8
+
+    @staticmethod
+    def dequantize(o8: torch.Tensor, ops: "_Operands", dtype: torch.dtype) -> torch.Tensor:
+        return scale_cast(o8, ops.v_desc, dtype, saturate=False)
+
+    def attention(self, q, k, v, scale: float) -> torch.Tensor:
+        ops = self.quantize(q, k, v)
+        return self.dequantize(self.run(ops, scale), ops, q.dtype)
+
+
+class _Operands(NamedTuple):
+    q8: torch.Tensor
+    k8: torch.Tensor
+    v8: torch.Tensor
+    q_desc: torch.Tensor  # [B, N] float32: amax / 448
+    k_desc: torch.Tensor
+    v_desc: torch.Tensor
+    v_mult: torch.Tensor  # [B, N] float32: 448 / amax(V), the output's scale
 
 
 def make_cudnn_fp8_attention():
@@ -191,6 +217,7 @@ def make_cudnn_fp8_attention():
         return per_sample_keys(core, q, k, v, scale, kv_lens, return_lse)
 
     attention.__name__ = "fp8_cudnn"
+    attention.parts = state  # quantize / run / dequantize, for benchmarks/fp8_cudnn_attention_check.py
     return attention
 
 
