@@ -8,10 +8,11 @@ sm90+): the scheme of ``wanport.ops.attention_quant`` (docs/quantization.md, "FP
 - Attention: one cuDNN graph (nvidia-cudnn-frontend ``sdpa_fp8``) for ONE head, dims (1, 1, S, D)
   with the strides of the [B, S, N, D] layout (no transpose), built once per (S_q, S_kv, D, N,
   scale, device) and run once per (sample, head) on that head's place in the tensors. The
-  per-head scalars (descale of q, k, v; the output's scale ``448 / amax(V)``) are addresses into
-  [B, N] float32 tensors; ``descale_s = 1/448``, ``scale_s = 448`` (P times 448 in e4m3). Hopper's FP8
-  SDPA writes its output in e4m3 only (bf16 output is Blackwell-only). The graph's ``amax_s`` /
-  ``amax_o`` outputs go to a scratch buffer nobody reads.
+  per-head scalars (descale of q, k, v; the output's scale ``448 / amax(V)``) are addresses into one
+  small float32 tensor built from the [B, N] scales (each scalar on its own 16 bytes);
+  ``descale_s = 1/448``, ``scale_s = 448`` (P times 448 in e4m3). Hopper's FP8 SDPA writes its
+  output in e4m3 only (bf16 output is Blackwell-only). The graph's ``amax_s`` / ``amax_o``
+  outputs go to a scratch buffer nobody reads.
 - The workspace and that scratch are cached per (device, stream), and the handle is pointed at
   the current stream before each call: the Ulysses path runs attention on side streams.
 
@@ -126,14 +127,14 @@ class _CudnnFp8:
         ws, scratch = self.buffers.get(key, (None, None))
         if ws is None or ws.numel() < max(size, 1):
             ws = torch.empty(max(size, 1), dtype=torch.uint8, device=torch.device("cuda", idx))
-            scratch = scratch if scratch is not None else torch.empty(2, dtype=torch.float32, device=ws.device)
+            scratch = scratch if scratch is not None else torch.empty(8, dtype=torch.float32, device=ws.device)
             self.buffers[key] = (ws, scratch)
         return ws, scratch
 
     def p_scales(self, idx: int) -> torch.Tensor:
-        """[descale_s, scale_s] = [1/448, 448] on the device (P is stored times 448)."""
+        """descale_s = 1/448 at byte 0, scale_s = 448 at byte 16, on the device (P is stored times 448)."""
         if idx not in self.consts:
-            self.consts[idx] = torch.tensor([1.0 / P_SCALE, P_SCALE], dtype=torch.float32,
+            self.consts[idx] = torch.tensor([1.0 / P_SCALE, 0, 0, 0, P_SCALE, 0, 0, 0], dtype=torch.float32,
                                             device=torch.device("cuda", idx))
         return self.consts[idx]
 
@@ -158,19 +159,24 @@ class _CudnnFp8:
         self.cudnn.set_stream(handle=handle, stream=stream.cuda_stream)
         ws, scratch = self.buffers_for(idx, stream, ws_size)
         consts = self.p_scales(idx)
-        # addresses: a head's place in the [B, S, N, D] e4m3 tensors (1 byte per element) and in the
-        # [B, N] float32 scales (4 bytes); cuDNN takes the geometry from the graph
+        # the per-head scalars, each on its own 16 bytes (cuDNN's alignment for any operand): rows
+        # [q descale, k descale, v descale, output scale] x (sample, head), column 0
+        scalars = torch.zeros((4, b * n, 4), dtype=torch.float32, device=q8.device)
+        scalars[:, :, 0] = torch.stack([ops.q_desc, ops.k_desc, ops.v_desc, ops.v_mult]).reshape(4, b * n)
+        # addresses: a head's place in the [B, S, N, D] e4m3 tensors (1 byte per element; D a multiple
+        # of 16 keeps every head 16-byte aligned); cuDNN takes the geometry from the graph
         pq, pk, pv, po = q8.data_ptr(), k8.data_ptr(), ops.v8.data_ptr(), o8.data_ptr()
-        sdq, sdk, sdv, sso = ops.q_desc.data_ptr(), ops.k_desc.data_ptr(), ops.v_desc.data_ptr(), ops.v_mult.data_ptr()
-        c0 = consts.data_ptr()
-        fixed = {ds: c0, ss: c0 + 4, tas: scratch.data_ptr(), tao: scratch.data_ptr() + 4}
+        s0, bn = scalars.data_ptr(), b * n
+        c0, a0 = consts.data_ptr(), scratch.data_ptr()
+        fixed = {ds: c0, ss: c0 + 16, tas: a0, tao: a0 + 16}
         for i in range(b):
             for h in range(n):
                 j = i * n + h
                 pack = dict(fixed)
                 pack.update({tq: pq + (i * sq * n + h) * d, tk: pk + (i * skv * n + h) * d,
                              tv: pv + (i * skv * n + h) * d, to: po + (i * sq * n + h) * d,
-                             dq: sdq + 4 * j, dk: sdk + 4 * j, dv: sdv + 4 * j, so: sso + 4 * j})
+                             dq: s0 + 16 * j, dk: s0 + 16 * (bn + j), dv: s0 + 16 * (2 * bn + j),
+                             so: s0 + 16 * (3 * bn + j)})
                 graph.execute(pack, ws, handle=handle)
         return o8
 
