@@ -367,8 +367,8 @@ def build_parser() -> argparse.ArgumentParser:
     bp.add_argument("--compile", action="store_true", help="torch.compile each block (the warm-up compiles)")
     bp.add_argument("--quant", default=None, metavar="SCHEME",
                     help="also run the DiT with quantized Linears (fp8_rowwise, fp8_tensor, int8_w8a8, int8_w8a16), FP8 "
-                         "self-attention (fp8_attention), or both (e.g. fp8_rowwise+fp8_attention): time, peak memory, "
-                         "output cosine / rel L2 vs the exact forward (docs/quantization.md)")
+                         "self-attention (fp8_attention, fp8_tensor_attention), or both (e.g. fp8_rowwise+fp8_attention): "
+                         "time, peak memory, output cosine / rel L2 vs the exact forward (docs/quantization.md)")
     bp.add_argument("--quant-keep", nargs="+", default=None, metavar="MODULE",
                     help="with --quant: the quant.keep list (default: patch/text/time embeddings, time_projection, "
                          "head, img_emb), e.g. --quant-keep time_projection head blocks.*.cross_attn")

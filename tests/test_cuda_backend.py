@@ -43,8 +43,8 @@ def test_cuda_impls_declare_device_and_refuse_cpu():
     assert {i.kind for i in cuda} >= {"attention", "qk_norm_rope", "rms_norm", "layer_norm",
                                       "layer_norm_modulate", "gated_residual"}
     assert all(i.constraints.device_types == frozenset({"cuda"}) for i in cuda)
-    # lossy: only when named, or (fp8_triton) when the recipe asks quant.attention: fp8
-    assert [i.name for i in cuda if not i.exact and i.kind != "quant_linear"] == ["sageattn", "fp8_triton"]
+    # lossy: only when named, or (fp8_triton, fp8_cudnn) when the recipe asks quant.attention: fp8 / fp8_tensor
+    assert [i.name for i in cuda if not i.exact and i.kind != "quant_linear"] == ["sageattn", "fp8_triton", "fp8_cudnn"]
     # the quantized Linears are lossy too, chosen only through the recipe's quant.dit scheme
     assert all(not i.exact and i.constraints.schemes for i in cuda if i.kind == "quant_linear")
     cfg = DiTConfig(dim=256, ffn_dim=512, num_heads=2, num_layers=1)

@@ -171,6 +171,7 @@ _TRITON = _needs("triton", "pip install triton")
 PRIORITY = {
     ("attention", "sageattn"): 50,
     ("attention", "fp8_triton"): 48,  # lossy: only for quant.attention: fp8 (or when a recipe names it)
+    ("attention", "fp8_cudnn"): 47,  # lossy: only for quant.attention: fp8_tensor (or when a recipe names it)
     ("attention", "flash_attn4"): 45,
     ("attention", "sdpa_cudnn"): 40,
     ("attention", "flash_attn3"): 35,
@@ -251,6 +252,36 @@ def _fp8_attention_available():
     return fp8_attention_reason(importlib.util.find_spec("triton") is not None, hasattr(torch, "float8_e4m3fn"), cap)
 
 
+def fp8_cudnn_attention_reason(has_cudnn_frontend: bool, has_triton: bool, has_fp8_dtype: bool, capability):
+    """(ok, why) for cuDNN's FP8 attention (``quant.attention: fp8_tensor``), from facts gathered
+    elsewhere (pure: testable without a GPU). ``capability``: (major, minor), or None when no CUDA
+    device is visible."""
+    if not has_fp8_dtype:
+        return False, "torch %s lacks torch.float8_e4m3fn" % torch.__version__
+    if not has_cudnn_frontend:
+        return False, ("cuDNN's FP8 attention runs through the cuDNN frontend's Python package (module cudnn): "
+                       "pip install nvidia-cudnn-frontend (or 'wanport[fp8attn]')")
+    if not has_triton:
+        return False, "the fp8_tensor quantizers are Triton kernels: pip install triton"
+    if capability is None:
+        return False, "no CUDA device visible"
+    major, minor = capability
+    if major < 9:
+        return False, ("cuDNN's FP8 flash attention needs sm90 (Hopper) or newer; this GPU is sm%d%d: set "
+                       "quant.attention: none" % (major, minor))
+    return True, ""
+
+
+def _fp8_cudnn_attention_available():
+    cap = torch.cuda.get_device_capability() if torch.cuda.is_available() else None
+    return fp8_cudnn_attention_reason(_has_module("cudnn"), importlib.util.find_spec("triton") is not None,
+                                      hasattr(torch, "float8_e4m3fn"), cap)
+
+
+#: head dims cuDNN's FP8 SDPA takes here (a head's place in the [B, S, N, D] e4m3 tensors then stays 16-byte aligned)
+FP8_CUDNN_HEAD_DIMS = frozenset(range(16, 129, 16))
+
+
 #: declared error bound of every exact implementation: relative L2 vs a float64 evaluation of the
 #: contract for bf16 tensors (bf16 rounding of inputs/outputs; float32 tensors do far better)
 _BF16_TOL = 1e-2
@@ -298,6 +329,12 @@ def wanport_op_impls():
                exact=False, tolerance=FP8_ATTENTION_TOLERANCE, available=_fp8_attention_available,
                description="FP8 e4m3 flash attention (Triton, sm90+): smoothed K, Q/K per 128-row block, V per "
                            "channel, P per 128-key block (quant.attention: fp8)"),
+        OpImpl("attention", "fp8_cudnn", NAME, _loader("fp8_cudnn_attention", "make_cudnn_fp8_attention"),
+               Constraints(dtypes=_HALF, head_dims=FP8_CUDNN_HEAD_DIMS, lse=False, schemes=frozenset({"fp8_tensor"}),
+                           **att),
+               exact=False, tolerance=FP8_ATTENTION_TOLERANCE, available=_fp8_cudnn_attention_available,
+               description="cuDNN FP8 flash attention (nvidia-cudnn-frontend sdpa_fp8, sm90+), one call per (sample, "
+                           "head): e4m3 Q/K/V/O with one scale per (sample, head), no LSE (quant.attention: fp8_tensor)"),
         # the memory-bound parts of a block, Triton
         OpImpl("qk_norm_rope", "triton", NAME, _loader("qk_norm_rope", "qk_norm_rope"),
                Constraints(dtypes=_FLOATS, **att), available=_TRITON, tolerance=_BF16_TOL,

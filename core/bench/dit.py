@@ -95,7 +95,8 @@ def bench_dit(
 ) -> Dict[str, Any]:
     """``compile``: torch.compile each block (the warm-up absorbs the compilation).
     ``quant``: a scheme of ``quant.dit`` (docs/quantization.md), ``fp8_attention`` (``quant.attention:
-    fp8``), or both joined by ``+`` (``fp8_rowwise+fp8_attention``): the same random DiT is then also run
+    fp8``) or ``fp8_tensor_attention`` (``quant.attention: fp8_tensor``), or a Linear scheme and an
+    attention one joined by ``+`` (``fp8_rowwise+fp8_attention``): the same random DiT is then also run
     with its blocks' Linears quantized (default ``keep``) and/or its self-attention in FP8, timed, and
     its output compared with the exact forward's (cosine, relative L2), peak memory of each. ``quant_keep``: the ``quant.keep``
     list (default: the peers' default, docs/quantization.md)."""
@@ -188,24 +189,27 @@ def bench_dit(
 
 #: the ``--quant`` token for ``quant.attention: fp8``
 FP8_ATTENTION = "fp8_attention"
+#: ``--quant`` token -> ``quant.attention`` scheme (``<scheme>_attention``)
+ATTENTION_TOKENS = {FP8_ATTENTION: "fp8", "fp8_tensor_attention": "fp8_tensor"}
 
 
 def parse_quant(quant: Optional[str]):
     """``--quant`` -> (``quant.dit`` scheme or None, ``quant.attention`` scheme or None): a scheme, or
-    ``fp8_attention``, or both joined by ``+``."""
+    an attention token (:data:`ATTENTION_TOKENS`), or one of each joined by ``+``."""
     from ..ops.quant import SCHEMES
 
     if quant is None:
         return None, None
     scheme, attention = None, None
     for part in quant.split("+"):
-        if part == FP8_ATTENTION and attention is None:
-            attention = "fp8"
+        if part in ATTENTION_TOKENS and attention is None:
+            attention = ATTENTION_TOKENS[part]
         elif part in SCHEMES and scheme is None:
             scheme = part
         else:
-            raise ConfigError("bench dit: --quant takes a scheme (%s), %s, or one of each joined by '+' (e.g. "
-                              "fp8_rowwise+%s); got %r" % (", ".join(SCHEMES), FP8_ATTENTION, FP8_ATTENTION, quant))
+            raise ConfigError("bench dit: --quant takes a scheme (%s), an attention scheme (%s), or one of each "
+                              "joined by '+' (e.g. fp8_rowwise+%s); got %r"
+                              % (", ".join(SCHEMES), ", ".join(ATTENTION_TOKENS), FP8_ATTENTION, quant))
     return scheme, attention
 
 

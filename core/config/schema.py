@@ -99,8 +99,10 @@ class QuantConfig:
                   help="quantize the DiT blocks' Linears (lossy, opt-in; docs/quantization.md): fp8_rowwise "
                        "(FP8 e4m3, per-channel weight / per-token activation scales), fp8_tensor (one scale per "
                        "tensor), int8_w8a8 (INT8 per-channel / per-token), int8_w8a16 (INT8 weights only), none")
-    attention: str = _f("none", type="str", choices=("none", "fp8"),
-                        help="FP8 self-attention (lossy; cuda sm90+, the reference emulation; docs/quantization.md), or none")
+    attention: str = _f("none", type="str", choices=("none", "fp8", "fp8_tensor"),
+                        help="FP8 self-attention (lossy; docs/quantization.md): fp8 (Q/K per 128-row block, V per "
+                             "channel, with LSE; cuda sm90+ Triton), fp8_tensor (Q/K/V/O per (sample, head), no LSE "
+                             "so no ring attention; cuda sm90+ cuDNN), or none; the reference backend emulates both")
     keep: List[str] = _f(type="str_list", factory=lambda: ["patch_embedding", "text_embedding", "time_embedding",
                                                            "time_projection", "head", "img_emb"],
                          help="DiT modules whose Linears stay in the precision policy's dtype: module paths "

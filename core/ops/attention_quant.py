@@ -1,7 +1,7 @@
-"""FP8 attention (the recipe's ``quant.attention: fp8``): the one scheme every implementation
-follows, its quantizers, and the bound of its error (docs/quantization.md, "FP8 attention").
+"""FP8 attention (the recipe's ``quant.attention``): the schemes implementations follow, their
+quantizers, and the bound of their error (docs/quantization.md, "FP8 attention").
 
-The scheme (SageAttention-style, e4m3 everywhere, float32 accumulation):
+``fp8`` (SageAttention-style, e4m3 everywhere, float32 accumulation):
 
 - **K smoothing** (exact): ``k <- k - mean_s(k)`` per (sample, head, channel) over the sample's valid
   keys. Every score of a query row shifts by the same ``q . mean``, which softmax ignores; the
@@ -18,6 +18,21 @@ The scheme (SageAttention-style, e4m3 everywhere, float32 accumulation):
 ``wanport.reference.fp8_attention`` is the float32 emulation of exactly this (the ground truth);
 a kernel may differ from it only by float32 summation order and ``exp2`` vs ``exp``, which can
 move a probability across an e4m3 rounding boundary (one step, 2^-4 relative, of one element).
+
+``fp8_tensor`` (what cuDNN's FP8 flash attention computes on Hopper; no log-sum-exp):
+
+- **Q, K, V**: float8_e4m3fn with ONE float32 scale per (sample, head): ``x8 = round(x * (448 /
+  amax))`` over that sample's head (its valid keys for K and V), descale ``amax / 448``. No K
+  smoothing. Per (sample, head) rather than per tensor, so CFG-parallel and Ulysses (which split
+  samples and heads across devices) give the same bits as one device.
+- **P**: as in ``fp8`` (online softmax over ``BLOCK``-key blocks, ``exp(s - m) * 448`` rounded to
+  e4m3; ``l`` sums the unrounded ``p``).
+- **O**: ``acc * s_v / (448 * l)`` rounded to e4m3 with the scale ``448 / amax(V)`` of its (sample,
+  head) -- ``|O| <= amax(V)`` up to P's rounding (O is a convex combination of V's rows), saturated at
+  448 -- then dequantized (times ``amax(V) / 448``) to q's dtype. Hopper's FP8 SDPA writes e4m3 only.
+
+``wanport.reference.fp8_attention.fp8_tensor_attention`` emulates it in float32; a kernel differs
+by its own P block order and summation (an element of P or O moving one e4m3 step).
 """
 
 from __future__ import annotations
@@ -35,7 +50,7 @@ BLOCK = 128
 #: P in [0, 1] times this before the e4m3 rounding (e4m3's largest finite value)
 P_SCALE = FP8_E4M3.max
 #: the values of ``quant.attention`` with a scheme behind them
-ATTENTION_SCHEMES = ("fp8",)
+ATTENTION_SCHEMES = ("fp8", "fp8_tensor")
 
 #: declared relative-L2 error of an FP8 attention against float64 attention, for the conformance kit
 #: and the resolver's listing. Each of q, k, v, p is rounded by at most 2^-4 relative (rms about
@@ -105,11 +120,30 @@ def quantize_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cast: Callab
     return q8, sq, k8, sk, v8, sv, k_mean
 
 
+def head_multipliers(xf: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``xf`` [B, S, N, D] (any float dtype) -> (multiplier ``448 / amax``, descale ``amax / 448``),
+    each [B, N] float32: the ``fp8_tensor`` scale of each (sample, head). One pass over ``xf`` (an
+    inf-norm, no ``|x|`` temporary); an all-zero head gets a tiny positive descale (its values are 0)."""
+    # the max of |x| is exact in x's own dtype: no float32 copy of x
+    amax = torch.linalg.vector_norm(xf, float("inf"), dim=(1, 3)).float().clamp(min=1e-12)
+    return FP8_E4M3.max / amax, amax / FP8_E4M3.max
+
+
+def quantize_heads(x: torch.Tensor, cast: Callable[[torch.Tensor], torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``x`` [B, S, N, D] -> (values [B, S, N, D], descales [B, N] float32) of the ``fp8_tensor``
+    scheme: ``cast(clamp(x * 448 / amax))`` per (sample, head), in x's layout. ``cast`` rounds to
+    e4m3's grid in float32 (the emulation) or to ``torch.float8_e4m3fn``."""
+    mult, descale = head_multipliers(x)
+    vals = cast((x.float() * mult[:, None, :, None]).clamp(-FP8_E4M3.max, FP8_E4M3.max))
+    return vals, descale
+
+
 def lse_shift(q: torch.Tensor, k_mean: torch.Tensor, scale: float) -> torch.Tensor:
     """[B, N, Sq] float32: ``scale * q . k_mean``, what K smoothing removed from every score of a row
     (softmax does not see it; the log-sum-exp does)."""
     return torch.matmul(q.float().transpose(1, 2), k_mean.transpose(-1, -2))[..., 0] * scale
 
 
-__all__ = ["ATTENTION_SCHEMES", "BLOCK", "FP8_ATTENTION_TOLERANCE", "P_SCALE", "padded_length", "lse_shift", "per_sample_keys",
+__all__ = ["ATTENTION_SCHEMES", "BLOCK", "FP8_ATTENTION_TOLERANCE", "P_SCALE", "head_multipliers", "padded_length",
+           "lse_shift", "per_sample_keys", "quantize_heads",
            "quantize_channels", "quantize_qkv", "quantize_row_blocks", "smooth_keys", "to_e4m3_grid"]

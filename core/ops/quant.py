@@ -105,7 +105,7 @@ SCHEMES = {
 
 #: values of the recipe's ``quant.dit`` and ``quant.attention``
 DIT_CHOICES = ("none",) + tuple(SCHEMES)
-ATTENTION_CHOICES = ("none", "fp8")
+ATTENTION_CHOICES = ("none", "fp8", "fp8_tensor")
 
 #: what stays in the precision policy's dtype by default (the peers' choice: embeddings, the time
 #: projection that makes the modulation, the head; Wan2.1 i2v's image embedding). Norms are never

@@ -41,6 +41,7 @@ PRIORITY = {
     ("attention", "math"): 10,  # the only one with the log-sum-exp; exact float32 statistics
     ("attention", "sdpa"): 5,
     ("attention", "emulate_fp8"): 1,  # lossy: only for quant.attention: fp8 (or when a recipe names it)
+    ("attention", "emulate_fp8_tensor"): 1,  # lossy: only for quant.attention: fp8_tensor
     ("rotary", "real_tables"): 10,
     ("rms_norm", "torch"): 10,
     ("layer_norm", "torch"): 10,
@@ -95,4 +96,11 @@ def wanport_op_impls():
                priority=PRIORITY[("attention", "emulate_fp8")], exact=False, tolerance=FP8_ATTENTION_TOLERANCE,
                description="float32 emulation of FP8 attention: smoothed K, e4m3 Q/K per 128-row block, "
                            "V per channel, P per 128-key block"),
+        # quant.attention: fp8_tensor (what cuDNN's FP8 SDPA computes), emulated in float32; no LSE
+        OpImpl("attention", "emulate_fp8_tensor", NAME,
+               lazy(".fp8_attention:fp8_tensor_attention", package=__package__),
+               Constraints(dtypes=_FLOATS, lse=False, schemes=frozenset({"fp8_tensor"})),
+               priority=PRIORITY[("attention", "emulate_fp8_tensor")], exact=False, tolerance=FP8_ATTENTION_TOLERANCE,
+               description="float32 emulation of FP8 attention with e4m3 Q/K/V per (sample, head), P per "
+                           "128-key block, e4m3 output (cuDNN's FP8 SDPA)"),
     ]

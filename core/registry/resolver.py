@@ -212,9 +212,11 @@ def resolve_ops(
         if chosen is None and req.quant_scheme is not None:
             raise BackendError(
                 "quant.attention: %s: backend %r has no %s attention that fits %s.\n"
-                "Its attention implementations:\n%s\nSet quant.attention: none (docs/quantization.md)."
+                "Its attention implementations:\n%s\n%sSet quant.attention: none (docs/quantization.md)."
                 % (req.quant_scheme, backend.name, req.quant_scheme.upper(), site,
-                   _explain(registry, backend.name, kind, req))
+                   _explain(registry, backend.name, kind, req),
+                   "Ring attention (parallel.ring > 1) needs the log-sum-exp, which not every scheme has: set "
+                   "parallel.ring: 1, or a scheme with one (fp8), or " if req.lse else "")
             )
         if chosen is None:
             raise BackendError(
