@@ -103,3 +103,21 @@ job_cudnnfp8() {  # issue 13: cuDNN FP8 attention (cudnn-frontend, carried in .w
 job_gputests() {  # the CUDA backend's GPU tests (kernels vs the reference, the conformance kit) (~2 min)
   timeout 500 python3 -m pytest -q -o addopts="" -p no:cacheprovider tests/test_cuda_backend.py 2>&1 | tail -40
 }
+job_fa4tiles() {  # issue 16: flash-attn-4 Hopper tile shapes at Wan shapes (~3 min, JIT compiles)
+  timeout 500 python3 benchmarks/fa4_tiles_probe.py --out "$R/fa4-tiles.json"
+}
+job_vae22prof() {  # issue 16: where the Wan2.2 VAE decode's time goes, bf16 + channels-last + fused norm (~2 min)
+  timeout 400 python3 benchmarks/vae_profile.py --vae wan2.2 --size 1280*704 --frames 121 \
+    --profile bf16+cl+fused --variants bf16+cl+fused --out "$R/vae22-prof.json"
+}
+job_fp8cudnn() {  # issue 13: cuda.fp8_cudnn (quant.attention: fp8_tensor) checked and timed at Wan shapes (~3 min)
+  timeout 400 python3 benchmarks/fp8_cudnn_attention_check.py --out "$R/fp8-cudnn"
+}
+job_dit14fp8t() {  # issue 13: FP8 Linears + cuDNN FP8 attention, 14B forward (~2 min)
+  timeout 400 $W bench dit --model wan2.1-t2v-14b --size 832*480 --frames 81 --backend cuda \
+    --quant fp8_rowwise+fp8_tensor_attention --repeats 3 --out "$R/dit14-fp8tensor"
+}
+job_distill4fp8t() {  # issue 13: 4 steps, FP8 Linears + cuDNN FP8 attention, bf16 VAE (~2 min)
+  timeout 400 $W bench pipeline recipes/wan2.1-t2v-14b-distill.yaml --weights random backend=cuda \
+    quant.dit=fp8_rowwise quant.attention=fp8_tensor precision.vae=bf16 --no-progress --out "$R/distill14-fp8tensor"
+}
