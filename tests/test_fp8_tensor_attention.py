@@ -29,7 +29,14 @@ import pytest
 import torch
 
 from wanport.errors import BackendError, ConfigError
-from wanport.ops.attention_quant import BLOCK, FP8_ATTENTION_TOLERANCE, P_SCALE, quantize_heads, to_e4m3_grid
+from wanport.ops.attention_quant import (
+    BLOCK,
+    FP8_ATTENTION_TOLERANCE,
+    P_SCALE,
+    quantize_heads,
+    smooth_heads,
+    to_e4m3_grid,
+)
 from wanport.reference.attention import attention_math
 from wanport.reference.fp8_attention import fp8_tensor_attention
 
@@ -42,7 +49,7 @@ def _qkv(seed, b=1, s=300, skv=None, n=2, d=64):
     skv = skv or s
     q = torch.randn(b, s, n, d, generator=g) * 1.5
     q[:, :7] *= 1e-3  # rows deep in e4m3's subnormals of their head's scale
-    k = torch.randn(b, skv, n, d, generator=g) + 0.7  # not smoothed in this scheme: the offset stays
+    k = torch.randn(b, skv, n, d, generator=g) + 0.7  # an offset the scheme's K smoothing takes away
     v = torch.randn(b, skv, n, d, generator=g) * (0.2 + 3 * torch.rand(d, generator=g))  # channels of many sizes
     return q, k, v
 
@@ -108,15 +115,16 @@ def test_emulation_error_follows_the_rounding_noise(seed, scale_mult):
     err = (out - exact).transpose(1, 2)  # [B, N, S, D]
 
     _, dq = quantize_heads(q, to_e4m3_grid)
-    _, dk = quantize_heads(k, to_e4m3_grid)
+    _, dk = quantize_heads(smooth_heads(k), to_e4m3_grid)  # K is quantized after its mean is taken away
     _, dv = quantize_heads(v, to_e4m3_grid)
     qd, kd, vd = (x.double().transpose(1, 2) for x in (q, k, v))
+    kc = smooth_heads(k).double().transpose(1, 2)
     sc = scale * qd @ kd.transpose(-1, -2)  # [B, N, S, S]
     w = torch.softmax(sc, dim=-1)
     o = w @ vd
     var_q = _ulp(qd, _heads(dq)) ** 2 / 12
-    var_k = _ulp(kd, _heads(dk)) ** 2 / 12
-    var_s = scale ** 2 * (var_q @ (kd ** 2).transpose(-1, -2) + (qd ** 2) @ var_k.transpose(-1, -2))
+    var_k = _ulp(kc, _heads(dk)) ** 2 / 12
+    var_s = scale ** 2 * (var_q @ (kc ** 2).transpose(-1, -2) + (qd ** 2) @ var_k.transpose(-1, -2))
     var_from_s = torch.einsum("bnij,bnijd->bnid", w ** 2 * var_s, (vd[:, :, None] - o[:, :, :, None]) ** 2)
     var_from_v = (w ** 2) @ (_ulp(vd, _heads(dv)) ** 2 / 12)
     nb = -(-s // BLOCK)
@@ -160,6 +168,29 @@ def test_scales_are_per_sample_and_head():
     coarse = to_e4m3_grid(q[0, :, 0] * (448.0 / big[0].abs().max())) * (big[0].abs().max() / 448.0)
     assert not torch.equal(coarse, to_e4m3_grid(q[0, :, 0] * (448.0 / q[0, :, 0].abs().max())) * (
         q[0, :, 0].abs().max() / 448.0))
+
+
+def test_a_common_key_offset_is_smoothed_away():
+    """Adding the same vector to every key of a head changes no softmax weight; with K smoothing it
+    does not change the error either, while K quantized with the offset (one scale per head spanning
+    offset + spread) would round each key by a step of the offset's size: scores off by q . dk with
+    |dk| ~ 2^-4 |offset|, here tens of times the spread's own rounding."""
+    q, k, v = _qkv(8, s=256)
+    scale = q.shape[-1] ** -0.5
+    offset = 20.0 * torch.randn(1, 1, k.shape[2], k.shape[3], generator=torch.Generator().manual_seed(9))
+    exact = attention_math(q.double(), k.double(), v.double(), scale=scale)
+
+    def rel(out):
+        return float((out.double() - exact).norm() / exact.norm())
+
+    plain, shifted = rel(fp8_tensor_attention(q, k, v, scale=scale)), rel(fp8_tensor_attention(q, k + offset, v, scale=scale))
+    assert shifted < 1.5 * plain, (plain, shifted)
+    # what the offset would do unsmoothed: K's e4m3 rounding error grows with it
+    k8, dk = quantize_heads(k + offset, to_e4m3_grid)
+    kc8, dkc = quantize_heads(smooth_heads(k + offset), to_e4m3_grid)
+    err_raw = (k8 * dk[:, None, :, None] - (k + offset)).norm()
+    err_smooth = (kc8 * dkc[:, None, :, None] - smooth_heads(k + offset)).norm()
+    assert err_raw > 5 * err_smooth
 
 
 def test_padded_keys_and_no_log_sum_exp():

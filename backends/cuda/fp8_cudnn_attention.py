@@ -27,7 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
-from wanport.ops.attention_quant import P_SCALE, head_multipliers, per_sample_keys
+from wanport.ops.attention_quant import P_SCALE, head_multipliers, per_sample_keys, smooth_heads
 
 #: rows of one (sample, head) per program of the scale-and-cast kernel
 _ROWS = 64
@@ -142,7 +142,7 @@ class _CudnnFp8:
         """The e4m3 operands and their [B, N] scales (the output's scale is V's: |O| <= amax(V))."""
         fp8 = torch.float8_e4m3fn
         q8, _, q_desc = quantize_heads(q, fp8)
-        k8, _, k_desc = quantize_heads(k, fp8)
+        k8, _, k_desc = quantize_heads(smooth_heads(k), fp8)  # float32 transient: K minus its mean
         v8, v_mult, v_desc = quantize_heads(v, fp8)
         return _Operands(q8, k8, v8, q_desc, k_desc, v_desc, v_mult)
 

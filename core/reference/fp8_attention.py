@@ -25,6 +25,7 @@ from ..ops.attention_quant import (
     per_sample_keys,
     quantize_heads,
     quantize_qkv,
+    smooth_heads,
     to_e4m3_grid,
 )
 from ..ops.quant import FP8_E4M3
@@ -78,7 +79,7 @@ def _tensor_core(q, k, v, scale, return_lse):
                          "quant.attention: fp8 or parallel.ring: 1)")
     sq = q.shape[1]
     q8, s_q = quantize_heads(q, to_e4m3_grid)
-    k8, s_k = quantize_heads(k, to_e4m3_grid)
+    k8, s_k = quantize_heads(smooth_heads(k), to_e4m3_grid)
     v8, s_v = quantize_heads(v, to_e4m3_grid)
     row_scale = (s_q * scale)[:, :, None].expand(-1, -1, sq)  # [B, N, Sq]
     acc, _, l = _online_softmax_pv(q8.transpose(1, 2), k8.transpose(1, 2), v8.permute(0, 2, 3, 1),
