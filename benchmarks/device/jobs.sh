@@ -121,3 +121,6 @@ job_distill4fp8t() {  # issue 13: 4 steps, FP8 Linears + cuDNN FP8 attention, bf
   timeout 400 $W bench pipeline recipes/wan2.1-t2v-14b-distill.yaml --weights random backend=cuda \
     quant.dit=fp8_rowwise quant.attention=fp8_tensor precision.vae=bf16 --no-progress --out "$R/distill14-fp8tensor"
 }
+job_fp8bias() {  # issue 13: is cuda.fp8_cudnn's error noise or bias? slope vs float64 per kernel and emulation (~1 min)
+  timeout 300 python3 benchmarks/fp8_attention_bias_probe.py --out "$R/fp8-bias.json"
+}
