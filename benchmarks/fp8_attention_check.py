@@ -218,6 +218,30 @@ def case_wan(res, name, b, s, n, d, dev, runs, warmup, slice_q, slice_h):
     res["ok"] = acc["finite"] and acc["fp8_kernel_vs_emulation_rel_l2"] < 1e-2
 
 
+def run_cases(todo, report, out_dir, budget_s, t0, write_fn):
+    """Run each (name, fn(result dict)) of ``todo`` into ``report["cases"]`` while the time budget
+    lasts; an exception is recorded, not raised; the report is rewritten after every case (a later
+    crash keeps what was measured)."""
+    for name, fn in todo:
+        res = report["cases"][name] = {}
+        if time.time() - t0 > budget_s:
+            res["skipped"] = "time budget (--budget-s %.0f) spent" % budget_s
+            continue
+        t = time.time()
+        try:
+            fn(res)
+        except Exception as exc:
+            res["error"] = "%s: %s" % (type(exc).__name__, exc)
+            res["traceback"] = traceback.format_exc()[-4000:]
+        finally:
+            res["seconds"] = round(time.time() - t, 2)
+            torch.cuda.empty_cache() if torch.cuda.is_available() else None
+        print("[%6.1fs] %s: %s" % (time.time() - t0, name, "error: " + res["error"] if "error" in res
+                                   else "ok" if res.get("ok") else "done (check the numbers)"), flush=True)
+        report["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        write_fn(out_dir, report)
+
+
 def write(out_dir, report, echo=False):
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, "fp8_attention_check.json")
@@ -301,24 +325,7 @@ def main(argv=None):
     # correctness first, then the shapes by importance; the conformance kit compiles several variants
     todo = [("vs_emulation", lambda r: case_vs_emulation(r, dev))] + wan[:3] + \
         [("conformance", lambda r: case_conformance(r))] + wan[3:]
-    for name, fn in todo:
-        res = report["cases"][name] = {}
-        if time.time() - t0 > args.budget_s:
-            res["skipped"] = "time budget (--budget-s %.0f) spent" % args.budget_s
-            continue
-        t = time.time()
-        try:
-            fn(res)
-        except Exception as exc:
-            res["error"] = "%s: %s" % (type(exc).__name__, exc)
-            res["traceback"] = traceback.format_exc()[-4000:]
-        finally:
-            res["seconds"] = round(time.time() - t, 2)
-            torch.cuda.empty_cache() if torch.cuda.is_available() else None
-        print("[%6.1fs] %s: %s" % (time.time() - t0, name, "error: " + res["error"] if "error" in res
-                                   else "ok" if res.get("ok") else "done (check the numbers)"), flush=True)
-        report["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        write(args.out, report)  # after every case: a later crash keeps what was measured
+    run_cases(todo, report, args.out, args.budget_s, t0, write)
     report["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     report["total_s"] = round(time.time() - t0, 1)
     write(args.out, report, echo=True)

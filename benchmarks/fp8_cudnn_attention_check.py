@@ -29,7 +29,6 @@ import json
 import os
 import sys
 import time
-import traceback
 
 import torch
 
@@ -275,24 +274,7 @@ def main(argv=None):
     wan = [("wan " + name, lambda r, b=b, s=s, n=n, d=d, name=name: case_wan(
         r, name, b, s, n, d, dev, args.runs, args.warmup, min(args.heads, n))) for name, b, s, n, d in shapes]
     todo = [("vs_emulation", lambda r: case_vs_emulation(r, dev))] + wan + [("conformance", case_conformance)]
-    for name, fn in todo:
-        res = report["cases"][name] = {}
-        if time.time() - t0 > args.budget_s:
-            res["skipped"] = "time budget (--budget-s %.0f) spent" % args.budget_s
-            continue
-        t = time.time()
-        try:
-            fn(res)
-        except Exception as exc:
-            res["error"] = "%s: %s" % (type(exc).__name__, exc)
-            res["traceback"] = traceback.format_exc()[-4000:]
-        finally:
-            res["seconds"] = round(time.time() - t, 2)
-            torch.cuda.empty_cache() if torch.cuda.is_available() else None
-        print("[%6.1fs] %s: %s" % (time.time() - t0, name, "error: " + res["error"] if "error" in res
-                                   else "ok" if res.get("ok") else "done (check the numbers)"), flush=True)
-        report["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        write(args.out, report)  # after every case: a later crash keeps what was measured
+    base.run_cases(todo, report, args.out, args.budget_s, t0, write)
     report["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     report["total_s"] = round(time.time() - t0, 1)
     write(args.out, report, echo=True)
