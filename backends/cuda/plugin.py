@@ -231,20 +231,26 @@ def _fp8_available(rowwise: bool):
     return check
 
 
-def fp8_attention_reason(has_triton: bool, has_fp8_dtype: bool, capability):
-    """(ok, why) for the FP8 attention kernel, from facts gathered elsewhere (pure: testable without a
-    GPU). ``capability``: (major, minor) of the device, or None when no CUDA device is visible."""
+def _sm90_fp8_reason(kernel: str, has_triton: bool, has_fp8_dtype: bool, capability):
+    """(ok, why) shared by the FP8 attentions: an fp8 dtype, Triton (their quantizers or kernel), a
+    visible sm90+ device. ``kernel`` names the implementation in the reasons."""
     if not has_fp8_dtype:
         return False, "torch %s lacks torch.float8_e4m3fn" % torch.__version__
     if not has_triton:
-        return False, "the FP8 attention is a Triton kernel: pip install triton"
+        return False, "%s needs Triton: pip install triton" % kernel
     if capability is None:
         return False, "no CUDA device visible"
     major, minor = capability
     if major < 9:
-        return False, ("the FP8 attention kernel is built for sm90 (Hopper) and newer; this GPU is sm%d%d: set "
-                       "quant.attention: none" % (major, minor))
+        return False, ("%s needs sm90 (Hopper) or newer; this GPU is sm%d%d: set quant.attention: none"
+                       % (kernel, major, minor))
     return True, ""
+
+
+def fp8_attention_reason(has_triton: bool, has_fp8_dtype: bool, capability):
+    """(ok, why) for the FP8 attention kernel, from facts gathered elsewhere (pure: testable without a
+    GPU). ``capability``: (major, minor) of the device, or None when no CUDA device is visible."""
+    return _sm90_fp8_reason("the FP8 attention (a Triton kernel)", has_triton, has_fp8_dtype, capability)
 
 
 def _fp8_attention_available():
@@ -256,20 +262,10 @@ def fp8_cudnn_attention_reason(has_cudnn_frontend: bool, has_triton: bool, has_f
     """(ok, why) for cuDNN's FP8 attention (``quant.attention: fp8_tensor``), from facts gathered
     elsewhere (pure: testable without a GPU). ``capability``: (major, minor), or None when no CUDA
     device is visible."""
-    if not has_fp8_dtype:
-        return False, "torch %s lacks torch.float8_e4m3fn" % torch.__version__
-    if not has_cudnn_frontend:
+    if has_fp8_dtype and not has_cudnn_frontend:
         return False, ("cuDNN's FP8 attention runs through the cuDNN frontend's Python package (module cudnn): "
                        "pip install nvidia-cudnn-frontend (or 'wanport[fp8attn]')")
-    if not has_triton:
-        return False, "the fp8_tensor quantizers are Triton kernels: pip install triton"
-    if capability is None:
-        return False, "no CUDA device visible"
-    major, minor = capability
-    if major < 9:
-        return False, ("cuDNN's FP8 flash attention needs sm90 (Hopper) or newer; this GPU is sm%d%d: set "
-                       "quant.attention: none" % (major, minor))
-    return True, ""
+    return _sm90_fp8_reason("cuDNN's FP8 flash attention (Triton quantizers)", has_triton, has_fp8_dtype, capability)
 
 
 def _fp8_cudnn_attention_available():
