@@ -195,16 +195,22 @@ def cmd_bench_dit(args) -> int:
     from .bench import dit
     from .bench.dit import bench_dit
 
-    ops = {}
-    for item in args.ops or []:
-        if "=" not in item:
-            raise WanportError("--ops %r must look like kind=impl (e.g. attention=sdpa_cudnn)" % item)
-        k, _, v = item.partition("=")
-        ops[k.strip()] = v.strip()
-    result = bench_dit(args.model, args.size, args.frames, backend=args.backend, ops=ops,
+    def overrides(items, flag):
+        ops = {}
+        for item in items or []:
+            if "=" not in item:
+                raise WanportError("%s %r must look like kind=impl (e.g. attention=sdpa_cudnn)" % (flag, item))
+            k, _, v = item.partition("=")
+            ops[k.strip()] = v.strip()
+        return ops
+
+    quant_ops = overrides(args.quant_ops, "--quant-ops")
+    if quant_ops and not args.quant:
+        raise WanportError("--quant-ops overrides ops of the quantized run: give --quant too")
+    result = bench_dit(args.model, args.size, args.frames, backend=args.backend, ops=overrides(args.ops, "--ops"),
                        precision=args.precision, peer=args.peer, warmup=args.warmup, repeats=args.repeats,
                        layers=args.layers, compile=args.compile, quant=args.quant,
-                       quant_keep=args.quant_keep)
+                       quant_keep=args.quant_keep, quant_ops=quant_ops)
     return _emit(args, dit, result)
 
 
@@ -369,6 +375,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="also run the DiT with quantized Linears (fp8_rowwise, fp8_tensor, int8_w8a8, int8_w8a16), FP8 "
                          "self-attention (fp8_attention, fp8_tensor_attention), or both (e.g. fp8_rowwise+fp8_attention): "
                          "time, peak memory, output cosine / rel L2 vs the exact forward (docs/quantization.md)")
+    bp.add_argument("--quant-ops", action="append", metavar="KIND=IMPL",
+                    help="with --quant: op override of the quantized run only (repeatable), e.g. "
+                         "attention=reference.emulate_fp8_tensor to run a scheme's float32 emulation in its place")
     bp.add_argument("--quant-keep", nargs="+", default=None, metavar="MODULE",
                     help="with --quant: the quant.keep list (default: patch/text/time embeddings, time_projection, "
                          "head, img_emb), e.g. --quant-keep time_projection head blocks.*.cross_attn")

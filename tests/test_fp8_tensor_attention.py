@@ -6,6 +6,8 @@ docs/quantization.md, "FP8 attention").
 * the float32 emulation (the ground truth) against float64 attention: the output's rms error within
   a factor 2 of the rounding-noise prediction (Q, K, V, P and O each rounded to e4m3) -- so the error
   follows e4m3's 3 mantissa bits, not one machine's result;
+* K and V smoothing: a common key offset or value offset leaves the error where it was (unsmoothed,
+  a value offset would round every query's output the same way: a bias, not noise);
 * scales are per (sample, head): another head's or sample's values do not move this one's output
   (what CFG-parallel and Ulysses rely on; per-tensor scales would fail it); padded keys; no LSE;
 * the cuda quantizer kernel (Triton's CPU interpreter) against the torch formula, when triton is
@@ -32,7 +34,9 @@ from wanport.errors import BackendError, ConfigError
 from wanport.ops.attention_quant import (
     BLOCK,
     FP8_ATTENTION_TOLERANCE,
+    O_HEADROOM,
     P_SCALE,
+    head_means,
     quantize_heads,
     smooth_heads,
     to_e4m3_grid,
@@ -99,11 +103,12 @@ def test_emulation_error_follows_the_rounding_noise(seed, scale_mult):
     """First-order propagation of independent roundings, each uniform on +-step/2 (variance
     step^2/12), with ONE scale per (sample, head) for q, k, v:
     - scores move by ds = scale*(dq.k + q.dk), which moves out_i by sum_j w_ij ds_ij (v_j - out_i);
-    - V's rounding adds sum_j w_ij^2 dv_j^2;
+    - V is smoothed (vc = v - mean) before its rounding, which adds sum_j w_ij^2 dvc_j^2;
     - P's rounding (448 p on e4m3's grid, p against the running max of the 128-key blocks seen so
-      far, then rescaled to the final max) adds sum_j (dp_ij / l_i)^2 v_j^2;
-    - O's own rounding to e4m3 at V's scale adds step(o / s_v)^2 s_v^2 / 12 per element (where
-      |o| << amax(V) it lands among the subnormals: a step of 2^-9 s_v).
+      far, then rescaled to the final max) adds sum_j (dp_ij / l_i)^2 vc_j^2 (P multiplies the
+      smoothed values; the mean is added back exactly);
+    - O's own rounding to e4m3 (of oc = w vc, at the smoothed V's scale times O_HEADROOM) adds
+      step(oc / s_o)^2 s_o^2 / 12 per element (where |oc| << amax it lands among the subnormals).
     The observed rms error is within a factor 2 of that prediction, and the relative L2 inside the
     declared tolerance."""
     q, k, v = _qkv(seed)
@@ -116,9 +121,10 @@ def test_emulation_error_follows_the_rounding_noise(seed, scale_mult):
 
     _, dq = quantize_heads(q, to_e4m3_grid)
     _, dk = quantize_heads(smooth_heads(k), to_e4m3_grid)  # K is quantized after its mean is taken away
-    _, dv = quantize_heads(v, to_e4m3_grid)
+    _, dv = quantize_heads(smooth_heads(v), to_e4m3_grid)
     qd, kd, vd = (x.double().transpose(1, 2) for x in (q, k, v))
     kc = smooth_heads(k).double().transpose(1, 2)
+    vc = smooth_heads(v).double().transpose(1, 2)
     sc = scale * qd @ kd.transpose(-1, -2)  # [B, N, S, S]
     w = torch.softmax(sc, dim=-1)
     o = w @ vd
@@ -126,7 +132,7 @@ def test_emulation_error_follows_the_rounding_noise(seed, scale_mult):
     var_k = _ulp(kc, _heads(dk)) ** 2 / 12
     var_s = scale ** 2 * (var_q @ (kc ** 2).transpose(-1, -2) + (qd ** 2) @ var_k.transpose(-1, -2))
     var_from_s = torch.einsum("bnij,bnijd->bnid", w ** 2 * var_s, (vd[:, :, None] - o[:, :, :, None]) ** 2)
-    var_from_v = (w ** 2) @ (_ulp(vd, _heads(dv)) ** 2 / 12)
+    var_from_v = (w ** 2) @ (_ulp(vc, _heads(dv)) ** 2 / 12)
     nb = -(-s // BLOCK)
     pad = torch.nn.functional.pad(sc, (0, nb * BLOCK - s), value=-math.inf)
     running = pad.reshape(*sc.shape[:-1], nb, BLOCK).amax(-1).cummax(dim=-1).values  # [B, N, S, nb]
@@ -135,8 +141,8 @@ def test_emulation_error_follows_the_rounding_noise(seed, scale_mult):
     p_run = torch.exp(sc - m_run)
     l = torch.exp(sc - m_fin).sum(-1, keepdim=True)
     step_p = _ulp(p_run * P_SCALE, torch.ones(())) / P_SCALE
-    var_from_p = ((step_p ** 2 / 12) * (torch.exp(m_run - m_fin) / l) ** 2) @ (vd ** 2)
-    var_from_o = _ulp(o, _heads(dv)) ** 2 / 12
+    var_from_p = ((step_p ** 2 / 12) * (torch.exp(m_run - m_fin) / l) ** 2) @ (vc ** 2)
+    var_from_o = _ulp(w @ vc, _heads(dv) * O_HEADROOM) ** 2 / 12
     predicted = torch.sqrt((var_from_s + var_from_v + var_from_p + var_from_o).mean())
     observed = torch.sqrt((err ** 2).mean())
     assert 0.5 < float(observed / predicted) < 2.0, (float(observed), float(predicted))
@@ -193,6 +199,36 @@ def test_a_common_key_offset_is_smoothed_away():
     assert err_raw > 5 * err_smooth
 
 
+def test_a_common_value_offset_is_smoothed_away():
+    """Adding the same vector to every value of a head adds it to every output (softmax weights sum
+    to 1). With V smoothing the error does not grow with it: the offset is taken away before V and O
+    are rounded and added back in float32. Unsmoothed, V's and O's scale would span the offset, and
+    where attention averages many keys (every output row close to the same mean) each row's O would
+    round the SAME way: the error would be a per-channel bias tens of times the spread's rounding."""
+    q, k, v = _qkv(10, s=256)
+    q = q * 0.05  # flat attention: every output close to the keys' mean, as in a DiT with random weights
+    scale = q.shape[-1] ** -0.5
+    offset = 20.0 * torch.randn(1, 1, v.shape[2], v.shape[3], generator=torch.Generator().manual_seed(11))
+
+    def abs_err(vv):
+        exact = attention_math(q.double(), k.double(), vv.double(), scale=scale)
+        return (fp8_tensor_attention(q, k, vv, scale=scale).double() - exact)
+
+    plain, shifted = abs_err(v), abs_err(v + offset)
+    # the offset's own float32 rounding (|offset| ~ 50, ulp 4e-6) is far below the e4m3 error
+    assert float(shifted.norm()) < 1.5 * float(plain.norm()), (float(plain.norm()), float(shifted.norm()))
+    # the mean is what smoothing takes away: exactly the per-channel mean over the keys
+    assert torch.allclose(head_means(v + offset), head_means(v) + offset, atol=1e-4)
+    # what rounding the unsmoothed output would do: the flat-attention output is nearly the same
+    # for every query, so e4m3 rounds all queries alike -- the error's mean over the queries (a
+    # bias) is then as large as the error itself
+    exact = attention_math(q.double(), k.double(), (v + offset).double(), scale=scale)
+    s_o = (v + offset).abs().amax(dim=(1, 3)).double()[:, None, :, None] / 448.0
+    raw = to_e4m3_grid((exact / s_o).float()).double() * s_o - exact
+    assert float(raw.mean(dim=1).norm()) > 0.5 * float(raw.norm()) / raw.shape[1] ** 0.5
+    assert float(raw.norm()) > 5 * float(shifted.norm()), (float(raw.norm()), float(shifted.norm()))
+
+
 def test_padded_keys_and_no_log_sum_exp():
     q, k, v = _qkv(6, b=2, s=150, skv=260)
     scale = q.shape[-1] ** -0.5
@@ -216,11 +252,12 @@ _INTERPRETED = textwrap.dedent("""
         _orig(tensor, scope)
         scope.set_attr(tensor, "__index__", lambda self: int(np.asarray(self.handle.data).reshape(-1)[0]))
     interp._patch_lang_tensor = _patched
-    from wanport_cuda.fp8_cudnn_attention import scale_cast
+    from wanport_cuda.fp8_cudnn_attention import SHIFT_IN, SHIFT_OUT, centered_amax, scale_cast
     from wanport.ops.attention_quant import head_multipliers
     g = torch.Generator().manual_seed(3)
     worst = 0.0
     full = torch.randn(2, 150, 3, 48, generator=g) * torch.tensor([1.0, 30.0, 0.01])[None, None, :, None]
+    full = full + torch.randn(2, 1, 3, 48, generator=g)
     for x in (full, full[:, :97], full.transpose(0, 1).contiguous().transpose(0, 1)):  # a key slice, odd strides
         mult, desc = head_multipliers(x)
         for sat in (True, False):
@@ -231,6 +268,13 @@ _INTERPRETED = textwrap.dedent("""
             worst = max(worst, float((got - want).abs().max()))
         back = scale_cast(got, desc, torch.float32, saturate=False)
         worst = max(worst, float((back - got * desc[:, None, :, None]).abs().max()))
+        mean = x.float().mean(dim=1)  # [B, N, D]
+        centred = x.float() - mean[:, None]
+        worst = max(worst, float((centered_amax(x, mean) - centred.abs().amax(dim=(1, 3))).abs().max()))
+        got = scale_cast(x, mult, torch.float32, saturate=True, shift=mean, shift_mode=SHIFT_IN)
+        worst = max(worst, float((got - (centred * mult[:, None, :, None]).clamp(-448.0, 448.0)).abs().max()))
+        back = scale_cast(got, desc, torch.float32, saturate=False, shift=mean, shift_mode=SHIFT_OUT)
+        worst = max(worst, float((back - (got * desc[:, None, :, None] + mean[:, None])).abs().max()))
     print("WORST", worst)
 """)
 
@@ -238,7 +282,8 @@ _INTERPRETED = textwrap.dedent("""
 @pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
 def test_quantizer_kernel_in_the_interpreter_matches_the_torch_formula():
     """The scale-and-cast kernel's indexing (sample, head, row tiles, head dim 48 masked to 64,
-    strided inputs) run by Triton's interpreter with float32 output: the torch formula exactly
+    strided inputs; the mean subtracted or added per channel) and the centred amax, run by Triton's
+    interpreter with float32 output: the torch formula exactly
     (the e4m3 rounding itself is the GPU cast, checked on the device by the check script)."""
     env = dict(os.environ, TRITON_INTERPRET="1")
     res = subprocess.run([sys.executable, "-c", _INTERPRETED], env=env, capture_output=True, text=True, timeout=300)

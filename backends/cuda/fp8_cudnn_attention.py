@@ -1,17 +1,20 @@
 """FP8 attention through cuDNN's FP8 flash attention (``quant.attention: fp8_tensor``, lossy, opt-in,
 sm90+): the scheme of ``wanport.ops.attention_quant`` (docs/quantization.md, "FP8 attention").
 
-- Quantizers: one inf-norm per (sample, head) (``head_multipliers``: a reduction, no ``|x|``
-  temporary), then :func:`scale_cast`, a Triton kernel that multiplies each head by its float32
-  multiplier ``448 / amax`` and stores e4m3 in the same [B, S, N, D] layout -- no float32 copy of q,
-  k or v. The same kernel dequantizes cuDNN's e4m3 output to q's dtype (times ``amax(V) / 448``).
+- Quantizers: Q's scale is one inf-norm per (sample, head) (``head_multipliers``: a reduction, no
+  ``|x|`` temporary). K and V are smoothed (their mean over the keys taken away) inside the
+  quantizer: the mean per (sample, head, channel) is a float32 reduction, :func:`centered_amax`
+  (Triton) takes ``max |x - mean|`` per (sample, head) without a float32 copy of x, and
+  :func:`scale_cast` (Triton) subtracts the mean, multiplies each head by its float32 multiplier
+  ``448 / amax`` and stores e4m3 in the same [B, S, N, D] layout. The same kernel dequantizes cuDNN's
+  e4m3 output to q's dtype (times the output's descale, plus V's mean).
 - Attention: one cuDNN graph (nvidia-cudnn-frontend ``sdpa_fp8``) for ONE head, dims (1, 1, S, D)
   with the strides of the [B, S, N, D] layout (no transpose), built once per (S_q, S_kv, D, N,
   scale, device) and run once per (sample, head) on that head's place in the tensors. The
-  per-head scalars (descale of q, k, v; the output's scale ``448 / amax(V)``) are addresses into one
-  small float32 tensor built from the [B, N] scales (each scalar on its own 16 bytes);
-  ``descale_s = 1/448``, ``scale_s = 448`` (P times 448 in e4m3). Hopper's FP8 SDPA writes its
-  output in e4m3 only (bf16 output is Blackwell-only). The graph's ``amax_s`` / ``amax_o``
+  per-head scalars (descale of q, k, v; the output's scale ``448 / (amax(V) * O_HEADROOM)``) are
+  addresses into one small float32 tensor built from the [B, N] scales (each scalar on its own 16
+  bytes); ``descale_s = 1/448``, ``scale_s = 448`` (P times 448 in e4m3). Hopper's FP8 SDPA writes
+  its output in e4m3 only (bf16 output is Blackwell-only). The graph's ``amax_s`` / ``amax_o``
   outputs go to a scratch buffer nobody reads.
 - The workspace and that scratch are cached per (device, stream), and the handle is pointed at
   the current stream before each call: the Ulysses path runs attention on side streams.
@@ -27,16 +30,22 @@ import torch
 import triton
 import triton.language as tl
 
-from wanport.ops.attention_quant import P_SCALE, head_multipliers, per_sample_keys, smooth_heads
+from wanport.ops.attention_quant import P_SCALE, head_multipliers, output_scales, per_sample_keys
 
 #: rows of one (sample, head) per program of the scale-and-cast kernel
 _ROWS = 64
 
 
+#: ``scale_cast``'s per-(sample, head, channel) float32 shift: none, subtracted before the multiply
+#: (a smoothing quantizer), added after it (the dequantizer adding V's mean back)
+NO_SHIFT, SHIFT_IN, SHIFT_OUT = 0, 1, 2
+
+
 @triton.jit
-def _scale_cast_kernel(X, Y, MULT, S, N, D,
+def _scale_cast_kernel(X, Y, MULT, SHIFT, S, N, D,
                        sxb, sxs, sxh, syb, sys_, syh,
-                       SATURATE: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr):
+                       SHIFT_MODE: tl.constexpr, SATURATE: tl.constexpr, BLOCK_S: tl.constexpr,
+                       BLOCK_D: tl.constexpr):
     pid_s = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = (pid_bh // N).to(tl.int64)
@@ -44,34 +53,88 @@ def _scale_cast_kernel(X, Y, MULT, S, N, D,
     rows = (pid_s * BLOCK_S + tl.arange(0, BLOCK_S)).to(tl.int64)
     cols = tl.arange(0, BLOCK_D)
     mask = (rows[:, None] < S) & (cols[None, :] < D)
-    x = tl.load(X + b * sxb + h * sxh + rows[:, None] * sxs + cols[None, :], mask=mask, other=0.0)
-    y = x.to(tl.float32) * tl.load(MULT + pid_bh)
+    x = tl.load(X + b * sxb + h * sxh + rows[:, None] * sxs + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    if SHIFT_MODE != 0:
+        shift = tl.load(SHIFT + pid_bh.to(tl.int64) * D + cols, mask=cols < D, other=0.0)
+    if SHIFT_MODE == 1:
+        x = x - shift[None, :]
+    y = x * tl.load(MULT + pid_bh)
+    if SHIFT_MODE == 2:
+        y = y + shift[None, :]
     if SATURATE:
         y = tl.minimum(tl.maximum(y, -448.0), 448.0)
     tl.store(Y + b * syb + h * syh + rows[:, None] * sys_ + cols[None, :], y.to(Y.dtype.element_ty), mask=mask)
 
 
-def scale_cast(x: torch.Tensor, mult: torch.Tensor, dtype: torch.dtype, *, saturate: bool) -> torch.Tensor:
+@triton.jit
+def _centered_amax_kernel(X, MEAN, AMAX, S, N, D, sxb, sxs, sxh,
+                          BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr):
+    pid_s = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = (pid_bh // N).to(tl.int64)
+    h = (pid_bh % N).to(tl.int64)
+    rows = (pid_s * BLOCK_S + tl.arange(0, BLOCK_S)).to(tl.int64)
+    cols = tl.arange(0, BLOCK_D)
+    mask = (rows[:, None] < S) & (cols[None, :] < D)
+    x = tl.load(X + b * sxb + h * sxh + rows[:, None] * sxs + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    mean = tl.load(MEAN + pid_bh.to(tl.int64) * D + cols, mask=cols < D, other=0.0)
+    dev = tl.where(mask, tl.abs(x - mean[None, :]), 0.0)
+    tl.atomic_max(AMAX + pid_bh, tl.max(tl.max(dev, axis=1), axis=0))
+
+
+def _rows_last_contiguous(x: torch.Tensor) -> torch.Tensor:
+    return x if x.stride(-1) == 1 else x.contiguous()
+
+
+def scale_cast(x: torch.Tensor, mult: torch.Tensor, dtype: torch.dtype, *, saturate: bool,
+               shift: Optional[torch.Tensor] = None, shift_mode: int = NO_SHIFT) -> torch.Tensor:
     """``x`` [B, S, N, D] (last dim contiguous) times ``mult`` [B, N] float32 (one per (sample, head)),
     stored as a new contiguous [B, S, N, D] tensor of ``dtype`` (round to nearest even);
-    ``saturate`` clamps to e4m3's +-448 first (a quantizer's cast)."""
-    if x.stride(-1) != 1:
-        x = x.contiguous()
+    ``saturate`` clamps to e4m3's +-448 first (a quantizer's cast). ``shift`` [B, N, D] float32 with
+    ``shift_mode`` SHIFT_IN: ``(x - shift) * mult``; SHIFT_OUT: ``x * mult + shift``."""
+    x = _rows_last_contiguous(x)
     b, s, n, d = x.shape
     y = torch.empty((b, s, n, d), dtype=dtype, device=x.device)
     mult = mult.reshape(b * n).contiguous()
+    if shift_mode != NO_SHIFT:
+        shift = shift.reshape(b * n * d).float().contiguous()
     grid = (triton.cdiv(s, _ROWS), b * n)
-    _scale_cast_kernel[grid](x, y, mult, s, n, d, x.stride(0), x.stride(1), x.stride(2),
-                             y.stride(0), y.stride(1), y.stride(2),
-                             SATURATE=bool(saturate), BLOCK_S=_ROWS, BLOCK_D=triton.next_power_of_2(d))
+    _scale_cast_kernel[grid](x, y, mult, shift if shift_mode != NO_SHIFT else mult, s, n, d,
+                             x.stride(0), x.stride(1), x.stride(2), y.stride(0), y.stride(1), y.stride(2),
+                             SHIFT_MODE=int(shift_mode), SATURATE=bool(saturate), BLOCK_S=_ROWS,
+                             BLOCK_D=triton.next_power_of_2(d))
     return y
+
+
+def centered_amax(x: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+    """``max |x - mean|`` per (sample, head), [B, N] float32, for ``x`` [B, S, N, D] and ``mean`` [B, N, D]
+    float32 -- one read of x, no float32 copy."""
+    x = _rows_last_contiguous(x)
+    b, s, n, d = x.shape
+    amax = torch.zeros(b * n, dtype=torch.float32, device=x.device)
+    grid = (triton.cdiv(s, _ROWS), b * n)
+    _centered_amax_kernel[grid](x, mean.reshape(b * n * d).contiguous(), amax, s, n, d,
+                                x.stride(0), x.stride(1), x.stride(2),
+                                BLOCK_S=_ROWS, BLOCK_D=triton.next_power_of_2(d))
+    return amax.reshape(b, n)
 
 
 def quantize_heads(x: torch.Tensor, fp8_dtype: torch.dtype) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``x`` [B, S, N, D] -> (e4m3 values [B, S, N, D], multiplier ``448 / amax``, descale ``amax /
-    448``), the scales [B, N] float32: the ``fp8_tensor`` scheme's quantizer."""
+    448``), the scales [B, N] float32: the ``fp8_tensor`` scheme's quantizer of Q."""
     mult, descale = head_multipliers(x)
     return scale_cast(x, mult, fp8_dtype, saturate=True), mult, descale
+
+
+def quantize_smoothed(x: torch.Tensor, fp8_dtype: torch.dtype):
+    """``x`` [B, S, N, D] -> (e4m3 values of ``x - mean`` [B, S, N, D], descale ``amax / 448`` [B, N],
+    mean [B, N, D] float32): the scheme's K and V quantizer (mean over S per (sample, head,
+    channel), amax of the smoothed head)."""
+    x = _rows_last_contiguous(x)
+    mean = torch.mean(x, dim=1, dtype=torch.float32)  # [B, N, D]; reduced in float32, no copy of x
+    amax = centered_amax(x, mean).clamp(min=1e-12)
+    mult = P_SCALE / amax
+    return scale_cast(x, mult, fp8_dtype, saturate=True, shift=mean, shift_mode=SHIFT_IN), amax / P_SCALE, mean
 
 
 class _CudnnFp8:
@@ -139,16 +202,18 @@ class _CudnnFp8:
         return self.consts[idx]
 
     def quantize(self, q, k, v) -> "_Operands":
-        """The e4m3 operands and their [B, N] scales (the output's scale is V's: |O| <= amax(V))."""
+        """The e4m3 operands (K and V smoothed) and their [B, N] scales; the output's scale is the
+        smoothed V's, widened by ``O_HEADROOM``."""
         fp8 = torch.float8_e4m3fn
         q8, _, q_desc = quantize_heads(q, fp8)
-        k8, _, k_desc = quantize_heads(smooth_heads(k), fp8)  # float32 transient: K minus its mean
-        v8, v_mult, v_desc = quantize_heads(v, fp8)
-        return _Operands(q8, k8, v8, q_desc, k_desc, v_desc, v_mult)
+        k8, k_desc, _ = quantize_smoothed(k, fp8)  # K's mean: a shift of every score of a row, dropped
+        v8, v_desc, v_mean = quantize_smoothed(v, fp8)
+        o_mult, o_desc = output_scales(v_desc)
+        return _Operands(q8, k8, v8, q_desc, k_desc, v_desc, o_mult, o_desc, v_mean)
 
     def run(self, ops: "_Operands", scale: float) -> torch.Tensor:
-        """cuDNN's FP8 attention once per (sample, head): the e4m3 output [B, S_q, N, D], times
-        ``448 / amax(V)`` of its head."""
+        """cuDNN's FP8 attention once per (sample, head): the e4m3 output [B, S_q, N, D] (of the
+        smoothed V), times its head's output multiplier."""
         q8, k8 = ops.q8, ops.k8
         b, sq, n, d = q8.shape
         skv = k8.shape[1]
@@ -162,7 +227,7 @@ class _CudnnFp8:
         # the per-head scalars, each on its own 16 bytes (cuDNN's alignment for any operand): rows
         # [q descale, k descale, v descale, output scale] x (sample, head), column 0
         scalars = torch.zeros((4, b * n, 4), dtype=torch.float32, device=q8.device)
-        scalars[:, :, 0] = torch.stack([ops.q_desc, ops.k_desc, ops.v_desc, ops.v_mult]).reshape(4, b * n)
+        scalars[:, :, 0] = torch.stack([ops.q_desc, ops.k_desc, ops.v_desc, ops.o_mult]).reshape(4, b * n)
         # addresses: a head's place in the [B, S, N, D] e4m3 tensors (1 byte per element; D a multiple
         # of 16 keeps every head 16-byte aligned); cuDNN takes the geometry from the graph
         pq, pk, pv, po = q8.data_ptr(), k8.data_ptr(), ops.v8.data_ptr(), o8.data_ptr()
@@ -182,7 +247,7 @@ class _CudnnFp8:
 
     @staticmethod
     def dequantize(o8: torch.Tensor, ops: "_Operands", dtype: torch.dtype) -> torch.Tensor:
-        return scale_cast(o8, ops.v_desc, dtype, saturate=False)
+        return scale_cast(o8, ops.o_desc, dtype, saturate=False, shift=ops.v_mean, shift_mode=SHIFT_OUT)
 
     def attention(self, q, k, v, scale: float) -> torch.Tensor:
         ops = self.quantize(q, k, v)
@@ -195,8 +260,10 @@ class _Operands(NamedTuple):
     v8: torch.Tensor
     q_desc: torch.Tensor  # [B, N] float32: amax / 448
     k_desc: torch.Tensor
-    v_desc: torch.Tensor
-    v_mult: torch.Tensor  # [B, N] float32: 448 / amax(V), the output's scale
+    v_desc: torch.Tensor  # of the smoothed V
+    o_mult: torch.Tensor  # [B, N] float32: 448 / (amax(V) * O_HEADROOM), the output's scale
+    o_desc: torch.Tensor  # its inverse
+    v_mean: torch.Tensor  # [B, N, D] float32: V's mean over the keys, added back to the output
 
 
 def make_cudnn_fp8_attention():
@@ -227,4 +294,5 @@ def make_cudnn_fp8_attention():
     return attention
 
 
-__all__ = ["make_cudnn_fp8_attention", "quantize_heads", "scale_cast"]
+__all__ = ["NO_SHIFT", "SHIFT_IN", "SHIFT_OUT", "centered_amax", "make_cudnn_fp8_attention", "quantize_heads",
+           "quantize_smoothed", "scale_cast"]

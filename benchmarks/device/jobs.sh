@@ -124,3 +124,29 @@ job_distill4fp8t() {  # issue 13: 4 steps, FP8 Linears + cuDNN FP8 attention, bf
 job_fp8bias() {  # issue 13: is cuda.fp8_cudnn's error noise or bias? slope vs float64 per kernel and emulation (~1 min)
   timeout 300 python3 benchmarks/fp8_attention_bias_probe.py --out "$R/fp8-bias.json"
 }
+
+# ---- session 2026-11-30 (fifth)
+job_gputests2() {  # the CUDA backend's GPU tests and the fp8_tensor tests (Triton interpreter included) (~3 min)
+  timeout 500 python3 -m pytest -q -o addopts="" -p no:cacheprovider tests/test_cuda_backend.py \
+    tests/test_fp8_tensor_attention.py 2>&1 | tail -40
+}
+job_dit14fp8temu() {  # issue 13: FP8 Linears + fp8_tensor's float32 EMULATION in the 14B forward (kernel vs scheme) (~3 min)
+  timeout 500 $W bench dit --model wan2.1-t2v-14b --size 832*480 --frames 81 --backend cuda --warmup 0 --repeats 1 \
+    --quant fp8_rowwise+fp8_tensor_attention --quant-ops attention=reference.emulate_fp8_tensor --out "$R/dit14-fp8tensor-emu"
+}
+job_fp8temuif() {  # the emulation run above, only when the kernel's 14B cosine is under 0.995 (needs dit14fp8t first)
+  c=$(python3 -c "import json; print(json.load(open('$R/dit14-fp8tensor.json'))['quant']['cosine_vs_exact'])" 2>/dev/null)
+  echo "dit14fp8t cosine: ${c:-missing}"
+  python3 -c "import sys; sys.exit(0 if float('${c:-0}') < 0.995 else 1)" && job_dit14fp8temu
+}
+job_u2ctas() {  # issue 16: u2 480p with NCCL held to fewer CTAs (SMs) while its all-to-alls overlap compute (~6 min)
+  python3 -c "import torch; print('nccl', torch.cuda.nccl.version())"
+  for setting in default NCCL_MAX_CTAS=16,NCCL_MAX_P2P_NCHANNELS=16 NCCL_MAX_CTAS=8,NCCL_MAX_P2P_NCHANNELS=8 \
+      NCCL_MAX_CTAS=4,NCCL_MAX_P2P_NCHANNELS=4 NCCL_CTA_POLICY=1 NCCL_CTA_POLICY=2; do
+    vars=${setting//,/ }; [ "$setting" = default ] && vars=
+    tag=${setting%%,*}; tag=${tag//=/}
+    echo "== $setting"
+    env $vars $TR -m wanport bench scaling --model wan2.1-t2v-14b --backend cuda \
+      --layouts u2 --warmup 1 --repeats 2 --out "$R/scaling14-480p-u2-$tag"
+  done
+}

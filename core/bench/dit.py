@@ -92,6 +92,7 @@ def bench_dit(
     compile: bool = False,
     quant: Optional[str] = None,
     quant_keep: Optional[Sequence[str]] = None,
+    quant_ops: Optional[Mapping[str, str]] = None,
 ) -> Dict[str, Any]:
     """``compile``: torch.compile each block (the warm-up absorbs the compilation).
     ``quant``: a scheme of ``quant.dit`` (docs/quantization.md), ``fp8_attention`` (``quant.attention:
@@ -99,7 +100,8 @@ def bench_dit(
     attention one joined by ``+`` (``fp8_rowwise+fp8_attention``): the same random DiT is then also run
     with its blocks' Linears quantized (default ``keep``) and/or its self-attention in FP8, timed, and
     its output compared with the exact forward's (cosine, relative L2), peak memory of each. ``quant_keep``: the ``quant.keep``
-    list (default: the peers' default, docs/quantization.md)."""
+    list (default: the peers' default, docs/quantization.md). ``quant_ops``: op overrides of the
+    quantized run only, on top of ``ops`` (e.g. a scheme's float32 emulation in its kernel's place)."""
     cfg = dit_config_for(model, layers)
     preset = MODELS[model]
     try:
@@ -162,7 +164,8 @@ def bench_dit(
     runtime.empty_cache()
 
     if quant:
-        result["quant"] = _bench_quant(scheme, cfg, policy, registry, spec, ops, runtime, device, seed,
+        result["quant"] = _bench_quant(scheme, cfg, policy, registry, spec, {**(ops or {}), **(quant_ops or {})},
+                                       runtime, device, seed,
                                        (x, t, ctx), exact_out, flops["total"], warmup, repeats, compile,
                                        quant_keep, attention)
         if scheme is not None:

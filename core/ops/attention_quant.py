@@ -23,20 +23,30 @@ move a probability across an e4m3 rounding boundary (one step, 2^-4 relative, of
 
 - **K smoothing** (exact, as in ``fp8``): ``k <- k - mean_s(k)`` per (sample, head, channel) over the
   sample's valid keys, in float32. Without it the keys' common offset (a Linear's bias, through the
-  q/k RMSNorm) is quantized with every key and its rounding moves the scores: on the 14B DiT with
-  random weights the output's cosine to the exact forward fell to 0.983 (FP8 Linears + this attention).
+  q/k RMSNorm) is quantized with every key and its rounding moves the scores.
+- **V smoothing** (exact): ``v <- v - mean_s(v)`` likewise, and the mean is added back to the
+  output in float32 (softmax weights sum to 1, so ``softmax . v = softmax . (v - mean) + mean``).
+  Where attention averages many keys -- a DiT with random weights, and early denoising steps --
+  the output is close to that mean for every query; rounded to e4m3 with it, every query of a head
+  would carry the SAME rounding error (a per-channel bias that later attention, which averages
+  tokens, passes on instead of averaging away). Smoothed, only the part that varies over the
+  queries is rounded. On the 14B DiT with random weights (FP8 Linears + this attention) the
+  unsmoothed scheme gave cosine 0.983 to the exact forward.
 - **Q, K, V**: float8_e4m3fn with ONE float32 scale per (sample, head): ``x8 = round(x * (448 /
-  amax))`` over that sample's head (its valid keys for K and V), descale ``amax / 448``. Per (sample,
-  head) rather than per tensor, so CFG-parallel and Ulysses (which split samples and heads across
-  devices) give the same bits as one device.
+  amax))`` over that sample's head (its valid keys for K and V; K and V smoothed first), descale
+  ``amax / 448``. Per (sample, head) rather than per tensor, so CFG-parallel and Ulysses (which split
+  samples and heads across devices) give the same bits as one device.
 - **P**: as in ``fp8`` (online softmax over ``BLOCK``-key blocks, ``exp(s - m) * 448`` rounded to
   e4m3; ``l`` sums the unrounded ``p``).
-- **O**: ``acc * s_v / (448 * l)`` rounded to e4m3 with the scale ``448 / amax(V)`` of its (sample,
-  head) -- ``|O| <= amax(V)`` up to P's rounding (O is a convex combination of V's rows), saturated at
-  448 -- then dequantized (times ``amax(V) / 448``) to q's dtype. Hopper's FP8 SDPA writes e4m3 only.
+- **O**: ``acc * s_v / (448 * l)`` (the smoothed V's weighted mean) rounded to e4m3 with the scale
+  ``448 / (amax(V) * O_HEADROOM)`` of its (sample, head) (:func:`output_scales`; ``|O| <= amax(V)`` as
+  a convex combination of V's rows, times at most ``1 + 2^-4`` from P's rounding: never past 448),
+  then dequantized (times ``amax(V) * O_HEADROOM / 448``) plus V's mean, to q's dtype. Hopper's FP8
+  SDPA writes e4m3 only.
 
 ``wanport.reference.fp8_attention.fp8_tensor_attention`` emulates it in float32; a kernel differs
-by its own P block order and summation (an element of P or O moving one e4m3 step).
+by its own P block order and summation (an element of P or O moving one e4m3 step) and by the
+summation order of the means.
 """
 
 from __future__ import annotations
@@ -53,6 +63,9 @@ from .quant import FP8_E4M3, round_to_format
 BLOCK = 128
 #: P in [0, 1] times this before the e4m3 rounding (e4m3's largest finite value)
 P_SCALE = FP8_E4M3.max
+#: ``fp8_tensor``'s output scale is V's widened by this: P's e4m3 rounding (at most 2^-4 relative per
+#: probability, the row sum taken unrounded) can carry ``|O|`` that far past ``amax(V)``
+O_HEADROOM = 1.0 + 2.0 ** -4
 #: the values of ``quant.attention`` with a scheme behind them
 ATTENTION_SCHEMES = ("fp8", "fp8_tensor")
 
@@ -142,11 +155,23 @@ def quantize_heads(x: torch.Tensor, cast: Callable[[torch.Tensor], torch.Tensor]
     return vals, descale
 
 
+def head_means(x: torch.Tensor) -> torch.Tensor:
+    """``x`` [B, S, N, D] -> its mean over S per (sample, head, channel), [B, 1, N, D] float32 (the
+    caller passes one sample's valid keys)."""
+    return x.float().mean(dim=1, keepdim=True)
+
+
 def smooth_heads(k: torch.Tensor) -> torch.Tensor:
     """``k`` [B, S, N, D] -> float32 ``k - mean_s(k)`` per (sample, head, channel): the ``fp8_tensor``
-    scheme's K smoothing (the caller passes one sample's valid keys)."""
-    kf = k.float()
-    return kf - kf.mean(dim=1, keepdim=True)
+    scheme's K and V smoothing (the caller passes one sample's valid keys)."""
+    return k.float() - head_means(k)
+
+
+def output_scales(v_desc: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``fp8_tensor``'s output scale from the (smoothed) V's descale ``amax / 448`` [B, N]: (multiplier
+    ``448 / (amax * O_HEADROOM)``, descale ``amax * O_HEADROOM / 448``), each [B, N] float32."""
+    desc = v_desc * O_HEADROOM
+    return 1.0 / desc, desc
 
 
 def lse_shift(q: torch.Tensor, k_mean: torch.Tensor, scale: float) -> torch.Tensor:
@@ -155,6 +180,7 @@ def lse_shift(q: torch.Tensor, k_mean: torch.Tensor, scale: float) -> torch.Tens
     return torch.matmul(q.float().transpose(1, 2), k_mean.transpose(-1, -2))[..., 0] * scale
 
 
-__all__ = ["ATTENTION_SCHEMES", "BLOCK", "FP8_ATTENTION_TOLERANCE", "P_SCALE", "head_multipliers", "padded_length",
+__all__ = ["ATTENTION_SCHEMES", "BLOCK", "FP8_ATTENTION_TOLERANCE", "P_SCALE", "head_means", "head_multipliers",
+           "O_HEADROOM", "output_scales", "padded_length",
            "lse_shift", "per_sample_keys", "quantize_heads", "smooth_heads",
            "quantize_channels", "quantize_qkv", "quantize_row_blocks", "smooth_keys", "to_e4m3_grid"]

@@ -4,8 +4,9 @@
 - ``quant.attention: fp8`` (:func:`fp8_attention`): smoothed K, e4m3 Q/K per 128-row block, e4m3 V
   per channel, the online softmax over 128-key blocks with P rounded to e4m3 (times 448) before
   ``P V``;
-- ``quant.attention: fp8_tensor`` (:func:`fp8_tensor_attention`): e4m3 Q, K, V with one scale per
-  (sample, head), the same P rounding, the output rounded to e4m3 with V's scale (no log-sum-exp).
+- ``quant.attention: fp8_tensor`` (:func:`fp8_tensor_attention`): K and V smoothed, e4m3 Q, K, V with
+  one scale per (sample, head), the same P rounding, the output rounded to e4m3 with V's scale and
+  V's mean added back (no log-sum-exp).
 
 Every rounding of the scheme is done on e4m3's grid in float32 (``round_to_format``), so this runs
 wherever torch does, without an fp8 dtype; the arithmetic between roundings is float32.
@@ -20,8 +21,9 @@ import torch
 from ..ops.attention_quant import (
     BLOCK,
     P_SCALE,
-    head_multipliers,
+    head_means,
     lse_shift,
+    output_scales,
     per_sample_keys,
     quantize_heads,
     quantize_qkv,
@@ -80,14 +82,16 @@ def _tensor_core(q, k, v, scale, return_lse):
     sq = q.shape[1]
     q8, s_q = quantize_heads(q, to_e4m3_grid)
     k8, s_k = quantize_heads(smooth_heads(k), to_e4m3_grid)
-    v8, s_v = quantize_heads(v, to_e4m3_grid)
+    v_mean = head_means(v)  # [B, 1, N, D]: added back after the rounding of O
+    v8, s_v = quantize_heads(v.float() - v_mean, to_e4m3_grid)
     row_scale = (s_q * scale)[:, :, None].expand(-1, -1, sq)  # [B, N, Sq]
     acc, _, l = _online_softmax_pv(q8.transpose(1, 2), k8.transpose(1, 2), v8.permute(0, 2, 3, 1),
                                    k.shape[1], row_scale, lambda j: s_k[:, :, None, None])
     o = acc * (s_v[:, :, None, None] / P_SCALE) / l[..., None]  # [B, N, Sq, D] float32
-    o_mult, _ = head_multipliers(v)  # 448 / amax(V): V's own scale, |O| <= amax(V)
+    o_mult, o_desc = output_scales(s_v)  # V's own scale, widened for P's rounding
     o8 = to_e4m3_grid((o * o_mult[:, :, None, None]).clamp(-FP8_E4M3.max, FP8_E4M3.max))
-    return (o8 * s_v[:, :, None, None]).transpose(1, 2).to(q.dtype)
+    out = o8 * o_desc[:, :, None, None] + v_mean.transpose(1, 2)
+    return out.transpose(1, 2).to(q.dtype)
 
 
 def fp8_tensor_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float,
