@@ -219,7 +219,8 @@ def cmd_bench_scaling(args) -> int:
 
     result = scaling.bench_scaling(args.model, args.size, args.frames, args.layouts, backend=args.backend,
                                    precision=args.precision, warmup=args.warmup, repeats=args.repeats,
-                                   layers=args.layers, ulysses_overlap=args.ulysses_overlap)
+                                   layers=args.layers, ulysses_overlap=args.ulysses_overlap,
+                                   ulysses_exchange=args.ulysses_exchange)
     if os.environ.get("RANK", "0") != "0":
         return 0
     return _emit(args, scaling, result)
@@ -397,6 +398,8 @@ def build_parser() -> argparse.ArgumentParser:
     bp.add_argument("--ulysses-overlap", default="on", choices=("on", "off", "both"),
                     help="parallel.ulysses_overlap for the Ulysses layouts; both: each measured both ways (under "
                          "torchrun), with a bit-for-bit output check")
+    bp.add_argument("--ulysses-exchange", default="collective", choices=("collective", "copy_engine", "both"),
+                    help="parallel.ulysses_exchange for the overlapped Ulysses layouts; both: each measured with each")
     bp.add_argument("--out", default=None, help="output stem: STEM.json, STEM.md, STEM.png")
     bp.set_defaults(func=cmd_bench_scaling)
     bp = bench.add_parser("ops", help="every op kind x implementation at Wan shapes: latency, throughput, error")

@@ -36,7 +36,45 @@ def dit_case(per_token: bool = False):
     return cfg, x, t, ctx
 
 
-def dit_forward(cfg, x, t, ctx, mesh=None, overlap=True, comm=None):
+class StagingExchange:
+    """A test exchange shaped like a copy-engine one: it hands out its own send buffers (from a pool
+    it reuses after each wait) and refuses a tensor it did not hand out; the moving itself is the
+    collective's. Counts what went through it."""
+
+    name = "staging"
+
+    def __init__(self):
+        from wanport.parallel.exchange import CollectiveExchange
+
+        self.inner = CollectiveExchange()
+        self.pool, self.lent = {}, {}
+        self.buffers = self.starts = 0
+
+    def send_buffer(self, shape, dtype, device):
+        key = (tuple(shape), dtype)
+        free = self.pool.setdefault(key, [])
+        if not free:
+            self.buffers += 1
+            free.append(torch.full(tuple(shape), float("nan"), dtype=dtype, device=device))
+        buf = free.pop()
+        self.lent[buf.data_ptr()] = (key, buf)
+        return buf
+
+    def start(self, send, group):
+        key, buf = self.lent.pop(send.data_ptr())
+        self.starts += 1
+        recv, work = self.inner.start(send, group)
+        pool = self.pool
+
+        class Done:
+            def wait(self_inner):
+                work.wait()
+                pool[key].append(buf)
+
+        return recv, Done()
+
+
+def dit_forward(cfg, x, t, ctx, mesh=None, overlap=True, comm=None, exchange=None):
     from wanport.models.dit import WanDiT
     from wanport.models.dit.requirements import dit_requirements
     from wanport.parallel.mesh import CommClock
@@ -50,7 +88,7 @@ def dit_forward(cfg, x, t, ctx, mesh=None, overlap=True, comm=None):
                             per_token_timesteps=t.dim() == 2)
     table = resolve_ops(reg, reg.backends["reference"], reqs)
     if sp:
-        table = wrap_self_attention(table, mesh, comm or CommClock(), overlap)
+        table = wrap_self_attention(table, mesh, comm or CommClock(), overlap, exchange)
     model = WanDiT.random(cfg, PRESETS["fp32"], torch.device("cpu"), seed=11).bind_ops(table)
     with torch.no_grad():
         return model(x, t, ctx)
@@ -71,7 +109,11 @@ def sequence_parallel_worker(rank: int, world: int, port: int, ulysses: int, rin
         if ulysses > 1:  # the plain (blocking, unchunked) Ulysses path, to compare bit for bit
             off = dit_forward(cfg, x, t, ctx, mesh, False, clocks["off"])
             stats = {k: {"calls": c.calls, "bytes": c.bytes, "seconds": c.seconds} for k, c in clocks.items()}
-            torch.save({"y": off, "comm": stats}, "%s.off.rank%d" % (out, rank))
+            staging = StagingExchange()
+            staged = dit_forward(cfg, x, t, ctx, mesh, True, CommClock(), staging)
+            torch.save({"y": off, "comm": stats, "staged": staged,
+                        "staging": {"buffers": staging.buffers, "starts": staging.starts}},
+                       "%s.off.rank%d" % (out, rank))
     finally:
         shutdown()
 

@@ -145,6 +145,14 @@ def test_ulysses_overlap_is_bit_identical_to_the_blocking_path(ulysses, ring, ba
         if ring == 1:
             assert comm["off"]["calls"] == 2 * 4 + 1 and comm["on"]["calls"] == 2 * 3 * chunks + 1  # + the gather
         assert comm["on"]["seconds"] >= 0 and comm["off"]["seconds"] > 0
+        # parallel.ulysses_exchange: an exchange that hands out its own send buffers (as the cuda
+        # copy-engine one does, from a pool reused after each wait) carries every overlapped
+        # all-to-all and gives the same bits; its buffers start as NaN, so a send that bypassed
+        # them, or one read back before it was written, would show
+        assert torch.equal(off["staged"], on)
+        if ring == 1:
+            assert off["staging"]["starts"] == 2 * 3 * chunks
+            assert off["staging"]["buffers"] < off["staging"]["starts"]  # reused from the pool
 
 
 def test_sequence_parallel_per_token_timesteps(batches):
@@ -398,3 +406,29 @@ def test_bench_scaling_under_torchrun_reports_once_with_every_rank(tmp_path):
             assert abs(r["compute_s_per_step"] + r["comm_s_per_step"] - r["step_s"]) < 1e-3
     assert "| u2 (overlap on, same bits as off) |" in proc.stdout
     assert "destroy_process_group" not in proc.stderr
+
+
+def test_ulysses_exchange_choice_and_its_errors():
+    """parallel.ulysses_exchange: the config takes the two values; collective is the
+    torch.distributed one; copy_engine needs a runtime that offers it and names the fix when it
+    does not (the host runtime has none; the cuda one says why it cannot run without a device)."""
+    from wanport.config.loader import load_recipe
+    from wanport.errors import ConfigError
+    from wanport.parallel.exchange import CollectiveExchange, make_exchange
+    from wanport.reference.runtime import HostRuntime
+
+    cfg, _ = load_recipe(None, ["parallel.ulysses_exchange=copy_engine"])
+    assert cfg.parallel.ulysses_exchange == "copy_engine"
+    with pytest.raises(ConfigError, match="ulysses_exchange"):
+        load_recipe(None, ["parallel.ulysses_exchange=nvlink"])
+    assert isinstance(make_exchange("collective", HostRuntime(), None), CollectiveExchange)
+    with pytest.raises(ConfigError, match="set parallel.ulysses_exchange: collective") as e:
+        make_exchange("copy_engine", HostRuntime(), None)
+    assert "no copy-engine exchange" in str(e.value)
+    with pytest.raises(ConfigError, match="must be one of collective, copy_engine"):
+        make_exchange("nvlink", HostRuntime(), None)
+    from wanport_cuda.runtime import CudaRuntime
+
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="no CUDA device"):
+            make_exchange("copy_engine", CudaRuntime(), None)

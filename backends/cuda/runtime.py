@@ -93,5 +93,12 @@ class CudaRuntime:
     def mark_used(self, tensor: torch.Tensor) -> None:
         tensor.record_stream(torch.cuda.current_stream())
 
+    def sequence_exchange(self, group, timeout_s: float = 600.0):
+        """(the copy-engine Ulysses exchange for ``group``, "") or (None, why not):
+        ``parallel.ulysses_exchange: copy_engine``."""
+        from .sequence_exchange import make_copy_engine_exchange
+
+        return make_copy_engine_exchange(group, timeout_s)
+
     def set_memory_fraction(self, fraction: float) -> None:
         torch.cuda.set_per_process_memory_fraction(float(fraction))

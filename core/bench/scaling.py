@@ -18,7 +18,11 @@ runtime's events, no host synchronisation), ``compute_s_per_step`` the step time
 ``comm_bytes_per_step`` what the rank sent. ``ulysses_overlap`` (``on``, ``off`` or ``both``)
 chooses the Ulysses schedule of ``parallel.ulysses_overlap``; with ``both`` every Ulysses layout is
 measured both ways in the same processes and the overlapped row says whether its output equals
-the blocking path's bit for bit (``equal_to_overlap_off``).
+the blocking path's bit for bit (``equal_to_overlap_off``). ``ulysses_exchange`` (``collective``,
+``copy_engine`` or ``both``) chooses how the overlapped all-to-alls move
+(``parallel.ulysses_exchange``); with ``both`` each overlapped Ulysses layout is measured with each
+exchange, and with ``--ulysses-overlap both`` each overlapped row is checked against the blocking
+path's bits.
 """
 
 from __future__ import annotations
@@ -125,15 +129,19 @@ class _LocalShapeAttention:
 
 
 OVERLAP_CHOICES = ("on", "off", "both")
+EXCHANGE_CHOICES = ("collective", "copy_engine", "both")
 
 
 def bench_scaling(model: str, size: str, frames: int, layouts: Sequence[str], backend: str = "auto",
                   ops: Optional[Mapping[str, str]] = None, precision: Any = "official", warmup: int = 1,
                   repeats: int = 3, layers: Optional[int] = None, seed: int = 0,
-                  ulysses_overlap: str = "on") -> Dict[str, Any]:
+                  ulysses_overlap: str = "on", ulysses_exchange: str = "collective") -> Dict[str, Any]:
     if ulysses_overlap not in OVERLAP_CHOICES:
         raise ConfigError("bench scaling: --ulysses-overlap must be one of %s, got %r"
                           % (", ".join(OVERLAP_CHOICES), ulysses_overlap))
+    if ulysses_exchange not in EXCHANGE_CHOICES:
+        raise ConfigError("bench scaling: --ulysses-exchange must be one of %s, got %r"
+                          % (", ".join(EXCHANGE_CHOICES), ulysses_exchange))
     cfg = dit_config_for(model, layers)
     preset = MODELS[model]
     width, height = parse_size(size)
@@ -162,7 +170,7 @@ def bench_scaling(model: str, size: str, frames: int, layouts: Sequence[str], ba
     world = launched_world()
     if world > 1:
         return _bench_launched(model, cfg, policy, registry, spec, session, model_, x, t, ctx, tokens, parsed, ops,
-                               warmup, repeats, width, height, frames, world, ulysses_overlap)
+                               warmup, repeats, width, height, frames, world, ulysses_overlap, ulysses_exchange)
     with torch.no_grad():
         for lay in [Layout()] + [p for p in parsed if p.world > 1]:
             reqs = dit_requirements(cfg, policy, spec.device_type, padded_keys=lay.sp > 1, ring_lse=lay.ring > 1)
@@ -191,7 +199,7 @@ def bench_scaling(model: str, size: str, frames: int, layouts: Sequence[str], ba
 
 
 def _bench_launched(model, cfg, policy, registry, spec, session, dit, x, t, ctx, tokens, layouts, ops, warmup,
-                    repeats, width, height, frames, world, ulysses_overlap="on"):
+                    repeats, width, height, frames, world, ulysses_overlap="on", ulysses_exchange="collective"):
     """Under torchrun: rank 0 times the 1-device step while the others wait, then every layout of
     this world size is timed for real (communication included)."""
     from ..parallel.mesh import shutdown
@@ -204,7 +212,7 @@ def _bench_launched(model, cfg, policy, registry, spec, session, dit, x, t, ctx,
                           % (world, world, ", ".join(p.name for p in layouts) or "none"))
     try:
         _launched_rows(todo, rows, cfg, policy, registry, spec, runtime, dit, x, t, ctx, ops, warmup, repeats,
-                       ulysses_overlap)
+                       ulysses_overlap, ulysses_exchange)
     finally:
         shutdown()  # once, on every rank, also when a layout failed
     return _result(model, width, height, frames, tokens, spec, runtime, policy, rows,
@@ -214,19 +222,24 @@ def _bench_launched(model, cfg, policy, registry, spec, session, dit, x, t, ctx,
                    "time the compute stream waited for collectives (asynchronous ones at their wait only)" % world)
 
 
-def _schedules(lay, ulysses_overlap: str) -> List[bool]:
-    """The Ulysses schedules to measure for ``lay``: [overlap], or [False, True] for ``both``."""
-    if lay.ulysses == 1 or ulysses_overlap == "on":
-        return [True]
-    return [False] if ulysses_overlap == "off" else [False, True]
+def _schedules(lay, ulysses_overlap: str, ulysses_exchange: str = "collective") -> List[tuple]:
+    """The Ulysses schedules to measure for ``lay``: (overlap, exchange) pairs -- the blocking path
+    first when ``ulysses_overlap`` is ``both``, then the overlapped one with each exchange asked for."""
+    if lay.ulysses == 1:
+        return [(True, "collective")]
+    exchanges = ["collective", "copy_engine"] if ulysses_exchange == "both" else [ulysses_exchange]
+    plain = [(False, "collective")] if ulysses_overlap in ("off", "both") else []
+    overlapped = [(True, e) for e in exchanges] if ulysses_overlap in ("on", "both") else []
+    return plain + overlapped
 
 
 def _launched_rows(todo, rows, cfg, policy, registry, spec, runtime, dit, x, t, ctx, ops, warmup, repeats,
-                   ulysses_overlap: str = "on") -> None:
+                   ulysses_overlap: str = "on", ulysses_exchange: str = "collective") -> None:
     """The rows (rank 0) of every layout in ``todo``, each timed on all ranks."""
     import torch.distributed as dist
 
     from ..parallel.cfg import CfgParallel
+    from ..parallel.exchange import make_exchange
     from ..parallel.mesh import CommClock, init_mesh
     from ..parallel.sequence import wrap_self_attention
 
@@ -250,13 +263,14 @@ def _launched_rows(todo, rows, cfg, policy, registry, spec, runtime, dit, x, t, 
                                  "measured": "1 device"})
                 dist.barrier()
             plain_out = None
-            for overlap in _schedules(lay, ulysses_overlap):
+            for overlap, exchange in _schedules(lay, ulysses_overlap, ulysses_exchange):
                 runtime.reset_peak_memory()
                 comm = CommClock(runtime)  # events on the compute stream: no host synchronisation per call
                 reqs = dit_requirements(cfg, policy, spec.device_type, padded_keys=lay.sp > 1, ring_lse=lay.ring > 1)
                 table = resolve_ops(registry, spec, reqs, ops or {})
                 if lay.sp > 1:
-                    table = wrap_self_attention(table, mesh, comm, overlap)
+                    ex = make_exchange(exchange, runtime, mesh.ulysses_group) if overlap and lay.ulysses > 1 else None
+                    table = wrap_self_attention(table, mesh, comm, overlap, ex)
                 dit.to(device).bind_ops(table)
                 xs, cs = x.to(device), ctx.to(device)
                 if lay.cfg == 2:
@@ -289,13 +303,12 @@ def _launched_rows(todo, rows, cfg, policy, registry, spec, runtime, dit, x, t, 
                         same = torch.tensor([int(torch.equal(out, plain_out))], device=device)
                         dist.all_reduce(same, op=dist.ReduceOp.MIN)
                         equal = bool(same.item())
-                        plain_out = None
                 if mesh.rank == 0:
-                    rows.append(_launched_row(lay, step, base, ranks, overlap, equal))
+                    rows.append(_launched_row(lay, step, base, ranks, overlap, equal, exchange))
             del plain_out
 
 
-def _launched_row(lay, step, base, ranks, overlap, equal) -> Dict[str, Any]:
+def _launched_row(lay, step, base, ranks, overlap, equal, exchange="collective") -> Dict[str, Any]:
     peaks = [r["peak_memory_bytes"] for r in ranks if r["peak_memory_bytes"] is not None]
     worst = max(ranks, key=lambda r: r["comm_s_per_step"])
     row = {"layout": lay.name, "world": lay.world, "cfg": lay.cfg, "ulysses": lay.ulysses,
@@ -310,6 +323,8 @@ def _launched_row(lay, step, base, ranks, overlap, equal) -> Dict[str, Any]:
            "ranks": ranks}
     if lay.ulysses > 1:
         row["ulysses_overlap"] = overlap
+        if overlap:
+            row["ulysses_exchange"] = exchange
         if equal is not None:
             row["equal_to_overlap_off"] = equal
     return row
@@ -342,9 +357,10 @@ def markdown(result: Mapping[str, Any]) -> str:
         compute, sent = r.get("compute_s_per_step"), r.get("comm_bytes_per_step")
         name = r["layout"]
         if "ulysses_overlap" in r:
-            name += " (overlap %s%s)" % ("on" if r["ulysses_overlap"] else "off",
-                                         {True: ", same bits as off", False: ", DIFFERS from off"}.get(
-                                             r.get("equal_to_overlap_off"), ""))
+            name += " (overlap %s%s%s)" % ("on" if r["ulysses_overlap"] else "off",
+                                           ", copy engine" if r.get("ulysses_exchange") == "copy_engine" else "",
+                                           {True: ", same bits as off", False: ", DIFFERS from off"}.get(
+                                               r.get("equal_to_overlap_off"), ""))
         lines.append("| %s | %d | %.4f | %s | %s | %s | %s | %s | %s | %s |" % (
             name, r["world"], r["step_s"], "n/a" if r["speedup"] is None else "%.2f" % r["speedup"],
             "n/a" if r["efficiency"] is None else "%.2f" % r["efficiency"],

@@ -85,6 +85,10 @@ class ParallelConfig:
                                help="Ulysses all-to-alls asynchronous, overlapped with the v projection and "
                                     "the attention of other head chunks (bit-identical); false: one blocking "
                                     "all-to-all each for q, k, v and the output")
+    ulysses_exchange: str = _f("collective", type="str", choices=("collective", "copy_engine"),
+                               help="how the overlapped Ulysses all-to-alls move: collective (torch.distributed, the "
+                                    "collective library's kernels on SMs) or copy_engine (the backend's copy engines, "
+                                    "leaving the SMs to compute; cuda: peer-mapped symmetric memory); bit-identical")
     vae: bool = _f(False, type="bool", help="split the VAE decode/encode spatially across all ranks (exact, halo exchange)")
     dit_fsdp: bool = _f(False, type="bool", help="shard the DiT weights across ranks (FSDP, per block)")
     t5_fsdp: bool = _f(False, type="bool", help="shard the T5 weights across ranks (FSDP)")

@@ -16,6 +16,8 @@ output travel. The collectives are issued with ``async_op=True`` and waited for 
 (on a GPU the wait makes the compute stream wait for the collective's stream; the host goes on
 issuing work). Attention is independent per head and the exchanges only move values, so the
 result is bit-for-bit that of the plain path (``ulysses_overlap: false``), which stays as it was.
+How the overlapped all-to-alls move is the exchange's business (``parallel.ulysses_exchange``,
+``wanport.parallel.exchange``): the collective library's kernels, or a backend's copy engines.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from typing import Callable, Optional, Sequence
 import torch
 import torch.distributed as dist
 
+from .exchange import CollectiveExchange
 from .mesh import CommClock, Mesh
 
 
@@ -111,16 +114,15 @@ def head_chunks(heads_per_rank: int, ring: int = 1) -> int:
 
 
 class _InFlight:
-    """One all-to-all issued with ``async_op=True``: the receive buffer, the work handle, and the
-    send buffer (held until the wait, so its memory is not reused while the collective reads it)."""
+    """One all-to-all started by the exchange (asynchronous): the receive buffer, the work handle,
+    and the send buffer (held until the wait, so its memory is not reused while it is read)."""
 
     __slots__ = ("recv", "work", "send")
 
-    def __init__(self, send: torch.Tensor, group, comm: CommClock, u: int) -> None:
+    def __init__(self, send: torch.Tensor, group, comm: CommClock, u: int, exchange) -> None:
         self.send = send
-        self.recv = torch.empty_like(send)
         comm.issued(_nbytes(send, u))
-        self.work = dist.all_to_all_single(self.recv, send, group=group, async_op=True)
+        self.recv, self.work = exchange.start(send, group)
 
     def result(self, comm: CommClock) -> torch.Tensor:
         if self.work is not None:
@@ -146,11 +148,12 @@ class SequenceParallelAttention:
     (:meth:`exchange_qk` before v exists, then :meth:`attend`) when :attr:`overlaps` is true.
     """
 
-    def __init__(self, inner: Callable, mesh: Mesh, comm: CommClock, overlap: bool = True) -> None:
+    def __init__(self, inner: Callable, mesh: Mesh, comm: CommClock, overlap: bool = True, exchange=None) -> None:
         self.inner = inner
         self.mesh = mesh
         self.comm = comm
         self.overlaps = bool(overlap) and mesh.ulysses > 1
+        self.exchange = exchange or CollectiveExchange()  # how the overlapped path's all-to-alls move
         self.__name__ = "sequence_parallel(%s)" % getattr(inner, "__name__", "attention")
 
     def __call__(self, q, k, v, *, scale: float, kv_lens: Optional[Sequence[int]] = None, return_lse: bool = False):
@@ -192,11 +195,12 @@ class SequenceParallelAttention:
         hc = n // (u * c)
         q6, k6 = q.reshape(b, s, u, c, hc, d), k.reshape(b, s, u, c, hc, d)
         exchanges = []
+        ex = self.exchange
         for i in range(c):
-            send = torch.empty((u, 2, b, s, hc, d), dtype=q.dtype, device=q.device)
+            send = ex.send_buffer((u, 2, b, s, hc, d), q.dtype, q.device)
             send[:, 0].copy_(q6[:, :, :, i].permute(2, 0, 1, 3, 4))
             send[:, 1].copy_(k6[:, :, :, i].permute(2, 0, 1, 3, 4))
-            exchanges.append(_InFlight(send, m.ulysses_group, self.comm, u))
+            exchanges.append(_InFlight(send, m.ulysses_group, self.comm, u, ex))
         return PendingQK((b, s, n, d), c, exchanges)
 
     def attend(self, pending: PendingQK, v: torch.Tensor, *, scale: float,
@@ -207,9 +211,15 @@ class SequenceParallelAttention:
         u, c = m.ulysses, pending.chunks
         b, s, n, d = pending.shape
         hc = n // (u * c)
-        group, comm = m.ulysses_group, self.comm
+        group, comm, ex = m.ulysses_group, self.comm, self.exchange
         v6 = v.reshape(b, s, u, c, hc, d)
-        v_flight = [_InFlight(v6[:, :, :, i].permute(2, 0, 1, 3, 4).contiguous(), group, comm, u) for i in range(c)]
+
+        def staged(src: torch.Tensor) -> torch.Tensor:  # src laid out [u, ...] in the exchange's buffer
+            send = ex.send_buffer(src.shape, src.dtype, src.device)
+            send.copy_(src)
+            return send
+
+        v_flight = [_InFlight(staged(v6[:, :, :, i].permute(2, 0, 1, 3, 4)), group, comm, u, ex) for i in range(c)]
         back = []
         for i in range(c):
             qk = pending.exchanges[i].result(comm)  # [u, 2, B, S_l, hc, D]
@@ -219,7 +229,7 @@ class SequenceParallelAttention:
             del qk
             pending.exchanges[i] = v_flight[i] = None  # their buffers go as soon as the copies exist
             o = self._local(qi, ki, vi, scale, kv_lens)  # [B, u*S_l, hc, D]
-            back.append(_InFlight(o.reshape(b, u, s, hc, d).permute(1, 0, 2, 3, 4).contiguous(), group, comm, u))
+            back.append(_InFlight(staged(o.reshape(b, u, s, hc, d).permute(1, 0, 2, 3, 4)), group, comm, u, ex))
         out = None
         for i in range(c):
             got = back[i].result(comm)  # [u, B, S_l, hc, D]: this chunk of every rank's head group
@@ -266,16 +276,21 @@ class SequenceParallelAttention:
         return out.to(q.dtype)
 
 
-def wrap_self_attention(table, mesh: Mesh, comm: CommClock, overlap: bool = True):
+def wrap_self_attention(table, mesh: Mesh, comm: CommClock, overlap: bool = True, exchange=None):
     """The op table with its self-attention replaced by the sequence-parallel wrapper around it,
-    and the sequence plan attached for the model. ``overlap``: ``parallel.ulysses_overlap``."""
+    and the sequence plan attached for the model. ``overlap``: ``parallel.ulysses_overlap``;
+    ``exchange``: how the overlapped all-to-alls move (``wanport.parallel.exchange``; default the
+    collective)."""
     import dataclasses
 
     from ..ops.table import ResolvedOp
 
     inner = table.self_attention
+    fn = SequenceParallelAttention(inner.fn, mesh, comm, overlap, exchange)
+    how = ""
+    if fn.overlaps:
+        how = ", overlap" if fn.exchange.name == "collective" else ", overlap, %s" % fn.exchange.name
     wrapped = ResolvedOp(site=inner.site, kind=inner.kind,
-                         impl="%s[ulysses=%d, ring=%d%s]" % (inner.impl, mesh.ulysses, mesh.ring,
-                                                             ", overlap" if overlap and mesh.ulysses > 1 else ""),
-                         fn=SequenceParallelAttention(inner.fn, mesh, comm, overlap), why=inner.why)
+                         impl="%s[ulysses=%d, ring=%d%s]" % (inner.impl, mesh.ulysses, mesh.ring, how),
+                         fn=fn, why=inner.why)
     return dataclasses.replace(table, self_attention=wrapped, sequence=SequencePlan(mesh, comm))

@@ -114,7 +114,7 @@ class Prepared:
         if per_token not in self.tables:
             self.tables[per_token] = parallel_ops(
                 resolve_dit_ops(self.registry, self.spec, self.ckpts, plan, self.op_overrides, self.mesh),
-                self.mesh, self.comm, ulysses_overlap(plan))
+                self.mesh, self.comm, ulysses_overlap(plan), ulysses_exchange(plan), parallel_timeout(plan))
         return self.tables[per_token]
 
 
@@ -198,18 +198,31 @@ def resolve_precision(plan: RunPlan, requested: Any, runtime, backend: str) -> R
     return dataclasses.replace(plan, policy=policy, precision_choice=choice)
 
 
-def parallel_ops(ops: OpTable, mesh, comm, overlap: bool = True) -> OpTable:
+def parallel_ops(ops: OpTable, mesh, comm, overlap: bool = True, exchange: str = "collective",
+                 timeout_s: float = 600.0) -> OpTable:
     """With sequence parallelism, the self-attention wrapped for the mesh (``overlap``:
-    ``parallel.ulysses_overlap``)."""
+    ``parallel.ulysses_overlap``; ``exchange``: ``parallel.ulysses_exchange``)."""
     if mesh is not None and mesh.sp_degree > 1:
+        from ..parallel.exchange import make_exchange
         from ..parallel.sequence import wrap_self_attention
 
-        return wrap_self_attention(ops, mesh, comm, overlap)
+        ex = None
+        if overlap and mesh.ulysses > 1:
+            ex = make_exchange(exchange, getattr(comm, "runtime", None), mesh.ulysses_group, timeout_s)
+        return wrap_self_attention(ops, mesh, comm, overlap, ex)
     return ops
 
 
 def ulysses_overlap(plan: RunPlan) -> bool:
     return plan.parallel is None or bool(getattr(plan.parallel, "ulysses_overlap", True))
+
+
+def ulysses_exchange(plan: RunPlan) -> str:
+    return "collective" if plan.parallel is None else str(getattr(plan.parallel, "ulysses_exchange", "collective"))
+
+
+def parallel_timeout(plan: RunPlan) -> float:
+    return 600.0 if plan.parallel is None else float(getattr(plan.parallel, "timeout_s", 600))
 
 
 def start_parallel(plan: RunPlan, spec, session: Session, ckpts: CheckpointSet):
@@ -247,7 +260,8 @@ def prepare(cfg: RunConfig, registry: Optional[Registry] = None, source: str = "
     # with the layouts that do; before any weight loads or collective starts. `run --force` skips it.
     memory_plan = refuse_if_unfit(plan, ckpts, session.runtime, size, cfg.memory_check, resident)
     session, mesh, comm = start_parallel(plan, spec, session, ckpts)
-    ops = parallel_ops(resolve_dit_ops(registry, spec, ckpts, plan, cfg.ops, mesh), mesh, comm, ulysses_overlap(plan))
+    ops = parallel_ops(resolve_dit_ops(registry, spec, ckpts, plan, cfg.ops, mesh), mesh, comm, ulysses_overlap(plan),
+                       ulysses_exchange(plan), parallel_timeout(plan))
     quant = None
     if ops.quant_linear is not None:  # weights quantized as they load (after merged LoRAs)
         from ..quant import QuantWeights, check_quant
@@ -343,7 +357,8 @@ def parallel_summary(prep: Prepared, denoise: Optional[Dict[str, float]] = None)
     dist.all_gather_object(ranks, mine)
     p = prep.plan.parallel
     return {"world": mesh.world, "cfg": p.cfg, "ulysses": p.ulysses, "ring": p.ring,
-            "ulysses_overlap": bool(getattr(p, "ulysses_overlap", True)), "vae": p.vae,
+            "ulysses_overlap": bool(getattr(p, "ulysses_overlap", True)),
+            "ulysses_exchange": str(getattr(p, "ulysses_exchange", "collective")), "vae": p.vae,
             "t5_cpu": p.t5_cpu, "dist_backend": prep.spec.dist_backend, "ranks": ranks}
 
 
