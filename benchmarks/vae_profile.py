@@ -13,7 +13,9 @@ A variant is ``+``-joined flags: ``fp32`` | ``bf16`` (weights and activations), 
 weights and input, ``CausalVideoVAE.set_memory_format``), ``fused`` (the backend's own
 ``channel_rms_norm`` implementation, e.g. cuda's Triton kernel; without it the reference math runs),
 ``composed`` (the composed PyTorch form of ``channel_rms_norm``), ``notf32`` (full fp32 convolution
-math, where the device would use TF32). Each row records the VAE's ops and memory format.
+math, where the device would use TF32), ``prev`` (``direct_layout`` off: channels-last data padded
+by copies as before, the shortcut and the upsampling as before). Each row records the VAE's ops and
+memory format.
 
     python3 benchmarks/vae_profile.py --vae wan2.1 --encode --profile \
         --variants fp32 fp32+cl fp32+cl+fused bf16+cl+fused --out vae21.json
@@ -63,6 +65,11 @@ def _vae(kind: str, dtype: torch.dtype, device: torch.device, cl: bool, norm_op,
         vae.bind_ops(SimpleNamespace(channel_rms_norm=norm_op))
     if cl:  # the conv weights, and every encode/decode input
         vae.set_memory_format(torch.channels_last_3d)
+    return vae
+
+
+def _flagged(vae, flags):
+    vae.direct_layout = "prev" not in flags
     return vae
 
 
@@ -129,12 +136,12 @@ def main() -> None:
         dtype = torch.bfloat16 if "bf16" in flags else torch.float32
         restore = _set_flags(flags, rt.device_type)
         try:
-            vae = _vae(args.vae, dtype, dev, "cl" in flags, _norm_op(reg, args.backend, flags))
+            vae = _flagged(_vae(args.vae, dtype, dev, "cl" in flags, _norm_op(reg, args.backend, flags)), flags)
             zin = latent.to(dev)
             vae.decode(zin[:, :, :2])  # warm-up (and the autotuner's first pass)
             rt.reset_peak_memory()
             dec, sec = _time(rt, lambda v=vae, x=zin: v.decode(x))
-            row = {"variant": name, "vae": vae.report(), "decode_s": round(sec, 4),
+            row = {"variant": name, "vae": dict(vae.report(), direct_layout=vae.direct_layout), "decode_s": round(sec, 4),
                    "decode_peak_gib": round((rt.peak_memory_bytes() or 0) / 2 ** 30, 3)}
             dec = dec.float().cpu()
             if ref_dec is None:

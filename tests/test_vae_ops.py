@@ -143,6 +143,81 @@ def test_channels_last_equals_default_layout_within_float_bound(make, size):
     assert torch.equal(vae.decode(latent), dec0)
 
 
+@pytest.mark.parametrize("cin,cout,ft,fs", [(8, 8, 2, 2), (8, 4, 1, 2), (8, 4, 2, 2), (4, 16, 2, 2),
+                                            (16, 4, 1, 2), (6, 6, 1, 1), (8, 2, 2, 2)])
+def test_direct_dup_up_shortcut_moves_the_same_values(cin, cout, ft, fs):
+    """DupUp3D on channels-last data written once into channels-last memory (a broadcast view of
+    the input): the same values as repeat_interleave + reshuffle, first chunk included; repeat
+    counts that do not line up with the (t, row, column) blocks keep the old path."""
+    from wanport.models.vae.wan22 import DupUp3D
+
+    up = DupUp3D(cin, cout, ft, fs)
+    x = torch.randn(1, cin, 3, 4, 5, generator=torch.Generator().manual_seed(cin + cout)).contiguous(memory_format=CL)
+    for first in (False, True):
+        want = up(x, first)
+        got = up(x, first, direct=True)
+        assert torch.equal(got, want)
+        if up._channels_last(x) is not None:
+            assert memory_format_of(got) is CL or got.shape[2] == 1
+    assert up._channels_last(x) is not None or (up.repeats not in (1, fs, fs * fs) and up.repeats % (ft * fs * fs))
+
+
+def test_native_half_upsample_equals_the_float32_round_trip():
+    """Nearest-exact upsampling copies values: bf16 in its own dtype gives the float32 path's bits."""
+    x = torch.randn(2, 6, 5, 7, generator=torch.Generator().manual_seed(2)).bfloat16()
+    up = layers.Upsample2x()
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        xf = x.contiguous(memory_format=fmt)
+        assert torch.equal(up(xf, native=True), up(xf))
+    y = torch.randn(1, 3, 4, 4)
+    assert torch.equal(up(y, native=True), up(y))  # float32 is the official path itself
+
+
+def test_conv_padding_on_channels_last_equals_the_padded_copy():
+    """Channels-last convs with symmetric zero borders take them as the conv's own padding instead of
+    a padded copy (the time context is still assembled): the same sums, within a float32 bound of
+    the padded path; the split decode's context (its own pad) and NCDHW data keep the copy."""
+    g = torch.Generator().manual_seed(8)
+    conv = _randomise(CausalConv3d(6, 5, 3, padding=1))
+    conv.weight.data = conv.weight.data.contiguous(memory_format=CL)  # as set_memory_format lays it out
+    x = torch.randn(1, 6, 3, 7, 9, generator=g).contiguous(memory_format=CL)
+    ctx_frames = torch.randn(1, 6, 2, 7, 9, generator=g).contiguous(memory_format=CL)
+    bound = f32_bound(27 * 6)
+    for context in (None, ctx_frames, ctx_frames[:, :, 1:]):
+        want = conv(x, VAEContext(direct_layout=False), context)
+        got = conv(x, VAEContext(), context)
+        assert memory_format_of(got) is memory_format_of(want)  # the host's conv picks its own output layout
+        assert ((got - want).norm() / want.norm()).item() < bound
+    assert VAEContext().conv_pads(x) and not VAEContext(direct_layout=False).conv_pads(x)
+    assert not VAEContext().conv_pads(x.contiguous())
+
+    class Halo(VAEContext):
+        def pad(self, x, pads):
+            return F.pad(x, tuple(pads))
+
+    assert not Halo().conv_pads(x)
+    sconv = _randomise(layers.SpatialConv2d(6, 4, 3, 1, (1, 1, 1, 1)))
+    x2 = torch.randn(3, 6, 7, 9, generator=g).contiguous(memory_format=torch.channels_last)
+    want, got = sconv(x2, VAEContext(direct_layout=False)), sconv(x2, VAEContext())
+    assert ((got - want).norm() / want.norm()).item() < f32_bound(9 * 6)
+    down = _randomise(layers.SpatialConv2d(6, 4, 3, 2, (0, 1, 0, 1)))  # asymmetric: the padded copy
+    assert torch.equal(down(x2, VAEContext()), down(x2, VAEContext(direct_layout=False)))
+
+
+@pytest.mark.parametrize("make,size", [(_tiny21, (16, 24)), (_tiny22, (32, 16))])
+def test_direct_layout_decode_equals_the_previous_moves(make, size):
+    """The whole channels-last decode with and without direct_layout: within a float32 bound (the
+    convs' padding is the only change in the arithmetic)."""
+    vae = make()
+    vae.set_memory_format(CL)
+    s = vae.spatial_stride
+    latent = torch.randn(1, vae.z_dim, 3, size[0] // s, size[1] // s, generator=torch.Generator().manual_seed(4))
+    new = vae.decode(latent)
+    vae.direct_layout = False
+    old = vae.decode(latent)
+    assert ((new - old).norm() / old.norm()).item() < 30 * f32_bound(27 * 32)
+
+
 def _rows(shape, dtype, fmt, zero_rows=True, seed=4):
     g = torch.Generator().manual_seed(seed)
     x = (3 * torch.randn(shape, generator=g)).to(dtype)

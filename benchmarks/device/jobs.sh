@@ -150,3 +150,27 @@ job_u2ctas() {  # issue 16: u2 480p with NCCL held to fewer CTAs (SMs) while its
       --layouts u2 --warmup 1 --repeats 2 --out "$R/scaling14-480p-u2-$tag"
   done
 }
+job_vae22direct() {  # issue 16: Wan2.2 VAE decode 1280x704 x 121, bf16 + channels-last + fused norm, layout moves before/after (~3 min)
+  timeout 500 python3 benchmarks/vae_profile.py --vae wan2.2 --size 1280*704 --frames 121 \
+    --variants bf16+cl+fused+prev bf16+cl+fused --profile bf16+cl+fused --out "$R/vae22-direct.json"
+}
+job_vae21direct() {  # issue 16: Wan2.1 VAE decode 480p x 81 the same way, fp32 and bf16 (~2 min)
+  timeout 400 python3 benchmarks/vae_profile.py --vae wan2.1 --size 832*480 --frames 81 \
+    --variants fp32+cl+fused+prev fp32+cl+fused bf16+cl+fused+prev bf16+cl+fused --out "$R/vae21-direct.json"
+}
+job_gputests3() {  # GPU tests: the cuda backend, fp8_tensor, the VAE ops (~3 min)
+  timeout 500 python3 -m pytest -q -o addopts="" -p no:cacheprovider tests/test_cuda_backend.py \
+    tests/test_fp8_tensor_attention.py tests/test_vae_ops.py 2>&1 | tail -15
+}
+job_u2exchange() {  # issue 16: u2 480p: blocking, overlapped collective, overlapped copy engine (bits checked) (~3 min)
+  $TR -m wanport bench scaling --model wan2.1-t2v-14b --backend cuda --layouts u2 --ulysses-overlap both \
+    --ulysses-exchange both --warmup 1 --repeats 3 --out "$R/scaling14-480p-exchange"
+}
+job_scaling720x() {  # issue 16: 720p: cfg2 and u2 (both exchanges) against one GPU (~5 min)
+  $TR -m wanport bench scaling --model wan2.1-t2v-14b --size 1280*720 --backend cuda --layouts cfg2 u2 \
+    --ulysses-exchange both --warmup 1 --repeats 2 --out "$R/scaling14-720p"
+}
+job_vaepar22() {  # issue 16: Wan2.2 VAE decode 1280x704 x 121 split over 2 GPUs vs one (fp32) (~3 min)
+  timeout 400 python3 -m torch.distributed.run --standalone --nproc_per_node 2 benchmarks/vae_parallel.py \
+    --vae wan2.2 --size 1280*704 --frames 121 --repeats 2 --out "$R/vae-par22.json"
+}

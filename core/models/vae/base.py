@@ -24,6 +24,9 @@ class CausalVideoVAE(nn.Module):
     LATENT_STD: Sequence[float] = ()
     #: the layout of the conv weights and of the activations (set_memory_format)
     memory_format: torch.memory_format = torch.contiguous_format
+    #: channels-last data skips the layout moves that only copy (``VAEContext.direct_layout``); off
+    #: for before/after measurements
+    direct_layout: bool = True
     #: the implementation of each VAE op kind (bind_ops; the reference math until then)
     ops_bound: Dict[str, str] = {"channel_rms_norm": "reference.torch (standalone)"}
 
@@ -98,7 +101,7 @@ class CausalVideoVAE(nn.Module):
             raise ValueError("encode needs H and W multiples of %d, got %dx%d" % (sp, h, w))
         p = self._param()
         x = self._layout(self._encoder_input(video.to(device=p.device, dtype=p.dtype)))
-        ctx = context if context is not None else VAEContext(FeatureCache())
+        ctx = context if context is not None else VAEContext(FeatureCache(), self.direct_layout)
         outs = [self.encoder(x[:, :, :1], ctx)]
         for start in range(1, f, s):
             outs.append(self.encoder(x[:, :, start:start + s], ctx))
@@ -126,7 +129,7 @@ class CausalVideoVAE(nn.Module):
         s, sp = self.temporal_stride, self.spatial_stride
         n_frames = 1 + s * (t - 1)
         video = torch.empty(b, 3, n_frames, h * sp, w * sp, dtype=torch.float32, device=p.device)
-        ctx = context if context is not None else VAEContext(FeatureCache())
+        ctx = context if context is not None else VAEContext(FeatureCache(), self.direct_layout)
         pos = 0
         for i in range(t):
             y = self._decode_frame(x[:, :, i:i + 1], ctx, i == 0)

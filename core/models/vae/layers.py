@@ -74,10 +74,25 @@ def assemble_padded(x: torch.Tensor, pads: Sequence[int], context: Optional[torc
 
 
 class VAEContext:
-    """State and hooks of one encode/decode call (single device: zero padding, plain SDPA)."""
+    """State and hooks of one encode/decode call (single device: zero padding, plain SDPA).
 
-    def __init__(self, cache: Optional[FeatureCache] = None) -> None:
+    ``direct_layout`` (default on): channels-last data skips the layout moves that only copy --
+    symmetric zero borders go to the conv as its own padding (no padded copy of the input), the
+    decoder's channel-to-space shortcut is written straight into channels-last memory, and the
+    half-precision nearest upsampling runs in its own dtype. Each gives the same values; the conv
+    may sum in another order (another cuDNN algorithm). Off: the moves as they were, for
+    before/after measurements (``benchmarks/vae_profile.py``, flag ``prev``)."""
+
+    def __init__(self, cache: Optional[FeatureCache] = None, direct_layout: bool = True) -> None:
         self.cache = cache
+        self.direct_layout = bool(direct_layout)
+
+    def conv_pads(self, x: torch.Tensor) -> bool:
+        """Whether a conv on ``x`` may take its symmetric H/W zero borders as its own padding:
+        channels-last data, ``direct_layout``, and zero borders (a context that overrides
+        :meth:`pad`, the split decode's halo exchange, pads its own way)."""
+        return self.direct_layout and type(self).pad is VAEContext.pad and _layout(x) in (
+            torch.channels_last_3d, torch.channels_last)
 
     # -- hooks a spatially split decode overrides ------------------------------------------
     def pad(self, x: torch.Tensor, pads: Sequence[int]) -> torch.Tensor:
@@ -146,7 +161,13 @@ class CausalConv3d(nn.Conv3d):
             pads[4] = max(pads[4] - context.shape[2], 0)
         else:
             context = None
-        x = (ctx or _DEFAULT_CTX).causal_input(x, context, pads)
+        c = ctx or _DEFAULT_CTX
+        if (pads[0] or pads[2]) and pads[0] == pads[1] and pads[2] == pads[3] and c.conv_pads(x):
+            # channels-last: only the time context is assembled (a copy of whole frames), the
+            # H/W borders are the conv's own padding
+            x = c.causal_input(x, context, [0, 0, 0, 0, pads[4], pads[5]])
+            return F.conv3d(x, self.weight, self.bias, self.stride, (0, pads[2], pads[0]), self.dilation, self.groups)
+        x = c.causal_input(x, context, pads)
         if _fold_as_conv2d(x, self):
             return _conv3d_as_conv2d(x, self.weight, self.bias, self.stride)
         return F.conv3d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
@@ -195,7 +216,11 @@ class SpatialConv2d(nn.Conv2d):
         self.hw_pad = tuple(hw_pad)
 
     def forward(self, x: torch.Tensor, ctx: Optional[VAEContext] = None) -> torch.Tensor:  # type: ignore[override]
-        x = (ctx or _DEFAULT_CTX).pad(x, self.hw_pad)
+        c = ctx or _DEFAULT_CTX
+        p = self.hw_pad
+        if any(p) and p[0] == p[1] and p[2] == p[3] and c.conv_pads(x):  # channels-last: the conv pads
+            return F.conv2d(x, self.weight, self.bias, self.stride, (p[2], p[0]), self.dilation, self.groups)
+        x = c.pad(x, p)
         return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
 
 
@@ -268,9 +293,13 @@ class AttentionBlock(nn.Module):
 
 
 class Upsample2x(nn.Module):
-    """Nearest-exact x2 in H and W, computed in float32 (official ``Upsample``)."""
+    """Nearest-exact x2 in H and W, computed in float32 (official ``Upsample``). ``native``: half
+    precision data stays in its dtype -- nearest copies values, so the result is the same without
+    the two float32 copies."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, native: bool = False) -> torch.Tensor:
+        if native and x.dtype in (torch.float16, torch.bfloat16):
+            return F.interpolate(x, scale_factor=(2.0, 2.0), mode="nearest-exact")
         return F.interpolate(x.float(), scale_factor=(2.0, 2.0), mode="nearest-exact").to(x.dtype)
 
 
@@ -352,7 +381,7 @@ class Resample(nn.Module):
         b, c, t, h, w = x.shape
         y = x.transpose(1, 2).reshape(b * t, c, h, w)  # channels-last 3-D: a channels_last 2-D view
         if self.mode.startswith("up"):
-            y = self.resample[0](y)
+            y = self.resample[0](y, native=ctx.direct_layout)
         y = self.resample[1](y, ctx)
         x = y.reshape(b, t, y.shape[1], y.shape[2], y.shape[3]).transpose(1, 2)
         if self.mode == "downsample3d":

@@ -24,14 +24,14 @@ both with one :class:`FeatureCache` per call.
 
 from __future__ import annotations
 
-from typing import Dict, List, Mapping, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from .base import CausalVideoVAE
-from .layers import AttentionBlock, CausalConv3d, Resample, ResidualBlock, RMS_norm, VAEContext
+from .layers import AttentionBlock, CausalConv3d, Resample, ResidualBlock, RMS_norm, VAEContext, memory_format_of
 
 # Latent normalisation constants of the Wan2.2 VAE (48 channels), docs/wan-model.md §5.4.
 VAE22_MEAN: Tuple[float, ...] = (
@@ -106,8 +106,14 @@ class DupUp3D(nn.Module):
         self.out_channels = out_channels
         self.repeats = out_channels * factor // in_channels
 
-    def forward(self, x: torch.Tensor, first_chunk: bool = False) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, first_chunk: bool = False, direct: bool = False) -> torch.Tensor:
+        """``direct``: channels-last input gives channels-last output written in one pass (the
+        same values; see :meth:`_channels_last`)."""
         ft, fs = self.factor_t, self.factor_s
+        if direct and memory_format_of(x) is torch.channels_last_3d:
+            out = self._channels_last(x)
+            if out is not None:
+                return out[:, :, ft - 1:] if first_chunk else out
         x = x.repeat_interleave(self.repeats, dim=1)
         b, _, t, h, w = x.shape
         x = x.reshape(b, self.out_channels, ft, fs, fs, t, h, w)
@@ -115,6 +121,36 @@ class DupUp3D(nn.Module):
         if first_chunk:
             x = x[:, :, ft - 1:]
         return x
+
+
+    def _channels_last(self, x: torch.Tensor) -> Optional[torch.Tensor]:
+        """The shortcut of channels-last ``x`` written once into channels-last memory, as a
+        broadcast view of x (no repeat_interleave temporary, no second reshuffling copy); None when
+        the repeat count does not line up with the (t, row, column) blocks.
+
+        Expanded channel ``c' = co * F + (i * fs + j) * fs + k`` (F = ft * fs * fs) comes from input
+        channel ``c' // repeats`` and lands at time ``t * ft + i``, row ``h * fs + j``, column
+        ``w * fs + k``: with ``repeats`` a multiple of F each input channel fills ``repeats / F``
+        whole output channels; with ``repeats`` in (1, fs, fs * fs) it spans the trailing ones of
+        (i, j, k)."""
+        ft, fs = self.factor_t, self.factor_s
+        b, cin, t, h, w = x.shape
+        cout, rep, factor = self.out_channels, self.repeats, ft * fs * fs
+        xl = x.permute(0, 2, 3, 4, 1)  # [b, t, h, w, C_in]: contiguous for channels-last x
+        out = torch.empty((b, cout, t * ft, h * fs, w * fs), dtype=x.dtype, device=x.device,
+                          memory_format=torch.channels_last_3d)
+        dst = out.permute(0, 2, 3, 4, 1).view(b, t, ft, h, fs, w, fs, cout)
+        if rep % factor == 0:
+            g = rep // factor
+            src = xl.reshape(b, t, 1, h, 1, w, 1, cin, 1).expand(b, t, ft, h, fs, w, fs, cin, g)
+            dst.view(b, t, ft, h, fs, w, fs, cin, g).copy_(src)
+            return out
+        kept = {1: (ft, fs, fs), fs: (ft, fs, 1), fs * fs: (ft, 1, 1)}.get(rep)
+        if kept is None or factor % rep:
+            return None
+        src = xl.reshape(b, t, h, w, cout, *kept).permute(0, 1, 5, 2, 6, 3, 7, 4)
+        dst.copy_(src.expand(b, t, ft, h, fs, w, fs, cout))
+        return out
 
 
 class DownStage(nn.Module):
@@ -160,7 +196,7 @@ class UpStage(nn.Module):
             h = layer(h, ctx)
         if self.avg_shortcut is None:
             return h
-        return h + self.avg_shortcut(x, first_chunk)
+        return h + self.avg_shortcut(x, first_chunk, direct=ctx.direct_layout)
 
 
 class Encoder22(nn.Module):
