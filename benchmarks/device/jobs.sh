@@ -174,3 +174,8 @@ job_vaepar22() {  # issue 16: Wan2.2 VAE decode 1280x704 x 121 split over 2 GPUs
   timeout 400 python3 -m torch.distributed.run --standalone --nproc_per_node 2 benchmarks/vae_parallel.py \
     --vae wan2.2 --size 1280*704 --frames 121 --repeats 2 --out "$R/vae-par22.json"
 }
+job_parvideo() {  # issue 16: the tiny checkpoint's video under cfg2 / u2 (both exchanges, blocking) / VAE split vs one GPU (~2 min)
+  python3 -m wanport make-tiny /tmp/tinypv --if-missing >/dev/null
+  timeout 300 python3 benchmarks/parallel_video_check.py --ckpt /tmp/tinypv --single --out "$R/parallel-video" \
+    && $TR benchmarks/parallel_video_check.py --ckpt /tmp/tinypv --out "$R/parallel-video"
+}

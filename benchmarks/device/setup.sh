@@ -20,6 +20,10 @@ with tarfile.open(fileobj=sys.stdin.buffer, mode='r|xz') as t:
     t.extractall('/tmp/site', **({'filter': 'tar'} if hasattr(tarfile, 'tar_filter') else {}))
 " && touch /tmp/site/.cu13-done
 fi
+# one machine lost ftfy from /tmp/site between calls (cause not found): put it back if it cannot import
+if [ -d .whl ] && ! PYTHONPATH=/tmp/site python3 -c "import ftfy" 2>/dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/ftfy*.whl
+fi
 export PYTHONPATH=/tmp/site:/tmp/site/nvidia_cutlass_dsl/dsl_packages${PYTHONPATH:+:$PYTHONPATH}
 if [ ! -e /tmp/site/.wanport-done ]; then
   python3 -m pip install -q --no-deps --no-build-isolation -e . >/tmp/res/pip.log 2>&1 && touch /tmp/site/.wanport-done
