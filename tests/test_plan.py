@@ -146,6 +146,23 @@ def test_tokens_and_per_rank_split():
     assert act(cfg2) == act(one) and act(sp) < act(one) / 2
 
 
+def test_copy_engine_exchange_buffers_are_counted():
+    """parallel.ulysses_exchange: copy_engine keeps its send buffers (symmetric memory, which the
+    caching allocator does not count): q and k, v and one more set for the outputs, 4 x [S_local,
+    dim] in the attention dtype, on the device from the denoise stage on; not with the collective,
+    not without overlap, not without Ulysses."""
+    plan = _plan("wan2.1-t2v-14b", "832*480")
+    arch = for_plan(plan)
+    stage = lambda m, name: {s.name: s for s in m.ranks[0].stages}[name].device  # noqa: E731
+    ce = predict(plan, arch, Layout(ulysses=2, ulysses_exchange="copy_engine"))
+    want = 4 * ce.tokens.local * arch.dit.dim * 2  # bf16 attention (official policy)
+    assert stage(ce, "denoise")["ulysses_exchange_buffers"] == want == 4 * 16380 * 5120 * 2
+    assert stage(ce, "vae_decode")["ulysses_exchange_buffers"] == want
+    for layout in (Layout(ulysses=2), Layout(ulysses=2, ulysses_exchange="copy_engine", ulysses_overlap=False),
+                   Layout(cfg=2, ulysses_exchange="copy_engine")):
+        assert "ulysses_exchange_buffers" not in stage(predict(plan, arch, layout), "denoise")
+
+
 def test_stage_timeline_and_what_is_resident():
     plan = _plan("wan2.1-t2v-14b", "832*480")
     arch = for_plan(plan)

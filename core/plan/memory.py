@@ -58,6 +58,10 @@ class Layout(Degrees):
     prefetch: int = 1
     #: ``offload.vae: host_until_decode``
     vae_host: bool = False
+    #: ``parallel.ulysses_exchange``: ``copy_engine`` keeps its send buffers (symmetric memory,
+    #: outside the caching allocator) for the pipeline's life
+    ulysses_exchange: str = "collective"
+    ulysses_overlap: bool = True
     quantization: str = "none"
     #: the resident pipeline (``wanport.Pipeline``: every model loaded once and kept, T5 and the
     #: DiT through the decode) instead of the one-video run (``wanport run``: T5 released after
@@ -75,7 +79,8 @@ class Layout(Degrees):
             return cls(**kw)
         kw["t5_cpu"] = kw.get("t5_cpu", False) or p.t5_cpu
         return cls(cfg=p.cfg, ulysses=p.ulysses, ring=p.ring, dit_fsdp=p.dit_fsdp, t5_fsdp=p.t5_fsdp,
-                   vae_split=p.vae, **kw)
+                   vae_split=p.vae, ulysses_exchange=str(getattr(p, "ulysses_exchange", "collective")),
+                   ulysses_overlap=bool(getattr(p, "ulysses_overlap", True)), **kw)
 
     def overrides(self, experts: bool) -> List[str]:
         """The recipe overrides that select this layout (every knob, so it reads on its own)."""
@@ -337,6 +342,13 @@ def predict(plan, arch: Architecture, layout: Optional[Layout] = None, device_me
                                  2 if plan.needs_uncond and layout.cfg == 1 else 1, per_token)
     cache_device = feature_cache["residuals"] + feature_cache["inputs"]
 
+    # the copy-engine exchange's send buffers: q and k (two [S_local, dim] tensors in all chunks), v,
+    # and the outputs (which reuse v's as they are freed; one more set at most), in the attention
+    # dtype, kept from the first forward on
+    exchange_pool = 0
+    if layout.ulysses > 1 and layout.ulysses_overlap and layout.ulysses_exchange == "copy_engine":
+        exchange_pool = 4 * tok.local * arch.dit.dim * _size(policy.attention)
+
     # -- VAE peaks
     split = world if layout.vae_split and world > 1 else 1
     frames = plan.frame_num
@@ -396,6 +408,8 @@ def predict(plan, arch: Architecture, layout: Optional[Layout] = None, device_me
             out.append(Stage("vae_encode", ve, "the conditioning video (%d frames) encoded" % enc_frames))
         den = {"dit_weights": dit_device, "contexts": ctx_bytes + cond, "loop_state": loop_state,
                "forward_activations": fwd["peak"]}
+        if exchange_pool:
+            den["ulysses_exchange_buffers"] = exchange_pool
         if vae_idle:
             den["vae_weights"] = vae_idle
         if gathered:
@@ -415,6 +429,8 @@ def predict(plan, arch: Architecture, layout: Optional[Layout] = None, device_me
             dec = vae_stage("decode", main, frames)
             vd = {"vae_weights": vae.bytes, "vae_work": dec["work"], "vae_cache": dec["cache"],
                   "video_out": dec["video"], "latent": lat}
+            if exchange_pool:
+                vd["ulysses_exchange_buffers"] = exchange_pool
             vd.update(kept("vae_decode"))
             out.append(Stage("vae_decode", vd, "the T5 and the DiT stay (resident pipeline)" if resident
                              else "the DiT is released before the decode"))
