@@ -42,18 +42,26 @@ NO_SHIFT, SHIFT_IN, SHIFT_OUT = 0, 1, 2
 
 
 @triton.jit
+def _head_tile(X, S, N, D, sxb, sxs, sxh, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr):
+    """This program's tile of one (sample, head) of a [B, S, N, D] tensor: (values as float32, its
+    sample, head, rows, columns and mask)."""
+    pid_bh = tl.program_id(1)
+    b = (pid_bh // N).to(tl.int64)
+    h = (pid_bh % N).to(tl.int64)
+    rows = (tl.program_id(0) * BLOCK_S + tl.arange(0, BLOCK_S)).to(tl.int64)
+    cols = tl.arange(0, BLOCK_D)
+    mask = (rows[:, None] < S) & (cols[None, :] < D)
+    x = tl.load(X + b * sxb + h * sxh + rows[:, None] * sxs + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    return x, b, h, rows, cols, mask
+
+
+@triton.jit
 def _scale_cast_kernel(X, Y, MULT, SHIFT, S, N, D,
                        sxb, sxs, sxh, syb, sys_, syh,
                        SHIFT_MODE: tl.constexpr, SATURATE: tl.constexpr, BLOCK_S: tl.constexpr,
                        BLOCK_D: tl.constexpr):
-    pid_s = tl.program_id(0)
     pid_bh = tl.program_id(1)
-    b = (pid_bh // N).to(tl.int64)
-    h = (pid_bh % N).to(tl.int64)
-    rows = (pid_s * BLOCK_S + tl.arange(0, BLOCK_S)).to(tl.int64)
-    cols = tl.arange(0, BLOCK_D)
-    mask = (rows[:, None] < S) & (cols[None, :] < D)
-    x = tl.load(X + b * sxb + h * sxh + rows[:, None] * sxs + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    x, b, h, rows, cols, mask = _head_tile(X, S, N, D, sxb, sxs, sxh, BLOCK_S, BLOCK_D)
     if SHIFT_MODE != 0:
         shift = tl.load(SHIFT + pid_bh.to(tl.int64) * D + cols, mask=cols < D, other=0.0)
     if SHIFT_MODE == 1:
@@ -69,14 +77,8 @@ def _scale_cast_kernel(X, Y, MULT, SHIFT, S, N, D,
 @triton.jit
 def _centered_amax_kernel(X, MEAN, AMAX, S, N, D, sxb, sxs, sxh,
                           BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr):
-    pid_s = tl.program_id(0)
     pid_bh = tl.program_id(1)
-    b = (pid_bh // N).to(tl.int64)
-    h = (pid_bh % N).to(tl.int64)
-    rows = (pid_s * BLOCK_S + tl.arange(0, BLOCK_S)).to(tl.int64)
-    cols = tl.arange(0, BLOCK_D)
-    mask = (rows[:, None] < S) & (cols[None, :] < D)
-    x = tl.load(X + b * sxb + h * sxh + rows[:, None] * sxs + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    x, _, _, _, cols, mask = _head_tile(X, S, N, D, sxb, sxs, sxh, BLOCK_S, BLOCK_D)
     mean = tl.load(MEAN + pid_bh.to(tl.int64) * D + cols, mask=cols < D, other=0.0)
     dev = tl.where(mask, tl.abs(x - mean[None, :]), 0.0)
     tl.atomic_max(AMAX + pid_bh, tl.max(tl.max(dev, axis=1), axis=0))
