@@ -300,8 +300,9 @@ def cmd_nproc(args) -> int:
 OVERRIDE_HELP = ("dotted overrides KEY=VALUE, e.g. sample.steps=4. The value is everything after the first '='. "
                  "Text fields (prompt, negative_prompt, model, checkpoint_dir, image, task, backend, sample.solver, "
                  "sample.noise, offload.dit, offload.text_encoder, offload.vae, output.dir, output.name, quant.dit, "
-                 "quant.attention, cache.method, cache.input, parallel.ulysses_exchange) take it verbatim ('#', ':' and quotes included; empty "
-                 "unsets an optional one); every other field reads it as one YAML value: a number, true/false, "
+                 "quant.attention, cache.method, cache.input, parallel.ulysses_exchange) take it verbatim ('#', ':' "
+                 "and quotes included; empty unsets an optional one); every other field reads it as one YAML value: "
+                 "a number, true/false, "
                  "null, [a, list] or {a: mapping}. Relative paths resolve from the working directory.")
 OUT_HELP = "result stem: writes STEM.json, STEM.md and (with matplotlib) STEM*.png"
 
