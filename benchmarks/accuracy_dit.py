@@ -24,7 +24,8 @@ from wanport.registry import resolve_ops
 
 REFERENCE = {"attention": "reference.math", "rotary": "reference.real_tables", "rms_norm": "reference.torch",
              "layer_norm": "reference.torch", "layer_norm_modulate": "reference.torch",
-             "gated_residual": "reference.torch", "linear_gelu": "reference.torch", "qk_norm_rope": "composed"}
+             "gated_residual": "reference.torch", "linear_gelu": "reference.torch", "qk_norm_rope": "composed",
+             "add_layer_norm_modulate": "composed"}
 
 
 def main(argv=None) -> int:
