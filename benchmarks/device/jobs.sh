@@ -179,3 +179,7 @@ job_parvideo() {  # issue 16: the tiny checkpoint's video under cfg2 / u2 (both 
   timeout 300 python3 benchmarks/parallel_video_check.py --ckpt /tmp/tinypv --single --out "$R/parallel-video" \
     && $TR benchmarks/parallel_video_check.py --ckpt /tmp/tinypv --out "$R/parallel-video"
 }
+job_accuracyfa4() {  # issue 16: the DiT output with flash-attn-4 (the cuda op table) vs every op on its reference (~2 min)
+  timeout 300 python3 benchmarks/accuracy_dit.py --model wan2.1-t2v-1.3b --out "$R/accuracy-1.3b-fa4.json"
+  timeout 400 python3 benchmarks/accuracy_dit.py --model wan2.1-t2v-14b --out "$R/accuracy-14b-fa4.json"
+}
