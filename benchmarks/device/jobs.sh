@@ -183,3 +183,13 @@ job_accuracyfa4() {  # issue 16: the DiT output with flash-attn-4 (the cuda op t
   timeout 300 python3 benchmarks/accuracy_dit.py --model wan2.1-t2v-1.3b --out "$R/accuracy-1.3b-fa4.json"
   timeout 400 python3 benchmarks/accuracy_dit.py --model wan2.1-t2v-14b --out "$R/accuracy-14b-fa4.json"
 }
+
+# ---- session 2026-11-30 (sixth)
+job_blockprobe() {  # issue 16: the 14B block's kernels alone vs in the block's order, SM clock and power (~2 min)
+  timeout 300 python3 benchmarks/block_context_probe.py --out "$R/block-context.json"
+}
+job_profu2() {  # issue 16: kernel profile of one u2 forward per rank vs the one-GPU forward (both exchanges, ~4 min)
+  for ex in collective copy_engine; do
+    timeout 300 python3 -m torch.distributed.run --standalone --nproc_per_node 2 benchmarks/profile_ulysses.py --exchange $ex --out "$R/profile-u2-$ex.json"
+  done
+}

@@ -34,6 +34,8 @@ class AttentionFn(Protocol):
         """Scaled dot-product attention, no causal mask, no dropout.
 
         q: [B, Sq, N, D]; k, v: [B, Skv, N, D]; q, k, v share one dtype (the caller casts).
+            Only the last dim is guaranteed contiguous (the overlapped Ulysses path hands in
+            strided views); an implementation that needs dense tensors makes them itself.
         scale: multiplies q·k (always passed explicitly; Wan uses D**-0.5).
         kv_lens: host-side ints, one per sample; keys at positions >= kv_lens[b] are masked out
             for every query of sample b (padding). ``None`` means all keys are valid. Host ints

@@ -31,6 +31,8 @@ class CollectiveExchange:
     """The all-to-all through torch.distributed (the collective library's kernels)."""
 
     name = "collective"
+    #: ``start`` takes any contiguous ``[world, ...]`` tensor, not only one from ``send_buffer``
+    any_send = True
 
     def send_buffer(self, shape: Sequence[int], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         return torch.empty(tuple(shape), dtype=dtype, device=device)

@@ -185,8 +185,8 @@ class SequenceParallelAttention:
 
     # -- the overlapped Ulysses path ----------------------------------------------------------
     def exchange_qk(self, q: torch.Tensor, k: torch.Tensor) -> PendingQK:
-        """Issue the all-to-all of q and k (stacked: one collective per head chunk) and return at
-        once; v's projection runs while it is in flight. q, k: [B, S_local, N, D]."""
+        """Issue the all-to-all of q and k (side by side per token: one collective per head chunk)
+        and return at once; v's projection runs while it is in flight. q, k: [B, S_local, N, D]."""
         m = self.mesh
         u = m.ulysses
         b, s, n, d = q.shape
@@ -196,10 +196,10 @@ class SequenceParallelAttention:
         q6, k6 = q.reshape(b, s, u, c, hc, d), k.reshape(b, s, u, c, hc, d)
         exchanges = []
         ex = self.exchange
-        for i in range(c):
-            send = ex.send_buffer((u, 2, b, s, hc, d), q.dtype, q.device)
-            send[:, 0].copy_(q6[:, :, :, i].permute(2, 0, 1, 3, 4))
-            send[:, 1].copy_(k6[:, :, :, i].permute(2, 0, 1, 3, 4))
+        for i in range(c):  # q and k side by side per token: what arrives is usable in place (below)
+            send = ex.send_buffer((u, b, s, 2, hc, d), q.dtype, q.device)
+            send[:, :, :, 0].copy_(q6[:, :, :, i].permute(2, 0, 1, 3, 4))
+            send[:, :, :, 1].copy_(k6[:, :, :, i].permute(2, 0, 1, 3, 4))
             exchanges.append(_InFlight(send, m.ulysses_group, self.comm, u, ex))
         return PendingQK((b, s, n, d), c, exchanges)
 
@@ -215,6 +215,8 @@ class SequenceParallelAttention:
         v6 = v.reshape(b, s, u, c, hc, d)
 
         def staged(src: torch.Tensor) -> torch.Tensor:  # src laid out [u, ...] in the exchange's buffer
+            if getattr(ex, "any_send", False) and src.is_contiguous():  # the output with one sample: no copy
+                return src
             send = ex.send_buffer(src.shape, src.dtype, src.device)
             send.copy_(src)
             return send
@@ -222,9 +224,10 @@ class SequenceParallelAttention:
         v_flight = [_InFlight(staged(v6[:, :, :, i].permute(2, 0, 1, 3, 4)), group, comm, u, ex) for i in range(c)]
         back = []
         for i in range(c):
-            qk = pending.exchanges[i].result(comm)  # [u, 2, B, S_l, hc, D]
-            qi = qk[:, 0].permute(1, 0, 2, 3, 4).reshape(b, u * s, hc, d)
-            ki = qk[:, 1].permute(1, 0, 2, 3, 4).reshape(b, u * s, hc, d)
+            qk = pending.exchanges[i].result(comm)  # [u, B, S_l, 2, hc, D]
+            # with one sample these are views (token stride 2*hc*D, chunks in rank order): no copy
+            qi = qk[:, :, :, 0].permute(1, 0, 2, 3, 4).reshape(b, u * s, hc, d)
+            ki = qk[:, :, :, 1].permute(1, 0, 2, 3, 4).reshape(b, u * s, hc, d)
             vi = v_flight[i].result(comm).permute(1, 0, 2, 3, 4).reshape(b, u * s, hc, d)
             del qk
             pending.exchanges[i] = v_flight[i] = None  # their buffers go as soon as the copies exist

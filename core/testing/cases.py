@@ -97,17 +97,24 @@ def refused_head_dim(c: Constraints) -> Optional[int]:
 # the options inside and just outside what the implementation declares.
 
 
-def attention_case(dtype, d: int, b: int = 1, skv: int = 24, kv_lens=None, lse: bool = False, seed: int = 1) -> Case:
+def attention_case(dtype, d: int, b: int = 1, skv: int = 24, kv_lens=None, lse: bool = False, seed: int = 1,
+                   strided: bool = False) -> Case:
+    """``strided``: q and k are views into one ``[B, S, 2, N, D]`` tensor (token stride 2*N*D), as
+    the overlapped Ulysses path hands them in (the contract guarantees only a contiguous last dim)."""
     sq, n = 24, 2
     q = randn(b, sq, n, d, dtype=dtype, seed=seed)
     k = randn(b, skv, n, d, dtype=dtype, seed=seed + 1)
     v = randn(b, skv, n, d, dtype=dtype, seed=seed + 2)
+    if strided:
+        both = torch.stack([q, k], dim=2)
+        q, k = both[:, :, 0], both[:, :, 1]
     kw = dict(scale=d ** -0.5)
     if kv_lens is not None:
         kw["kv_lens"] = list(kv_lens)
     if lse:
         kw["return_lse"] = True
-    label = "%s b%d sq%d skv%d d%d kv_lens=%s%s" % (_n(dtype), b, sq, skv, d, kv_lens, " lse" if lse else "")
+    label = "%s b%d sq%d skv%d d%d kv_lens=%s%s%s" % (_n(dtype), b, sq, skv, d, kv_lens, " lse" if lse else "",
+                                                    " strided q/k" if strided else "")
     return Case("attention", label, (q, k, v), kw, frozenset({dtype}), terms=d + 2 * skv)
 
 
@@ -218,6 +225,7 @@ def cases(kind: str, c: Constraints) -> List[Case]:
             start = len(out)
             if kind == "attention" and d is not None:
                 out.append(attention_case(dt, d, b))
+                out.append(attention_case(dt, d, b, strided=True))
                 if c.kv_lens:
                     if b == 1:
                         out.append(attention_case(dt, d, b, kv_lens=[24]))
