@@ -7,9 +7,10 @@ weights), every rank profiled, against the same forward on one GPU of the same m
 Why: ``bench scaling`` says how long a u2 step takes and how long the compute stream waited for
 the all-to-alls; this says what the rest of the extra time is. Every kernel is grouped (attention,
 GEMM, the exchange's layout copies, the collective library's kernels, the fused Triton kernels,
-the rest) and the copy engines' transfers are counted apart. Rank 0 first profiles the whole
-forward alone (the other rank waits), so ``ideal_ms`` (half the one-GPU kernel time of each
-group) is measured on the same GPU. Per rank: the compute stream's kernel time per group, the
+the rest) and the copy engines' transfers are counted apart. It first profiles the whole
+forward alone on each GPU in turn (the others wait), so each rank's ``ideal_ms`` (its own GPU's
+one-GPU kernel time per group over the world size) is measured on the same chip: two H200s of
+one host need not run at one speed. Per rank: the compute stream's kernel time per group, the
 compute stream's span (first kernel to last) and its idle time, the kernel time on other streams
 (collectives overlapping compute) and the copy engines' busy time.
 """
@@ -156,11 +157,13 @@ def main(argv=None) -> int:
                               "device": runtime.describe()}
     try:
         with torch.no_grad():
-            if mesh.rank == 0:  # the one-GPU forward, same GPU, the other ranks idle
-                model.bind_ops(resolve_ops(registry, spec, dit_requirements(cfg, policy, spec.device_type)))
-                wall, one = _profiled(lambda: model(x, t, ctx), runtime.synchronize)
-                out["one_gpu"] = dict(one, wall_ms_unprofiled=round(1e3 * wall, 2))
-            dist.barrier()
+            one = None
+            for r in range(mesh.world):  # the one-GPU forward on each GPU in turn, the others idle
+                if mesh.rank == r:
+                    model.bind_ops(resolve_ops(registry, spec, dit_requirements(cfg, policy, spec.device_type)))
+                    wall, one = _profiled(lambda: model(x, t, ctx), runtime.synchronize)
+                    one = dict(one, wall_ms_unprofiled=round(1e3 * wall, 2))
+                dist.barrier()
             comm = CommClock(runtime)
             reqs = dit_requirements(cfg, policy, spec.device_type, padded_keys=True)
             table = resolve_ops(registry, spec, reqs)
@@ -173,17 +176,16 @@ def main(argv=None) -> int:
                 dist.barrier()
 
             wall, mine = _profiled(forward, runtime.synchronize)
-            mine = dict(mine, rank=mesh.rank, wall_ms_unprofiled=round(1e3 * wall, 2))
+            mine = dict(mine, rank=mesh.rank, wall_ms_unprofiled=round(1e3 * wall, 2), one_gpu=one,
+                        ideal_ms={k: round(v / world, 2) for k, v in one["compute_stream_ms"].items()},
+                        ideal_wall_ms=round(one["wall_ms_unprofiled"] / world, 2))
             ranks: List[object] = [None] * mesh.world
             dist.all_gather_object(ranks, mine)
     finally:
         shutdown()
     if mesh.rank != 0:
         return 0
-    one = out["one_gpu"]
     out["ranks"] = ranks
-    out["ideal_ms"] = {k: round(v / world, 2) for k, v in one["compute_stream_ms"].items()}
-    out["ideal_wall_ms"] = round(one["wall_ms_unprofiled"] / world, 2)
     print(json.dumps(out, indent=1))
     if args.out:
         tmp = args.out + ".tmp"

@@ -432,3 +432,25 @@ def test_ulysses_exchange_choice_and_its_errors():
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="no CUDA device"):
             make_exchange("copy_engine", CudaRuntime(), None)
+
+
+def test_exchange_layout_moves_keep_every_bit():
+    """The overlapped Ulysses path moves its layouts as 8-byte words where strides allow: any bit
+    pattern (NaN payloads included) arrives unchanged, and layouts that do not allow it fall back."""
+    from wanport.parallel.sequence import _move
+
+    bits = torch.randint(-2 ** 15, 2 ** 15, (1, 6, 2, 3, 4, 16), dtype=torch.int16, generator=torch.Generator().manual_seed(0))
+    x = bits.view(torch.bfloat16)
+    for i in range(3):  # the q/k pack of exchange_qk: rank-major, q and k side by side per token
+        send = torch.empty(2, 1, 6, 2, 4, 16, dtype=torch.bfloat16)
+        src = x[:, :, :, i].permute(2, 0, 1, 3, 4)
+        _move(send[:, :, :, 1], src)
+        assert torch.equal(send[:, :, :, 1].view(torch.int16), src.view(torch.int16))
+    odd = bits[..., :6].view(torch.float16)  # 6 half-words per row: not whole 8-byte words
+    dst = torch.empty(odd.shape, dtype=torch.float16)
+    _move(dst, odd)
+    assert torch.equal(dst.view(torch.int16), odd.view(torch.int16))
+    shifted = bits.view(torch.bfloat16).reshape(-1)[1:65]  # an offset of one element
+    dst = torch.empty(64, dtype=torch.bfloat16)
+    _move(dst, shifted)
+    assert torch.equal(dst.view(torch.int16), shifted.view(torch.int16))

@@ -193,3 +193,11 @@ job_profu2() {  # issue 16: kernel profile of one u2 forward per rank vs the one
     timeout 300 python3 -m torch.distributed.run --standalone --nproc_per_node 2 benchmarks/profile_ulysses.py --exchange $ex --out "$R/profile-u2-$ex.json"
   done
 }
+job_profu2b() {  # issue 16: the u2 profile again after the 8-byte-word layout moves, then the u2 step (~5 min)
+  timeout 300 python3 -m torch.distributed.run --standalone --nproc_per_node 2 benchmarks/profile_ulysses.py \
+    --exchange copy_engine --out "$R/profile-u2-copy_engine-words.json"
+  timeout 300 python3 -m torch.distributed.run --standalone --nproc_per_node 2 benchmarks/profile_ulysses.py \
+    --exchange collective --out "$R/profile-u2-collective-words.json"
+  $TR -m wanport bench scaling --model wan2.1-t2v-14b --backend cuda --layouts u2 --ulysses-overlap both \
+    --ulysses-exchange both --warmup 1 --repeats 3 --out "$R/scaling14-480p-words"
+}
