@@ -201,3 +201,7 @@ job_profu2b() {  # issue 16: the u2 profile again after the 8-byte-word layout m
   $TR -m wanport bench scaling --model wan2.1-t2v-14b --backend cuda --layouts u2 --ulysses-overlap both \
     --ulysses-exchange both --warmup 1 --repeats 3 --out "$R/scaling14-480p-words"
 }
+job_scaling720w() {  # issue 16: 720p u2 (both exchanges) after the 8-byte-word layout moves, vs one GPU (~5 min)
+  $TR -m wanport bench scaling --model wan2.1-t2v-14b --size 1280*720 --backend cuda --layouts u2 \
+    --ulysses-exchange both --warmup 1 --repeats 2 --out "$R/scaling14-720p-words"
+}
