@@ -205,3 +205,11 @@ job_scaling720w() {  # issue 16: 720p u2 (both exchanges) after the 8-byte-word 
   $TR -m wanport bench scaling --model wan2.1-t2v-14b --size 1280*720 --backend cuda --layouts u2 \
     --ulysses-exchange both --warmup 1 --repeats 2 --out "$R/scaling14-720p-words"
 }
+job_qkrows() {  # issue 16: the q/k norm + RoPE kernel with 1/2/4/8 rows per program at Wan shapes (~1 min)
+  timeout 300 python3 benchmarks/qk_norm_rope_rows_probe.py --out "$R/qk-rows.json"
+}
+job_tinyfp8debug() {  # why the tiny fp8_tensor pipeline test fails under pytest on the device (full output)
+  PYTHONPATH=$PYTHONPATH python3 -c "import ftfy, sys; print('ftfy', ftfy.__file__)"
+  timeout 300 python3 -m pytest -x -q -o addopts="" -p no:cacheprovider tests/test_fp8_tensor_attention.py \
+    -k tiny_pipeline 2>&1 | grep -v "^\s*$" | tail -60
+}
