@@ -1,7 +1,7 @@
 """Triton: q/k RMSNorm over the full model dim fused with Wan's rotary embedding and the cast.
 
-A few token rows per program (the norm weight loaded once for them): one read of the Linear
-output (bf16), one write of the rotated, attention-ready tensor. Numerics follow the contract:
+One or a few token rows per program (narrow rows: the norm weight loaded once for several): one
+read of the Linear output (bf16), one write of the rotated, attention-ready tensor. Numerics follow the contract:
 float32 statistics, the normalised value rounded to the input dtype (as the official code does)
 before the weight, rotation in float32, one rounding to the output dtype.
 """
@@ -47,23 +47,27 @@ def _qk_norm_rope_kernel(
             tl.store(out_ptr + row * out_row_stride + i, out.to(out_ty), mask=mi)
 
 
-#: rows per program: the weight row (float32, 4 x C bytes) is read once per program; measured on
-#: an H200 at the 14B 480p shape (docs/measurements.md)
-ROWS_PER_PROGRAM = 4
+def rows_per_program(c: int) -> int:
+    """Token rows per program, measured on an H200 at 32 760 tokens (q and k together,
+    ``benchmarks/qk_norm_rope_rows_probe.py``): the 1.3B's 1536-wide rows gain from 4 (0.204 ->
+    0.182 ms), the 14B's 5120-wide rows lose (1 row 0.553 ms, 4 rows 0.597)."""
+    return 4 if c <= 2048 else 1
 
 
 def _one(x: torch.Tensor, w: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, eps: float,
-         num_heads: int, out_dtype: torch.dtype, rows_per_program: int = ROWS_PER_PROGRAM) -> torch.Tensor:
+         num_heads: int, out_dtype: torch.dtype, rows: int = 0) -> torch.Tensor:
+    """``rows``: token rows per program (0: :func:`rows_per_program`)."""
     b, s, c = x.shape
+    rows_per = rows or rows_per_program(c)
     x2 = x.reshape(b * s, c)
     if x2.stride(1) != 1:
         x2 = x2.contiguous()
     out = torch.empty(b, s, num_heads, c // num_heads, device=x.device, dtype=out_dtype)
     half_block = triton.next_power_of_2(c // 2)
-    rows = b * s
-    _qk_norm_rope_kernel[(triton.cdiv(rows, rows_per_program),)](
-        x2, w, cos, sin, out, rows, s, x2.stride(0), c, cos.stride(0), eps,
-        C=c, HALF_D=c // num_heads // 2, HALF_BLOCK=half_block, ROWS=rows_per_program,
+    n = b * s
+    _qk_norm_rope_kernel[(triton.cdiv(n, rows_per),)](
+        x2, w, cos, sin, out, n, s, x2.stride(0), c, cos.stride(0), eps,
+        C=c, HALF_D=c // num_heads // 2, HALF_BLOCK=half_block, ROWS=rows_per,
         num_warps=8 if half_block >= 2048 else 4,
     )
     return out
