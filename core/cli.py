@@ -79,6 +79,9 @@ def cmd_check(args) -> int:
 
     cfg, raw, source = _load(args)
     plan, image, size, registry, spec, ckpts = check_run(cfg, source)
+    from .io.video import require_encoder
+
+    require_encoder(source)
     extra = ""
     if plan.world > 1:  # validated here, launched by run.sh / torchrun
         from .errors import ConfigError

@@ -123,6 +123,33 @@ def test_run_exits_nonzero_when_the_written_mp4_is_unreadable(tmp_path, tiny_ckp
     assert os.listdir(out) == ["tiny-t2v.mp4"]
 
 
+def test_a_missing_encoder_is_a_config_error_before_the_work(tmp_path, tiny_ckpt, capsys, monkeypatch):
+    """Without imageio-ffmpeg (an environment installed with --no-deps) run and check stop with one
+    message naming the package before the pipeline is built, and Pipeline.generate(output=...)
+    before it denoises -- not with a ModuleNotFoundError after the denoising."""
+    import importlib.util
+
+    import wanport.pipeline.api as api
+
+    real = importlib.util.find_spec
+    common = ["checkpoint_dir=%s" % tiny_ckpt, "output.dir=%s" % tmp_path, "sample.size=32*32",
+              "sample.frame_num=1", "sample.steps=1"]
+    pipe = api.Pipeline.from_recipe(overrides=common, progress=False)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "imageio_ffmpeg" else real(name, *a))
+    with pipe:
+        with pytest.raises(ConfigError, match="pip install imageio-ffmpeg"):
+            pipe.generate(output=str(tmp_path / "a.mp4"))
+        assert pipe.calls == 0
+        assert pipe.generate().frames.shape[0] == 1  # writing nothing needs no encoder
+    built = []
+    monkeypatch.setattr(api.Pipeline, "from_config", classmethod(lambda cls, *a, **k: built.append(a)))
+    for cmd in ("run", "check"):
+        code, stdout, err = _run_cli(capsys, [cmd] + (["--no-progress"] if cmd == "run" else []) + common)
+        assert code == ConfigError.exit_code == 2, (cmd, err)
+        assert "imageio-ffmpeg" in err and "Traceback" not in err and "wrote" not in stdout
+    assert built == [] and os.listdir(tmp_path) == []
+
+
 @pytest.mark.parametrize("sig,code", [(signal.SIGTERM, -signal.SIGTERM), (signal.SIGINT, 130)])
 def test_signal_during_the_write_leaves_no_temporary_file(tmp_path, sig, code):
     """The encoder is replaced by one that writes half a file and blocks; the signal arrives

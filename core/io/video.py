@@ -20,7 +20,7 @@ from typing import List
 import numpy as np
 import torch
 
-from ..errors import OutputError
+from ..errors import ConfigError, OutputError
 from .atomic import atomic_path
 
 
@@ -31,6 +31,17 @@ def to_uint8_frames(video: torch.Tensor) -> np.ndarray:
         raise ValueError("expected a [3, F, H, W] video, got %s" % (tuple(video.shape),))
     x = video.detach().float().clamp(-1, 1).add(1).div(2).mul(255)
     return x.to(torch.uint8).permute(1, 2, 3, 0).cpu().numpy()
+
+
+def require_encoder(source: str) -> None:
+    """Raise a ConfigError naming the fix when the mp4 cannot be written here (the encoder is
+    imageio-ffmpeg's ffmpeg). Called before a run that writes its video starts, so a missing
+    encoder is not found after the denoising; every rank calls it (no rank goes on alone)."""
+    import importlib.util
+
+    if importlib.util.find_spec("imageio_ffmpeg") is None:
+        raise ConfigError("%s: writing the mp4 needs the imageio-ffmpeg package, a dependency of wanport that is "
+                          "not installed here: pip install imageio-ffmpeg" % source)
 
 
 def ffmpeg_exe() -> str:

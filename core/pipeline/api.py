@@ -207,6 +207,10 @@ class Pipeline:
         source = "generate()"
         cfg, raw = call_recipe(self._raw, values, None if output is True or output is None else output, source)
         plan, image_in, size_wh = check_request(cfg, source)
+        if output is not None and output is not False:
+            from ..io.video import require_encoder
+
+            require_encoder(source)
         prep = self._prep
         plan = pipeline_plan(prep, plan)
         call = Call(datetime.datetime.now(datetime.timezone.utc), cfg, raw, plan, image_in, size_wh,
@@ -376,6 +380,9 @@ def run(cfg: RunConfig, raw: Mapping[str, Any], registry=None, progress: bool = 
         observer=None, weights=None) -> Dict[str, Any]:
     """``wanport run``: one pipeline, one call writing the recipe's video and report; returns the
     report (on every rank)."""
+    from ..io.video import require_encoder
+
+    require_encoder(source)  # before anything loads
     with Pipeline.from_config(cfg, raw, source=source, registry=registry, weights=weights, progress=progress,
                               resident=False) as pipe:
         pipe.generate(output=True, observer=observer)
