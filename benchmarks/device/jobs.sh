@@ -213,3 +213,7 @@ job_tinyfp8debug() {  # why the tiny fp8_tensor pipeline test fails under pytest
   timeout 300 python3 -m pytest -x -q -o addopts="" -p no:cacheprovider tests/test_fp8_tensor_attention.py \
     -k tiny_pipeline 2>&1 | grep -v "^\s*$" | tail -60
 }
+job_chunks() {  # issue 16: u2 480p forward by head-chunk count (1, 2, 4, 5, 10) and exchange (~3 min)
+  timeout 500 python3 -m torch.distributed.run --standalone --nproc_per_node 2 benchmarks/ulysses_chunks_probe.py \
+    --out "$R/u2-chunks.json"
+}
