@@ -37,6 +37,19 @@ def group(name: str) -> str:
     return "other"
 
 
+def union_length(spans) -> float:
+    """Length of the union of (start, end) intervals (the time some kernel ran)."""
+    busy, end = 0.0, None
+    for a, b in sorted(spans):
+        if end is None or a >= end:
+            busy += b - a
+            end = b
+        elif b > end:
+            busy += b - end
+            end = b
+    return busy
+
+
 def kernel_timeline(prof) -> dict:
     """Span from the first kernel's start to the last one's end, the time some kernel ran (union of
     the kernel intervals) and the idle rest, from the profiler's Chrome trace."""
@@ -47,14 +60,7 @@ def kernel_timeline(prof) -> dict:
             events = json.load(f).get("traceEvents", [])
     spans = sorted((float(e["ts"]), float(e["ts"]) + float(e.get("dur", 0))) for e in events
                    if e.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset") and "ts" in e)
-    busy, end = 0.0, None
-    for a, b in spans:
-        if end is None or a >= end:
-            busy += b - a
-            end = b
-        elif b > end:
-            busy += b - end
-            end = b
+    busy = union_length(spans)
     span = (spans[-1][1] - spans[0][0]) if spans else 0.0
     return {"kernels": len(spans), "span_ms": span / 1e3, "busy_ms": busy / 1e3, "idle_ms": (span - busy) / 1e3}
 

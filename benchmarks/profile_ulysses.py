@@ -27,6 +27,7 @@ from typing import Dict, List
 
 import torch
 import torch.distributed as dist
+from profile_dit import union_length  # benchmarks/ is on the path when a script runs
 from torch.profiler import ProfilerActivity, profile
 
 from wanport.bench.dit import dit_config_for
@@ -63,19 +64,6 @@ def _trace(prof) -> List[dict]:
             return json.load(f).get("traceEvents", [])
 
 
-def _busy(spans) -> float:
-    """Union length of (start, end) intervals, in the trace's unit (us)."""
-    busy, end = 0.0, None
-    for a, b in sorted(spans):
-        if end is None or a >= end:
-            busy += b - a
-            end = b
-        elif b > end:
-            busy += b - end
-            end = b
-    return busy
-
-
 def summarize(prof) -> Dict[str, object]:
     """Kernel time per group on the stream that ran the most kernel time (the compute stream), the
     kernel time on the other streams, the copy engines' busy time, and the compute stream's span."""
@@ -102,12 +90,12 @@ def summarize(prof) -> Dict[str, object]:
         else:
             side[g] = side.get(g, 0.0) + d / 1e3
     span = (max(b for _, b in main_spans) - min(a for a, _ in main_spans)) / 1e3 if main_spans else 0.0
-    busy = _busy(main_spans) / 1e3
+    busy = union_length(main_spans) / 1e3
     return {"compute_stream_ms": {k: round(v, 2) for k, v in sorted(groups.items(), key=lambda kv: -kv[1])},
             "compute_stream_kernel_ms": round(sum(groups.values()), 2),
             "compute_stream_span_ms": round(span, 2), "compute_stream_idle_ms": round(span - busy, 2),
             "other_streams_kernel_ms": {k: round(v, 2) for k, v in side.items()},
-            "copy_engine_busy_ms": round(_busy(copies) / 1e3, 2), "copy_engine_transfers": len(copies)}
+            "copy_engine_busy_ms": round(union_length(copies) / 1e3, 2), "copy_engine_transfers": len(copies)}
 
 
 def _profiled(fn, sync) -> tuple:
@@ -126,31 +114,52 @@ def _profiled(fn, sync) -> tuple:
     return sorted(walls)[1], summarize(prof)
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser()
+def add_setup_args(ap: argparse.ArgumentParser) -> None:
+    """The model and size arguments the u2 probes share."""
     ap.add_argument("--model", default="wan2.1-t2v-14b")
     ap.add_argument("--layers", type=int, default=None)
-    ap.add_argument("--exchange", default="collective", choices=("collective", "copy_engine"))
-    ap.add_argument("--overlap", default="on", choices=("on", "off"))
     ap.add_argument("--frames", type=int, default=81)
     ap.add_argument("--height", type=int, default=480)
     ap.add_argument("--width", type=int, default=832)
     ap.add_argument("--backend", default="cuda")
+
+
+class U2Setup:
+    """Backend session, the Ulysses mesh over every launched process, the random-weight DiT and one
+    input (seeded on the host): what the u2 probes (this one, ulysses_chunks_probe.py) start from."""
+
+    def __init__(self, args) -> None:
+        self.cfg = dit_config_for(args.model, args.layers)
+        self.policy = policy_from_config("official")
+        self.registry, self.spec = choose_backend(args.backend)
+        self.runtime = start_session(self.registry, self.spec, {}).runtime
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.mesh = init_mesh(1, self.world, 1, self.spec.dist_backend, 600, set_device=self.runtime.set_device,
+                              device=self.runtime.device)
+        dev = self.runtime.device()
+        self.model = WanDiT.random(self.cfg, self.policy, dev, seed=0)
+        g = torch.Generator().manual_seed(1)
+        lat = (1, self.cfg.in_dim, (args.frames - 1) // 4 + 1, args.height // 8, args.width // 8)
+        self.x = torch.randn(*lat, generator=g).to(dev)
+        self.ctx = torch.randn(1, 512, self.cfg.text_dim, generator=g).to(dev).bfloat16()
+        self.t = torch.tensor([999])
+
+    def table(self, comm, overlap: bool, exchange):
+        """The op table with its self-attention wrapped for this mesh (padded keys allowed)."""
+        reqs = dit_requirements(self.cfg, self.policy, self.spec.device_type, padded_keys=True)
+        return wrap_self_attention(resolve_ops(self.registry, self.spec, reqs), self.mesh, comm, overlap, exchange)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser()
+    add_setup_args(ap)
+    ap.add_argument("--exchange", default="collective", choices=("collective", "copy_engine"))
+    ap.add_argument("--overlap", default="on", choices=("on", "off"))
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
-    cfg = dit_config_for(args.model, args.layers)
-    policy = policy_from_config("official")
-    registry, spec = choose_backend(args.backend)
-    session = start_session(registry, spec, {})
-    runtime = session.runtime
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    mesh = init_mesh(1, world, 1, spec.dist_backend, 600, set_device=runtime.set_device, device=runtime.device)
-    dev = runtime.device()
-    model = WanDiT.random(cfg, policy, dev, seed=0)
-    g = torch.Generator().manual_seed(1)
-    x = torch.randn(1, cfg.in_dim, (args.frames - 1) // 4 + 1, args.height // 8, args.width // 8, generator=g).to(dev)
-    ctx = torch.randn(1, 512, cfg.text_dim, generator=g).to(dev).bfloat16()
-    t = torch.tensor([999])
+    su = U2Setup(args)
+    cfg, policy, registry, spec, runtime, world, mesh, model, x, ctx, t = (
+        su.cfg, su.policy, su.registry, su.spec, su.runtime, su.world, su.mesh, su.model, su.x, su.ctx, su.t)
     out: Dict[str, object] = {"model": args.model, "layers": cfg.num_layers, "world": world,
                               "size": [args.width, args.height, args.frames],
                               "exchange": args.exchange, "overlap": args.overlap == "on",
@@ -164,12 +173,9 @@ def main(argv=None) -> int:
                     wall, one = _profiled(lambda: model(x, t, ctx), runtime.synchronize)
                     one = dict(one, wall_ms_unprofiled=round(1e3 * wall, 2))
                 dist.barrier()
-            comm = CommClock(runtime)
-            reqs = dit_requirements(cfg, policy, spec.device_type, padded_keys=True)
-            table = resolve_ops(registry, spec, reqs)
             overlap = args.overlap == "on"
             ex = make_exchange(args.exchange, runtime, mesh.ulysses_group) if overlap else None
-            model.bind_ops(wrap_self_attention(table, mesh, comm, overlap, ex))
+            model.bind_ops(su.table(CommClock(runtime), overlap, ex))
 
             def forward():
                 model(x, t, ctx)

@@ -9,24 +9,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 
 import torch
-
-
-def timed(fn, reps=20):
-    fn()
-    torch.cuda.synchronize()
-    out = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        torch.cuda.synchronize()
-        out.append(a.elapsed_time(b))
-    return statistics.median(out)
+from fa4_tiles_probe import timed  # benchmarks/ is on the path when a script runs
 
 
 def main(argv=None) -> int:
@@ -53,7 +39,7 @@ def main(argv=None) -> int:
             if ref is None:
                 ref = out
             same = all(torch.equal(a, b) for a, b in zip(out, ref))
-            ms = timed(call)
+            ms = timed(call, reps=20)
             moved = 2 * 2 * s * dim * 2  # q and k, read and written, bf16
             row = {"shape": label, "rows_per_program": n, "ms_q_and_k": round(ms, 4),
                    "tb_per_s": round(moved / (ms * 1e-3) / 1e12, 2), "equal_to_one_row": same}

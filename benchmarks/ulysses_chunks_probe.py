@@ -22,45 +22,24 @@ from typing import Dict, List
 
 import torch
 import torch.distributed as dist
+from profile_ulysses import U2Setup, add_setup_args  # benchmarks/ is on the path when a script runs
 
 import wanport.parallel.sequence as sequence
-from wanport.bench.dit import dit_config_for
-from wanport.models.dit import WanDiT
-from wanport.models.dit.requirements import dit_requirements
 from wanport.parallel.exchange import make_exchange
-from wanport.parallel.mesh import CommClock, init_mesh, shutdown
-from wanport.parallel.sequence import wrap_self_attention
-from wanport.pipeline.session import choose_backend, start_session
-from wanport.precision import policy_from_config
-from wanport.registry import resolve_ops
+from wanport.parallel.mesh import CommClock, shutdown
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--model", default="wan2.1-t2v-14b")
-    ap.add_argument("--layers", type=int, default=None)
+    add_setup_args(ap)
     ap.add_argument("--chunks", type=int, nargs="+", default=[4, 1, 2, 5, 10])
     ap.add_argument("--exchanges", nargs="+", default=["collective", "copy_engine"])
-    ap.add_argument("--frames", type=int, default=81)
-    ap.add_argument("--height", type=int, default=480)
-    ap.add_argument("--width", type=int, default=832)
-    ap.add_argument("--backend", default="cuda")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
-    cfg = dit_config_for(args.model, args.layers)
-    policy = policy_from_config("official")
-    registry, spec = choose_backend(args.backend)
-    session = start_session(registry, spec, {})
-    runtime = session.runtime
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    mesh = init_mesh(1, world, 1, spec.dist_backend, 600, set_device=runtime.set_device, device=runtime.device)
+    su = U2Setup(args)
+    cfg, runtime, world, mesh, model, x, ctx, t = su.cfg, su.runtime, su.world, su.mesh, su.model, su.x, su.ctx, su.t
     dev = runtime.device()
-    model = WanDiT.random(cfg, policy, dev, seed=0)
-    g = torch.Generator().manual_seed(1)
-    x = torch.randn(1, cfg.in_dim, (args.frames - 1) // 4 + 1, args.height // 8, args.width // 8, generator=g).to(dev)
-    ctx = torch.randn(1, 512, cfg.text_dim, generator=g).to(dev).bfloat16()
-    t = torch.tensor([999])
     heads = cfg.num_heads // world
     rows: List[Dict[str, object]] = []
     first = None
@@ -73,9 +52,7 @@ def main(argv=None) -> int:
                     if heads % c:
                         continue
                     sequence.head_chunks = lambda _h, _r=1, _c=c: _c  # noqa: E731 - the probe's override
-                    comm = CommClock(runtime)
-                    table = resolve_ops(registry, spec, dit_requirements(cfg, policy, spec.device_type, padded_keys=True))
-                    model.bind_ops(wrap_self_attention(table, mesh, comm, True, ex))
+                    model.bind_ops(su.table(CommClock(runtime), True, ex))
                     out = model(x, t, ctx)  # also compiles what a new chunk shape needs
                     runtime.synchronize()
                     times = []
