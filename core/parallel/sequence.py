@@ -243,7 +243,9 @@ class SequenceParallelAttention:
             ki = qk[:, :, :, 1].permute(1, 0, 2, 3, 4).reshape(b, u * s, hc, d)
             vi = v_flight[i].result(comm).permute(1, 0, 2, 3, 4).reshape(b, u * s, hc, d)
             del qk
-            pending.exchanges[i] = v_flight[i] = None  # their buffers go as soon as the copies exist
+            # the handles go now; the received buffers live while qi/ki/vi (views, or copies with
+            # several samples) are in use, i.e. until this chunk's attention has read them
+            pending.exchanges[i] = v_flight[i] = None
             o = self._local(qi, ki, vi, scale, kv_lens)  # [B, u*S_l, hc, D]
             back.append(_InFlight(staged(o.reshape(b, u, s, hc, d).permute(1, 0, 2, 3, 4)), group, comm, u, ex))
         out = None
